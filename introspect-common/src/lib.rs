@@ -1,0 +1,199 @@
+//! Types shared by the eBPF programs and the userspace agent: the ring-buffer event layouts, the
+//! map key/value layouts and the names of maps and load-time globals.
+//!
+//! Every type is `#[repr(C)]` with explicit padding and a compile-time size check, so the two sides
+//! can never disagree about a layout without the build failing.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Bytes of a request's or response's head copied into an event (request line, status line,
+/// headers). Enough for method, path and the framing headers of ordinary responses; bodies are
+/// never parsed or emitted.
+pub const PAYLOAD_MAX: usize = 512;
+
+/// Map and global names, used by both sides (never string literals at call sites).
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const TRACKED: &str = "TRACKED";
+    pub const CONNS: &str = "CONNS";
+    pub const PORTS: &str = "PORTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Offsets of tracepoint fields that are not fixed by the syscall ABI, read from tracefs.
+    pub const G_OFFSETS: &str = "OFFSETS";
+}
+
+/// Event kinds, with fixed numeric ids (recorded streams depend on them).
+pub mod kind {
+    pub const ACCEPT: u16 = 1;
+    pub const READ: u16 = 2;
+    pub const WRITE: u16 = 3;
+    pub const CLOSE: u16 = 4;
+    pub const FORK: u16 = 5;
+    pub const EXIT: u16 = 6;
+}
+
+/// Flags on a [`DataEvent`].
+pub mod data_flag {
+    /// First read of a new request or first write of a new response: the event carries a payload.
+    pub const FIRST: u16 = 1 << 0;
+    /// `sendfile`: bytes were written, but there is no user buffer to copy.
+    pub const NO_BUFFER: u16 = 1 << 1;
+}
+
+/// Indices into the per-CPU `COUNTERS` array: everything the kernel side had to give up on.
+pub mod counter {
+    /// Ring buffer full: an event was lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// A map update failed (map full): a connection or syscall could not be tracked.
+    pub const MAP_FULL: u32 = 1;
+    /// A user buffer could not be read (not faulted in): an event went out without its payload.
+    pub const READ_FAILED: u32 = 2;
+    pub const COUNT: u32 = 4;
+}
+
+/// The header every event starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u16,
+    pub flags: u16,
+    /// Process id (thread-group id) in the initial pid namespace.
+    pub tgid: u32,
+    /// Thread id in the initial pid namespace.
+    pub tid: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns) when the event was produced.
+    pub ts: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 24);
+
+/// A remote endpoint: IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<PeerKey>() == 24);
+
+/// `accept`/`accept4` returned a connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AcceptEvent {
+    pub hdr: EventHeader,
+    pub fd: i32,
+    pub listen_fd: i32,
+    /// AF_INET, AF_INET6, AF_UNIX or 0 when the caller passed no address buffer.
+    pub family: u16,
+    pub _pad: [u8; 6],
+    pub peer: PeerKey,
+    /// When the syscall was entered; `hdr.ts` is when it returned.
+    pub enter_ts: u64,
+}
+const _: () = assert!(size_of::<AcceptEvent>() == 72);
+
+/// A read or write on a tracked connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEvent {
+    pub hdr: EventHeader,
+    pub fd: i32,
+    /// Bytes copied into `payload` (0 when there is none).
+    pub payload_len: u32,
+    /// The syscall's return value: bytes transferred, 0 for end of stream.
+    pub ret: i64,
+    pub enter_ts: u64,
+    /// For the first read of a request: when its first bytes reached the socket (tcp_probe), or 0.
+    pub arrival_ts: u64,
+}
+const _: () = assert!(size_of::<DataEvent>() == 56);
+
+/// A [`DataEvent`] with the head of the request or response.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataPayloadEvent {
+    pub data: DataEvent,
+    pub comm: [u8; 16],
+    pub payload: [u8; PAYLOAD_MAX],
+}
+const _: () = assert!(size_of::<DataPayloadEvent>() == 56 + 16 + PAYLOAD_MAX);
+
+/// `close` of a tracked connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloseEvent {
+    pub hdr: EventHeader,
+    pub fd: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CloseEvent>() == 32);
+
+/// A tracked process forked a child (now tracked too), or a tracked process exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcEvent {
+    pub hdr: EventHeader,
+    /// FORK: the new process. EXIT: the process that exited.
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<ProcEvent>() == 48);
+
+/// Key of the `CONNS` map: a connection is a socket fd of a tracked process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+const _: () = assert!(size_of::<ConnKey>() == 8);
+
+/// Phase of a connection, so the kernel copies the head of a request or response only once.
+pub mod phase {
+    pub const IDLE: u8 = 0;
+    pub const READING: u8 = 1;
+    pub const WRITING: u8 = 2;
+}
+
+/// Value of the `CONNS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnState {
+    pub peer: PeerKey,
+    pub phase: u8,
+    /// 1 when `peer` is a TCP endpoint whose arrivals tcp_probe records.
+    pub has_peer: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<ConnState>() == 32);
+
+/// Offsets of tracepoint fields, read from tracefs `format` files at load time (no CO-RE from
+/// Rust, so nothing about kernel layouts is compiled in). The syscall tracepoints' layout is
+/// fixed by the syscall ABI and checked by userspace instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    pub tcp_probe_daddr: u16,
+    pub tcp_probe_sport: u16,
+    pub tcp_probe_dport: u16,
+    pub tcp_probe_family: u16,
+    pub tcp_probe_data_len: u16,
+    pub newtask_pid: u16,
+    pub newtask_clone_flags: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<TracepointOffsets>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, with explicit padding and no pointers or bools.
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for PeerKey {}
+    unsafe impl aya::Pod for TracepointOffsets {}
+}

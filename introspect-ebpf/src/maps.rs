@@ -1,0 +1,88 @@
+//! Maps and load-time globals shared by the program families.
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use introspect_common::{ConnKey, ConnState, PeerKey, TracepointOffsets, counter};
+
+/// All events, in one ring buffer so their order per CPU is kept. 16 MiB holds about a second of a
+/// 20k requests/s burst even if userspace stalls.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Processes (tgids) being watched. Userspace seeds it; fork and exit keep it current.
+#[map(name = "TRACKED")]
+pub static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Accepted connections of tracked processes. LRU, so fds whose close was never seen (close_range,
+/// dup2 over them, a process killed) age out instead of filling the map.
+#[map(name = "CONNS")]
+pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Local TCP ports of the watched servers, for tcp_probe (which runs in softirq context, where the
+/// current task says nothing about whose socket it is).
+#[map(name = "PORTS")]
+pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+
+/// When the first bytes of the next request reached each watched connection, keyed by peer.
+#[map(name = "ARRIVALS")]
+pub static ARRIVALS: LruHashMap<PeerKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// A syscall of interest between its enter and exit, by thread id.
+#[map(name = "PENDING")]
+pub static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
+
+/// Everything the kernel side had to give up on, per CPU (see `introspect_common::counter`).
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
+    tcp_probe_daddr: 0,
+    tcp_probe_sport: 0,
+    tcp_probe_dport: 0,
+    tcp_probe_family: 0,
+    tcp_probe_data_len: 0,
+    newtask_pid: 0,
+    newtask_clone_flags: 0,
+    _pad: 0,
+});
+
+/// How a pending syscall names its buffer.
+pub mod buf_kind {
+    /// `buf` is the data.
+    pub const PLAIN: u8 = 0;
+    /// `buf` is a `struct iovec *`.
+    pub const IOV: u8 = 1;
+    /// `buf` is a `struct msghdr *`.
+    pub const MSG: u8 = 2;
+    /// No user buffer (sendfile).
+    pub const NONE: u8 = 3;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    /// `introspect_common::kind::{ACCEPT, READ, WRITE}`.
+    pub kind: u16,
+    pub buf_kind: u8,
+    /// 1 when this syscall starts a new phase of its connection, so its data head is copied.
+    pub first: u8,
+    pub fd: i32,
+    pub buf: u64,
+    pub enter_ts: u64,
+}
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, and BPF programs do not preempt each other on one CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn is_tracked(tgid: u32) -> bool {
+    TRACKED.get_ptr(tgid).is_some()
+}

@@ -1,0 +1,68 @@
+//! Following the process tree: children of tracked processes are tracked from birth (gunicorn
+//! forks and recycles workers), and exits are reported so userspace can close their requests.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use introspect_common::{ProcEvent, counter, kind};
+
+use crate::{
+    emit::{SUBMIT_FLAGS, header},
+    maps::{EVENTS, OFFSETS, TRACKED, count, is_tracked},
+};
+
+/// include/uapi/linux/sched.h
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// task:task_newtask runs in the parent, before the child can run, so the child is tracked
+/// before it makes its first syscall. Threads share the parent's tgid and need nothing.
+#[tracepoint]
+pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_tracked((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let off = OFFSETS.load();
+    // SAFETY: offsets come from this kernel's task_newtask format file.
+    let flags = unsafe { ctx.read_at::<u64>(off.newtask_clone_flags as usize) }.unwrap_or(CLONE_THREAD);
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(off.newtask_pid as usize) }) else { return 0 };
+    let child = child as u32;
+    if TRACKED.insert(child, 1u8, 0).is_err() {
+        count(counter::MAP_FULL);
+    }
+    emit(kind::FORK, pid_tgid, child);
+    0
+}
+
+/// sched:sched_process_exit fires for every exiting thread; the process is gone when its
+/// thread-group leader exits.
+#[tracepoint]
+pub fn sched_sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid != pid_tgid as u32 || !is_tracked(tgid) {
+        return 0;
+    }
+    let _ = TRACKED.remove(tgid);
+    emit(kind::EXIT, pid_tgid, tgid);
+    0
+}
+
+#[inline(always)]
+fn emit(kind: u16, pid_tgid: u64, pid: u32) {
+    let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    entry.write(ProcEvent {
+        hdr: header(kind, 0, pid_tgid),
+        pid,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(SUBMIT_FLAGS);
+}

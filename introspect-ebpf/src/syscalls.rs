@@ -1,0 +1,349 @@
+//! The accept/read/write/close syscall family on tracked connections.
+//!
+//! Enter programs decide whether a syscall concerns a tracked connection and remember its
+//! buffer; exit programs see how many bytes moved and emit one event. The head of a request (or
+//! response) is copied only on the first read (or write) of a phase, so a request costs two
+//! bounded copies however many syscalls it takes.
+//!
+//! Syscall tracepoint records have a layout fixed by the syscall ABI: arguments at 16 + 8*i,
+//! the return value at 16 (see /sys/kernel/tracing/events/syscalls/*/format; userspace checks it
+//! before loading).
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use introspect_common::{
+    AcceptEvent, CloseEvent, ConnKey, ConnState, DataEvent, DataPayloadEvent, PAYLOAD_MAX, PeerKey,
+    counter, data_flag, kind, phase,
+};
+
+use crate::{
+    emit::{SUBMIT_FLAGS, header},
+    maps::{ARRIVALS, CONNS, EVENTS, PENDING, Pending, buf_kind, count, is_tracked},
+};
+
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+    // SAFETY: the record has six u64 arguments after its 16-byte header.
+    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: sys_exit records carry `long ret` at offset 16.
+    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+}
+
+// ---- accept ------------------------------------------------------------------------------------
+
+#[tracepoint]
+pub fn syscalls_enter_accept(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_tracked((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    let pending = Pending {
+        kind: kind::ACCEPT,
+        buf_kind: buf_kind::PLAIN,
+        first: 0,
+        fd: arg(&ctx, 0) as i32,
+        buf: arg(&ctx, 1),
+        // SAFETY: no preconditions.
+        enter_ts: unsafe { bpf_ktime_get_ns() },
+    };
+    if PENDING.insert(pid_tgid as u32, pending, 0).is_err() {
+        count(counter::MAP_FULL);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn syscalls_exit_accept(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(p) = PENDING.get_ptr(tid) else { return 0 };
+    // SAFETY: the entry belongs to this thread, which is here and not in another syscall.
+    let p = unsafe { *p };
+    let _ = PENDING.remove(tid);
+    if p.kind != kind::ACCEPT {
+        return 0;
+    }
+    let fd = ret(&ctx);
+    if fd < 0 {
+        return 0;
+    }
+    let (family, peer) = read_sockaddr(p.buf);
+    let state = ConnState {
+        peer,
+        phase: phase::IDLE,
+        has_peer: (family == AF_INET || family == AF_INET6) as u8,
+        _pad: [0; 6],
+    };
+    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd: fd as i32 };
+    if CONNS.insert(key, state, 0).is_err() {
+        count(counter::MAP_FULL);
+    }
+    let Some(mut entry) = EVENTS.reserve::<AcceptEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return 0;
+    };
+    entry.write(AcceptEvent {
+        hdr: header(kind::ACCEPT, 0, pid_tgid),
+        fd: fd as i32,
+        listen_fd: p.fd,
+        family,
+        _pad: [0; 6],
+        peer,
+        enter_ts: p.enter_ts,
+    });
+    entry.submit(SUBMIT_FLAGS);
+    0
+}
+
+/// Reads the peer address `accept` wrote into the caller's buffer. IPv4 is stored IPv4-mapped.
+#[inline(always)]
+fn read_sockaddr(addr: u64) -> (u16, PeerKey) {
+    let mut peer = PeerKey::default();
+    if addr == 0 {
+        return (0, peer);
+    }
+    let base = addr as *const u8;
+    // SAFETY: user memory, read with the fault-tolerant helper.
+    let family = unsafe { bpf_probe_read_user(base as *const u16) }.unwrap_or(0);
+    // sin_port / sin6_port: big-endian u16 at offset 2 in both layouts.
+    let port = unsafe { bpf_probe_read_user(base.wrapping_add(2) as *const u16) }.unwrap_or(0);
+    peer.port = u16::from_be(port);
+    match family {
+        AF_INET => {
+            let a = unsafe { bpf_probe_read_user(base.wrapping_add(4) as *const [u8; 4]) }.unwrap_or([0; 4]);
+            peer.addr[10] = 0xff;
+            peer.addr[11] = 0xff;
+            peer.addr[12] = a[0];
+            peer.addr[13] = a[1];
+            peer.addr[14] = a[2];
+            peer.addr[15] = a[3];
+        }
+        AF_INET6 => {
+            peer.addr = unsafe { bpf_probe_read_user(base.wrapping_add(8) as *const [u8; 16]) }.unwrap_or([0; 16]);
+        }
+        AF_UNIX => peer.port = 0,
+        _ => {}
+    }
+    (family, peer)
+}
+
+// ---- read / write: enter -----------------------------------------------------------------------
+
+/// Common enter path: is `fd` a tracked connection? Remember the buffer, and whether this syscall
+/// opens a new phase (the first read of a request, the first write of a response).
+#[inline(always)]
+fn data_enter(fd: u64, buf: u64, buf_kind: u8, dir: u16) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_tracked(tgid) {
+        return 0;
+    }
+    let key = ConnKey { tgid, fd: fd as i32 };
+    let Some(conn) = CONNS.get_ptr(key) else { return 0 };
+    // SAFETY: map value pointer from a successful lookup.
+    let conn_phase = unsafe { (*conn).phase };
+    let want = if dir == kind::READ { phase::READING } else { phase::WRITING };
+    let pending = Pending {
+        kind: dir,
+        buf_kind,
+        first: (conn_phase != want) as u8,
+        fd: fd as i32,
+        buf,
+        // SAFETY: no preconditions.
+        enter_ts: unsafe { bpf_ktime_get_ns() },
+    };
+    if PENDING.insert(pid_tgid as u32, pending, 0).is_err() {
+        count(counter::MAP_FULL);
+    }
+    0
+}
+
+/// read(fd, buf, count), recvfrom(fd, ubuf, size, ...)
+#[tracepoint]
+pub fn syscalls_enter_read(ctx: TracePointContext) -> u32 {
+    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::PLAIN, kind::READ)
+}
+
+/// readv(fd, vec, vlen)
+#[tracepoint]
+pub fn syscalls_enter_readv(ctx: TracePointContext) -> u32 {
+    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::IOV, kind::READ)
+}
+
+/// recvmsg(fd, msg, flags)
+#[tracepoint]
+pub fn syscalls_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::MSG, kind::READ)
+}
+
+/// write(fd, buf, count), sendto(fd, buff, len, ...)
+#[tracepoint]
+pub fn syscalls_enter_write(ctx: TracePointContext) -> u32 {
+    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::PLAIN, kind::WRITE)
+}
+
+/// writev(fd, vec, vlen)
+#[tracepoint]
+pub fn syscalls_enter_writev(ctx: TracePointContext) -> u32 {
+    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::IOV, kind::WRITE)
+}
+
+/// sendmsg(fd, msg, flags)
+#[tracepoint]
+pub fn syscalls_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::MSG, kind::WRITE)
+}
+
+/// sendfile64(out_fd, in_fd, offset, count): the socket is out_fd; the data never passes through
+/// user memory.
+#[tracepoint]
+pub fn syscalls_enter_sendfile(ctx: TracePointContext) -> u32 {
+    data_enter(arg(&ctx, 0), 0, buf_kind::NONE, kind::WRITE)
+}
+
+// ---- read / write: exit ------------------------------------------------------------------------
+
+/// The first buffer of a pending syscall: (address, length limit).
+#[inline(always)]
+fn first_buffer(p: &Pending) -> Option<(u64, u64)> {
+    match p.buf_kind {
+        buf_kind::PLAIN => Some((p.buf, u64::MAX)),
+        buf_kind::IOV => read_iovec(p.buf),
+        buf_kind::MSG => {
+            // struct user_msghdr: msg_name, msg_namelen (+pad), msg_iov at 16.
+            // SAFETY: user memory, fault-tolerant read.
+            let iov = unsafe { bpf_probe_read_user((p.buf + 16) as *const u64) }.ok()?;
+            read_iovec(iov)
+        }
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn read_iovec(iov: u64) -> Option<(u64, u64)> {
+    // SAFETY: user memory, fault-tolerant read of struct iovec { void *base; size_t len; }.
+    let pair = unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }.ok()?;
+    Some((pair[0], pair[1]))
+}
+
+#[tracepoint]
+pub fn syscalls_exit_data(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(p) = PENDING.get_ptr(tid) else { return 0 };
+    // SAFETY: the entry belongs to this thread.
+    let p = unsafe { *p };
+    let _ = PENDING.remove(tid);
+    if p.kind != kind::READ && p.kind != kind::WRITE {
+        return 0;
+    }
+    let n = ret(&ctx);
+    // Errors (EAGAIN on a non-blocking socket, EINTR) move no data and change nothing.
+    if n < 0 || (n == 0 && p.kind == kind::WRITE) {
+        return 0;
+    }
+    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd: p.fd };
+    let Some(conn) = CONNS.get_ptr_mut(key) else { return 0 };
+    // SAFETY: map value pointer from a successful lookup; only this thread's syscall on this fd
+    // updates the phase here, and a racing update is harmless (one extra or missing payload).
+    let conn = unsafe { &mut *conn };
+    let mut arrival_ts = 0u64;
+    if p.kind == kind::READ && n > 0 {
+        if conn.has_peer != 0 {
+            // Whatever had arrived is consumed now: the next request's arrival is a later segment.
+            if p.first != 0 {
+                // SAFETY: map value pointer from a successful lookup.
+                arrival_ts = ARRIVALS.get_ptr(conn.peer).map(|a| unsafe { *a }).unwrap_or(0);
+            }
+            let _ = ARRIVALS.remove(conn.peer);
+        }
+        conn.phase = phase::READING;
+    } else if p.kind == kind::WRITE {
+        conn.phase = phase::WRITING;
+    }
+
+    let base = DataEvent {
+        hdr: header(p.kind, if p.buf_kind == buf_kind::NONE { data_flag::NO_BUFFER } else { 0 }, pid_tgid),
+        fd: p.fd,
+        payload_len: 0,
+        ret: n,
+        enter_ts: p.enter_ts,
+        arrival_ts,
+    };
+    if p.first == 0 || n == 0 {
+        let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+            count(counter::RINGBUF_FULL);
+            return 0;
+        };
+        entry.write(base);
+        entry.submit(SUBMIT_FLAGS);
+        return 0;
+    }
+    emit_with_payload(&p, base, n as u64);
+    0
+}
+
+#[inline(always)]
+fn emit_with_payload(p: &Pending, mut base: DataEvent, n: u64) {
+    let Some(mut entry) = EVENTS.reserve::<DataPayloadEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at reserved ring-buffer memory of the right size; every field is
+    // written before submit.
+    unsafe {
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        base.hdr.flags |= data_flag::FIRST;
+        if let Some((addr, limit)) = first_buffer(p) {
+            let mut len = if n < limit { n } else { limit };
+            if len > PAYLOAD_MAX as u64 {
+                len = PAYLOAD_MAX as u64;
+            }
+            let payload = &mut (*ev).payload;
+            if let Some(dst) = payload.get_mut(..len as usize) {
+                if bpf_probe_read_user_buf(addr as *const u8, dst).is_ok() {
+                    base.payload_len = len as u32;
+                } else {
+                    count(counter::READ_FAILED);
+                }
+            }
+        }
+        (*ev).data = base;
+    }
+    entry.submit(SUBMIT_FLAGS);
+}
+
+// ---- close -------------------------------------------------------------------------------------
+
+#[tracepoint]
+pub fn syscalls_enter_close(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_tracked(tgid) {
+        return 0;
+    }
+    let fd = arg(&ctx, 0) as i32;
+    let key = ConnKey { tgid, fd };
+    if CONNS.get_ptr(key).is_none() {
+        return 0;
+    }
+    let _ = CONNS.remove(key);
+    let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return 0;
+    };
+    entry.write(CloseEvent { hdr: header(kind::CLOSE, 0, pid_tgid), fd, _pad: 0 });
+    entry.submit(SUBMIT_FLAGS);
+    0
+}

@@ -1,0 +1,3 @@
+//! One file per subcommand, each with `pub fn run(args) -> anyhow::Result<()>`.
+pub mod replay;
+pub mod watch;

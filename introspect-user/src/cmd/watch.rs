@@ -1,0 +1,186 @@
+//! `introspect watch`: load, attach, follow the process tree, drain the ring buffer into the
+//! pipeline every few milliseconds, and stop on Ctrl-C, SIGTERM, --duration or when every
+//! watched process is gone.
+use std::{
+    collections::BTreeSet,
+    fs::File,
+    io::{self, BufWriter},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    UsageError,
+    cli::WatchArgs,
+    clock::{self, Clock},
+    cmd::replay::Meta,
+    event::{self, Event},
+    loader::{KernelLosses, Probes},
+    pipeline::{Config, Pipeline},
+    sink::{JsonSink, Losses},
+    target,
+    tracefs::{self, Tracefs},
+};
+
+fn require_root() -> Result<(), UsageError> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(UsageError(
+            "watch must run as root: it loads eBPF programs (CAP_BPF, CAP_PERFMON) and reads other processes' /proc entries; try `sudo introspect watch ...`".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn roots(args: &WatchArgs) -> Result<Vec<u32>, UsageError> {
+    match (args.target.pid, args.target.port) {
+        (Some(pid), _) if target::exists(pid) => Ok(vec![pid]),
+        (Some(pid), _) => Err(UsageError(format!("no process with pid {pid}"))),
+        (None, Some(port)) => target::listeners(port).map_err(|e| UsageError(e.to_string())),
+        (None, None) => Err(UsageError("give --pid or --port".into())),
+    }
+}
+
+pub fn run(args: WatchArgs) -> anyhow::Result<()> {
+    require_root()?;
+    let roots = roots(&args)?;
+    let (root, mounted) = tracefs::ensure_mounted()?;
+    if mounted {
+        eprintln!("introspect: mounted tracefs at {}", root.display());
+    }
+    let tracefs = Tracefs::new(root);
+
+    let mut probes = Probes::load(&tracefs).context("loading eBPF programs")?;
+    // Roots first, then fork tracking, then the scan: a child born at any point is either seen by
+    // the scan or tracked by the fork probe.
+    probes.track(&roots.iter().copied().collect())?;
+    probes.attach_process_tracking().context("attaching process tracking")?;
+    let pids = target::with_descendants(&roots);
+    probes.track(&pids)?;
+    let served = target::served(&pids);
+    probes.watch_ports(&served.ports)?;
+    probes.seed_conns(&served.conns)?;
+    probes.attach_request_tracking().context("attaching request tracking")?;
+    let mut ring = probes.take_events()?;
+
+    let clock = Clock::new();
+    let threshold_ns = args.reporting.threshold.as_nanos() as u64;
+    let sink = JsonSink::new(BufWriter::new(io::stdout().lock()), clock);
+    let mut pipeline = Pipeline::new(Config { threshold_ns, all: args.reporting.all }, sink);
+    if let Some(path) = &args.record {
+        let mut f = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        let meta = Meta {
+            introspect_recording: 1,
+            realtime_minus_mono_ns: clock.wall(0).duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i128,
+        };
+        serde_json::to_writer(&mut f, &meta)?;
+        io::Write::write_all(&mut f, b"\n")?;
+        pipeline.record_to(Box::new(f));
+    }
+    for (pid, fd, peer) in &served.conns {
+        pipeline.assembler().seed_conn(*pid, *fd, Some(*peer));
+    }
+    let ports: Vec<String> = served.ports.iter().map(u16::to_string).collect();
+    eprintln!(
+        "introspect: watching {} process(es) [{}] serving TCP port(s) [{}]; threshold {}{}",
+        pids.len(),
+        pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
+        ports.join(" "),
+        humantime::format_duration(args.reporting.threshold),
+        if args.reporting.all { ", reporting all requests" } else { "" },
+    );
+    if served.ports.is_empty() {
+        pipeline.warning(
+            clock::monotonic_ns(),
+            "no listening TCP socket found in the watched processes: requests are still measured, but without their backlog wait (queue_ms is 0)",
+        )?;
+    }
+
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut live = pids;
+    rt.block_on(async {
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(args.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut reported_losses = KernelLosses::default();
+        let mut decode_errors = 0u64;
+        let mut last_loss_check = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
+            }
+            drain(&mut ring, &mut pipeline, args.keep_query, &mut decode_errors, &mut live)?;
+            pipeline.tick(clock::monotonic_ns())?;
+            if last_loss_check.elapsed() >= Duration::from_secs(1) {
+                last_loss_check = Instant::now();
+                let now = probes.losses()?;
+                if now.ringbuf_full > reported_losses.ringbuf_full || now.map_full > reported_losses.map_full {
+                    pipeline.warning(
+                        clock::monotonic_ns(),
+                        &format!(
+                            "dropped events: {} (ring buffer full) and {} (tracking map full) so far; requests in that window may be missing or incomplete",
+                            now.ringbuf_full, now.map_full
+                        ),
+                    )?;
+                }
+                reported_losses = now;
+            }
+            if live.is_empty() {
+                pipeline.warning(clock::monotonic_ns(), "every watched process has exited")?;
+                break;
+            }
+        }
+        drain(&mut ring, &mut pipeline, args.keep_query, &mut decode_errors, &mut live)?;
+        let losses = probes.losses()?;
+        pipeline.counts.losses = Losses {
+            ringbuf_full: losses.ringbuf_full,
+            map_full: losses.map_full,
+            decode_errors,
+            unreadable_heads: losses.read_failed,
+        };
+        pipeline.counts.dropped_events = losses.ringbuf_full + losses.map_full + decode_errors;
+        pipeline.counts.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        pipeline.finish(clock::monotonic_ns())?;
+        anyhow::Ok(())
+    })
+}
+
+fn drain<W: io::Write>(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    pipeline: &mut Pipeline<W>,
+    keep_query: bool,
+    decode_errors: &mut u64,
+    live: &mut BTreeSet<u32>,
+) -> io::Result<()> {
+    while let Some(item) = ring.next() {
+        match event::decode(&item, keep_query) {
+            Ok(ev) => {
+                match &ev {
+                    Event::Fork { child, .. } => {
+                        live.insert(*child);
+                    }
+                    Event::Exit { pid, .. } => {
+                        live.remove(pid);
+                    }
+                    _ => {}
+                }
+                pipeline.event(&ev)?;
+            }
+            Err(e) => {
+                *decode_errors += 1;
+                if *decode_errors == 1 {
+                    eprintln!("introspect: warning: undecodable event ({e}); counting them in the summary");
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Loader: the only module that touches aya. Loads the embedded programs with this kernel's
+//! tracepoint offsets, attaches them, seeds the maps, and hands out the ring buffer and counters.
+use std::{collections::BTreeSet, net::SocketAddr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use introspect_common::{ConnKey, ConnState, PeerKey, TracepointOffsets, counter, names, phase};
+
+use crate::tracefs::{Tracefs, TracefsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+}
+
+/// Programs and the tracepoints each one is attached to. Syscall exits share one program: the
+/// enter side already recorded what the syscall was.
+const PROCESS_PROGRAMS: &[(&str, &[(&str, &str)])] = &[
+    ("task_task_newtask", &[("task", "task_newtask")]),
+    ("sched_sched_process_exit", &[("sched", "sched_process_exit")]),
+];
+const REQUEST_PROGRAMS: &[(&str, &[(&str, &str)])] = &[
+    ("tcp_tcp_probe", &[("tcp", "tcp_probe")]),
+    ("syscalls_enter_accept", &[("syscalls", "sys_enter_accept"), ("syscalls", "sys_enter_accept4")]),
+    ("syscalls_exit_accept", &[("syscalls", "sys_exit_accept"), ("syscalls", "sys_exit_accept4")]),
+    ("syscalls_enter_read", &[("syscalls", "sys_enter_read"), ("syscalls", "sys_enter_recvfrom")]),
+    ("syscalls_enter_readv", &[("syscalls", "sys_enter_readv")]),
+    ("syscalls_enter_recvmsg", &[("syscalls", "sys_enter_recvmsg")]),
+    ("syscalls_enter_write", &[("syscalls", "sys_enter_write"), ("syscalls", "sys_enter_sendto")]),
+    ("syscalls_enter_writev", &[("syscalls", "sys_enter_writev")]),
+    ("syscalls_enter_sendmsg", &[("syscalls", "sys_enter_sendmsg")]),
+    ("syscalls_enter_sendfile", &[("syscalls", "sys_enter_sendfile64")]),
+    (
+        "syscalls_exit_data",
+        &[
+            ("syscalls", "sys_exit_read"),
+            ("syscalls", "sys_exit_recvfrom"),
+            ("syscalls", "sys_exit_readv"),
+            ("syscalls", "sys_exit_recvmsg"),
+            ("syscalls", "sys_exit_write"),
+            ("syscalls", "sys_exit_sendto"),
+            ("syscalls", "sys_exit_writev"),
+            ("syscalls", "sys_exit_sendmsg"),
+            ("syscalls", "sys_exit_sendfile64"),
+        ],
+    ),
+    ("syscalls_enter_close", &[("syscalls", "sys_enter_close")]),
+];
+
+/// The syscall argument each enter program reads, checked against this kernel's records.
+const SYSCALL_ARGS: &[(&str, &str, usize)] = &[
+    ("sys_enter_accept4", "fd", 0),
+    ("sys_enter_accept4", "upeer_sockaddr", 1),
+    ("sys_enter_read", "fd", 0),
+    ("sys_enter_read", "buf", 1),
+    ("sys_enter_recvfrom", "ubuf", 1),
+    ("sys_enter_readv", "vec", 1),
+    ("sys_enter_recvmsg", "msg", 1),
+    ("sys_enter_write", "buf", 1),
+    ("sys_enter_sendto", "buff", 1),
+    ("sys_enter_writev", "vec", 1),
+    ("sys_enter_sendmsg", "msg", 1),
+    ("sys_enter_sendfile64", "out_fd", 0),
+    ("sys_enter_close", "fd", 0),
+];
+
+fn offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsError> {
+    for (tp, field, i) in SYSCALL_ARGS {
+        tracefs.expect_field("syscalls", tp, field, 16 + 8 * i, 8)?;
+    }
+    tracefs.expect_field("syscalls", "sys_exit_read", "ret", 16, 8)?;
+    let f = |cat, tp, field| tracefs.field(cat, tp, field).map(|f| f.offset as u16);
+    Ok(TracepointOffsets {
+        tcp_probe_daddr: f("tcp", "tcp_probe", "daddr")?,
+        tcp_probe_sport: f("tcp", "tcp_probe", "sport")?,
+        tcp_probe_dport: f("tcp", "tcp_probe", "dport")?,
+        tcp_probe_family: f("tcp", "tcp_probe", "family")?,
+        tcp_probe_data_len: f("tcp", "tcp_probe", "data_len")?,
+        newtask_pid: f("task", "task_newtask", "pid")?,
+        newtask_clone_flags: f("task", "task_newtask", "clone_flags")?,
+        _pad: 0,
+    })
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+}
+
+fn peer_key(addr: &SocketAddr) -> PeerKey {
+    let v6 = match addr {
+        SocketAddr::V4(a) => a.ip().to_ipv6_mapped(),
+        SocketAddr::V6(a) => *a.ip(),
+    };
+    PeerKey { addr: v6.octets(), port: addr.port(), _pad: [0; 6] }
+}
+
+impl Probes {
+    pub fn load(tracefs: &Tracefs) -> Result<Self, LoadError> {
+        let offsets = offsets(tracefs)?;
+        let ebpf = EbpfLoader::new()
+            .override_global(names::G_OFFSETS, &offsets, true)
+            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/introspect")))?;
+        Ok(Self { ebpf })
+    }
+
+    fn attach(&mut self, table: &[(&'static str, &[(&str, &str)])]) -> Result<(), LoadError> {
+        for (name, points) in table {
+            let prog: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoadError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.load().map_err(|source| LoadError::Program { name, source })?;
+            for (cat, tp) in *points {
+                prog.attach(cat, tp).map_err(|source| LoadError::Program { name, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fork and exit tracking: attached before the process tree is scanned, so no child born in
+    /// between is missed.
+    pub fn attach_process_tracking(&mut self) -> Result<(), LoadError> {
+        self.attach(PROCESS_PROGRAMS)
+    }
+
+    pub fn attach_request_tracking(&mut self) -> Result<(), LoadError> {
+        self.attach(REQUEST_PROGRAMS)
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, LoadError> {
+        let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        HashMap::try_from(map).map_err(|source| LoadError::Map { name, source })
+    }
+
+    pub fn track(&mut self, pids: &BTreeSet<u32>) -> Result<(), LoadError> {
+        let mut tracked = self.hash::<u32, u8>(names::TRACKED)?;
+        for &pid in pids {
+            tracked.insert(pid, 1, 0).map_err(|source| LoadError::Map { name: names::TRACKED, source })?;
+        }
+        Ok(())
+    }
+
+    pub fn watch_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), LoadError> {
+        let mut map = self.hash::<u16, u8>(names::PORTS)?;
+        for &port in ports {
+            map.insert(port, 1, 0).map_err(|source| LoadError::Map { name: names::PORTS, source })?;
+        }
+        Ok(())
+    }
+
+    /// Connections that were open before the watch: their next request is seen like any other.
+    pub fn seed_conns(&mut self, conns: &[(u32, i32, SocketAddr)]) -> Result<(), LoadError> {
+        let map = self.ebpf.map_mut(names::CONNS).ok_or(LoadError::MissingMap(names::CONNS))?;
+        // aya reads LRU hash maps through its HashMap type.
+        let mut map: HashMap<&mut MapData, ConnKey, ConnState> =
+            HashMap::try_from(map).map_err(|source| LoadError::Map { name: names::CONNS, source })?;
+        for (tgid, fd, peer) in conns {
+            let state = ConnState { peer: peer_key(peer), phase: phase::IDLE, has_peer: 1, _pad: [0; 6] };
+            map.insert(ConnKey { tgid: *tgid, fd: *fd }, state, 0)
+                .map_err(|source| LoadError::Map { name: names::CONNS, source })?;
+        }
+        Ok(())
+    }
+
+    /// The event ring buffer, taken out of the object (it is read on its own from then on).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.ebpf.take_map(names::EVENTS).ok_or(LoadError::MissingMap(names::EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map { name: names::EVENTS, source })
+    }
+
+    /// Kernel-side losses, summed over CPUs: (ring buffer full, map full, user read failed).
+    pub fn losses(&self) -> Result<KernelLosses, LoadError> {
+        let map = self.ebpf.map(names::COUNTERS).ok_or(LoadError::MissingMap(names::COUNTERS))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| LoadError::Map { name: names::COUNTERS, source })?;
+        let sum = |i: u32| -> Result<u64, LoadError> {
+            Ok(arr.get(&i, 0).map_err(|source| LoadError::Map { name: names::COUNTERS, source })?.iter().sum())
+        };
+        Ok(KernelLosses {
+            ringbuf_full: sum(counter::RINGBUF_FULL)?,
+            map_full: sum(counter::MAP_FULL)?,
+            read_failed: sum(counter::READ_FAILED)?,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLosses {
+    pub ringbuf_full: u64,
+    pub map_full: u64,
+    pub read_failed: u64,
+}

@@ -1,0 +1,40 @@
+//! introspect: parse, dispatch, map errors to exit codes (2 for usage and permission errors).
+mod assemble;
+mod cli;
+mod clock;
+mod cmd;
+mod event;
+mod http;
+mod loader;
+mod pipeline;
+mod route;
+mod sink;
+mod summary;
+mod target;
+mod tracefs;
+
+use std::{io, process::ExitCode};
+
+use clap::Parser;
+
+/// An error the user can fix by changing how the command is run: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Watch(args) => cmd::watch::run(args),
+        cli::Command::Replay(args) => cmd::replay::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `introspect watch ... | head` ends quietly.
+        Err(e) if e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("introspect: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+        }
+    }
+}

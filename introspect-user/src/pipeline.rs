@@ -1,0 +1,104 @@
+//! The userspace pipeline, free of aya: decoded events in, JSON lines out. `watch` feeds it from
+//! the ring buffer, `replay` from a recording; both produce the same output for the same events.
+use std::io::{self, Write};
+
+use crate::{
+    assemble::{Assembler, Inflight, Request},
+    event::Event,
+    sink::{JsonSink, SummaryCounts},
+    summary::Summary,
+};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub threshold_ns: u64,
+    /// Report every request, not only slow ones.
+    pub all: bool,
+}
+
+pub struct Pipeline<W: Write> {
+    cfg: Config,
+    asm: Assembler,
+    summary: Summary,
+    sink: JsonSink<W>,
+    recorder: Option<Box<dyn Write>>,
+    pub counts: SummaryCounts,
+    requests: Vec<Request>,
+    inflight: Vec<Inflight>,
+}
+
+impl<W: Write> Pipeline<W> {
+    pub fn new(cfg: Config, sink: JsonSink<W>) -> Self {
+        Self {
+            cfg,
+            asm: Assembler::new(cfg.threshold_ns),
+            summary: Summary::default(),
+            sink,
+            recorder: None,
+            counts: SummaryCounts::default(),
+            requests: Vec::new(),
+            inflight: Vec::new(),
+        }
+    }
+
+    /// Writes every event it sees, as JSON lines, for `introspect replay`.
+    pub fn record_to(&mut self, w: Box<dyn Write>) {
+        self.recorder = Some(w);
+    }
+
+    pub fn assembler(&mut self) -> &mut Assembler {
+        &mut self.asm
+    }
+
+    pub fn event(&mut self, ev: &Event) -> io::Result<()> {
+        if let Some(rec) = self.recorder.as_mut() {
+            serde_json::to_writer(&mut *rec, ev).map_err(io::Error::other)?;
+            rec.write_all(b"\n")?;
+        }
+        if let Event::Fork { .. } = ev {
+            self.counts.processes_followed += 1;
+        }
+        self.asm.observe(ev, &mut self.requests);
+        for r in self.requests.drain(..) {
+            let slow = r.duration_ns() >= self.cfg.threshold_ns;
+            self.summary.record(&r, slow);
+            self.counts.requests += 1;
+            if slow || self.cfg.all {
+                self.counts.reported += 1;
+                self.sink.request(&r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Time passes: requests that crossed the threshold while running are reported now.
+    pub fn tick(&mut self, now_ns: u64) -> io::Result<()> {
+        self.asm.tick(now_ns, &mut self.inflight);
+        for i in self.inflight.drain(..) {
+            self.counts.inflight += 1;
+            self.sink.inflight(&i)?;
+        }
+        self.sink.flush()?;
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn warning(&mut self, now_ns: u64, message: &str) -> io::Result<()> {
+        eprintln!("introspect: warning: {message}");
+        self.sink.warning(now_ns, message)
+    }
+
+    pub fn finish(&mut self, now_ns: u64) -> io::Result<()> {
+        self.asm.close();
+        self.counts.open_at_exit = self.asm.stats.open_at_exit;
+        let rows = self.summary.rows();
+        self.sink.summary(now_ns, &self.counts, &rows)?;
+        self.sink.flush()?;
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.flush()?;
+        }
+        Ok(())
+    }
+}

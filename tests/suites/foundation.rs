@@ -1,0 +1,251 @@
+//! Foundation: every request of a real gunicorn + Flask server is measured in the kernel,
+//! reported once, with the right identity, status, thread and timing — checked against what the
+//! client measured.
+use std::{
+    collections::{BTreeSet, HashMap},
+    fs,
+    os::unix::fs::PermissionsExt,
+    process::Command,
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use introspect_tests::{
+    can_trace,
+    client::{self, Client, Exchange},
+    introspect::{self, Line, Watch},
+    introspect_bin,
+    server::Gunicorn,
+};
+use serde_json::Value;
+
+/// Sends `paths` from `clients` concurrent connections (keep-alive on the even ones when
+/// `keep_alive_mix`, on all when `keep_alive`) and returns what each client measured.
+fn drive(port: u16, paths: Vec<String>, clients: usize, keep_alive: bool, keep_alive_mix: bool) -> Vec<Exchange> {
+    let queue = Arc::new(Mutex::new(paths.into_iter().rev().collect::<Vec<_>>()));
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let queue = Arc::clone(&queue);
+            let ka = keep_alive || (keep_alive_mix && c % 2 == 0);
+            thread::spawn(move || {
+                client::measure_precisely();
+                let mut client = Client::new(port, ka);
+                let mut done = Vec::new();
+                loop {
+                    let Some(path) = queue.lock().unwrap().pop() else { break };
+                    done.push(client.request("GET", &path).unwrap_or_else(|e| panic!("GET {path}: {e}")));
+                }
+                done
+            })
+        })
+        .collect();
+    handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect()
+}
+
+fn requests(lines: &[Line]) -> Vec<&Value> {
+    lines.iter().filter(|l| l.ty() == "request").map(|l| &l.json).collect()
+}
+
+fn summary(lines: &[Line]) -> &Value {
+    &lines.iter().find(|l| l.ty() == "summary").expect("a summary line").json
+}
+
+/// Every exchange is reported exactly once, nothing else is, and each report matches the
+/// client's ground truth: method, path, status, serving thread, and a duration within
+/// max(1 ms, 2%) of the client's and never above it.
+fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: bool) {
+    let reqs = requests(lines);
+    let mut by_path: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for r in &reqs {
+        by_path.entry(r["path"].as_str().expect("path")).or_default().push(r);
+    }
+    assert_eq!(reqs.len(), exchanges.len(), "reported {} requests for {} sent", reqs.len(), exchanges.len());
+    let mut worst_ms: f64 = 0.0;
+    for ex in exchanges {
+        let got = by_path.get(ex.path.as_str()).unwrap_or_else(|| panic!("{} was not reported", ex.path));
+        assert_eq!(got.len(), 1, "{} reported {} times", ex.path, got.len());
+        let r = got[0];
+        assert_eq!(r["method"], ex.method.as_str(), "{}", ex.path);
+        assert_eq!(r["status"], ex.status, "{}: {r}", ex.path);
+        if check_tid {
+            assert_eq!(r["tid"].as_u64(), ex.server_tid.map(u64::from), "{}: thread: {r}", ex.path);
+        }
+        let client_ms = ex.duration_ms();
+        let ours = r["duration_ms"].as_f64().expect("duration_ms");
+        // duration_ms is printed to the microsecond.
+        assert!(ours <= client_ms + 0.001, "{}: {ours} ms reported, above the client's {client_ms:.3} ms", ex.path);
+        let tolerance = (client_ms * 0.02).max(1.0);
+        assert!(client_ms - ours <= tolerance, "{}: {ours} ms reported, client measured {client_ms:.3} ms", ex.path);
+        worst_ms = worst_ms.max(client_ms - ours);
+    }
+    eprintln!("{} requests matched; largest shortfall against the client: {worst_ms:.3} ms", exchanges.len());
+    let s = summary(lines);
+    assert_eq!(s["requests"], exchanges.len(), "summary: {s}");
+    assert_eq!(s["dropped_events"], 0, "summary: {s}");
+}
+
+const DELAYS_MS: [u32; 11] = [0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 500];
+
+#[test]
+fn sync_workers_every_request_once_with_client_timing() {
+    if !can_trace("sync_workers_every_request_once_with_client_timing") {
+        return;
+    }
+    let server = Gunicorn::start("flaskapp:app", 2, &[]);
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    let paths: Vec<String> = (0..220)
+        .map(|i| match i % 20 {
+            7 => format!("/nope/r{i}"),
+            13 => format!("/fail/r{i}"),
+            17 => format!("/status/404/r{i}"),
+            _ => format!("/sleep/{}/r{i}", DELAYS_MS[i % DELAYS_MS.len()]),
+        })
+        .collect();
+    let exchanges = drive(server.port, paths, 2, false, true);
+    assert!(exchanges.iter().any(|e| e.status == 404) && exchanges.iter().any(|e| e.status == 500));
+    thread::sleep(Duration::from_millis(200));
+    let lines = watch.stop();
+    check_against_client(&exchanges, &lines, true);
+}
+
+#[test]
+fn gthread_workers_attribute_each_request_to_its_thread() {
+    if !can_trace("gthread_workers_attribute_each_request_to_its_thread") {
+        return;
+    }
+    let server = Gunicorn::start("flaskapp:app", 2, &["--worker-class", "gthread", "--threads", "4", "--keep-alive", "5"]);
+    let port = server.port.to_string();
+    // --port: the watch finds the master and workers from the listening socket.
+    let watch = Watch::start(&["--port", &port, "--all"]);
+    let paths: Vec<String> = (0..240).map(|i| format!("/sleep/{}/t{i}", DELAYS_MS[i % 9])).collect();
+    let exchanges = drive(server.port, paths, 6, true, false);
+    let tids: BTreeSet<_> = exchanges.iter().filter_map(|e| e.server_tid).collect();
+    assert!(tids.len() > 2, "expected several serving threads, got {tids:?}");
+    thread::sleep(Duration::from_millis(200));
+    let lines = watch.stop();
+    check_against_client(&exchanges, &lines, true);
+    // Keep-alive was real: far fewer connections than requests.
+    let peers: BTreeSet<_> = requests(&lines).iter().map(|r| r["peer"].as_str().unwrap_or("").to_string()).collect();
+    assert!(peers.len() < exchanges.len() / 4, "{} connections for {} requests", peers.len(), exchanges.len());
+}
+
+#[test]
+fn recycled_workers_are_followed() {
+    if !can_trace("recycled_workers_are_followed") {
+        return;
+    }
+    let server = Gunicorn::start("flaskapp:app", 2, &["--max-requests", "20"]);
+    let first_workers: BTreeSet<u32> = server.workers().into_iter().collect();
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    let paths: Vec<String> = (0..120).map(|i| format!("/fast/m{i}")).collect();
+    let exchanges = drive(server.port, paths, 2, false, false);
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    check_against_client(&exchanges, &lines, true);
+    let serving: BTreeSet<u32> = requests(&lines).iter().map(|r| r["pid"].as_u64().unwrap() as u32).collect();
+    let new: Vec<_> = serving.difference(&first_workers).collect();
+    assert!(new.len() >= 3, "requests served by workers born during the watch: {new:?} (all: {serving:?})");
+    assert!(summary(&lines)["processes_followed"].as_u64().unwrap() >= 3);
+}
+
+#[test]
+fn inflight_arrives_while_the_request_runs() {
+    if !can_trace("inflight_arrives_while_the_request_runs") {
+        return;
+    }
+    let server = Gunicorn::start("flaskapp:app", 2, &[]);
+    let pid = server.master_pid().to_string();
+    let threshold_ms = 300.0;
+    let mut watch = Watch::start(&["--pid", &pid, "--threshold", "300ms"]);
+    let mut delays = Vec::new();
+    for i in 0..6 {
+        let path = format!("/sleep/900/i{i}");
+        let exchange = {
+            let path = path.clone();
+            let port = server.port;
+            thread::spawn(move || {
+                client::measure_precisely();
+                Client::new(port, false).request("GET", &path).expect("slow request")
+            })
+        };
+        let line = watch
+            .wait_for(Duration::from_secs(5), |l| l.ty() == "inflight" && l.json["path"] == path.as_str())
+            .unwrap_or_else(|| panic!("no inflight event for {path}"));
+        let ex = exchange.join().expect("client");
+        assert!(line.at < ex.received, "inflight for {path} arrived after the response");
+        let elapsed = line.json["elapsed_ms"].as_f64().unwrap();
+        assert!(elapsed >= threshold_ms, "inflight before the threshold: {}", line.json);
+        let delay = (line.at - ex.sent).as_secs_f64() * 1e3 - threshold_ms;
+        delays.push(delay);
+    }
+    delays.sort_by(f64::total_cmp);
+    eprintln!("inflight alert delay after crossing the threshold: min {:.1} ms, median {:.1} ms, max {:.1} ms", delays[0], delays[3], delays[5]);
+    let lines = watch.stop();
+    // Slow requests are also reported when they complete; fast ones are not (no --all).
+    assert_eq!(requests(&lines).len(), 6);
+}
+
+#[test]
+fn bad_invocations_fail_clearly() {
+    if !can_trace("bad_invocations_fail_clearly") {
+        return;
+    }
+    // Unknown pid: pids are always below pid_max.
+    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().to_string();
+    let out = introspect::run(&["watch", "--pid", &pid_max]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains(&format!("no process with pid {pid_max}")), "stderr: {err}");
+    assert!(out.stdout.is_empty());
+
+    // Nobody listens on port 1.
+    let out = introspect::run(&["watch", "--port", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no process is listening on TCP port 1"));
+
+    // Not root: one clear line and exit code 2. The binary is copied where an unprivileged user
+    // can run it (the checkout may sit under a private home directory).
+    let dir = std::env::temp_dir().join(format!("introspect-nonroot-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("introspect");
+    fs::copy(introspect_bin(), &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["watch", "--pid", "1"])
+        .output()
+        .expect("setpriv");
+    let _ = fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "stderr: {err}");
+    assert!(err.contains("must run as root"), "stderr: {err}");
+}
+
+#[test]
+fn mounts_tracefs_when_it_is_not_mounted() {
+    if !can_trace("mounts_tracefs_when_it_is_not_mounted") {
+        return;
+    }
+    // In a private mount namespace, take tracefs away and check introspect puts it back.
+    let script = r#"
+        umount /sys/kernel/debug/tracing 2>/dev/null; umount /sys/kernel/tracing 2>/dev/null
+        if [ -d /sys/kernel/tracing/events ]; then echo "tracefs still mounted" >&2; exit 99; fi
+        exec "$0" watch --pid $$ --duration 1s
+    "#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(introspect_bin())
+        .output()
+        .expect("unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}; stderr: {err}", out.status);
+    assert!(err.contains("mounted tracefs at /sys/kernel/tracing"), "stderr: {err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.lines().any(|l| l.contains(r#""type":"summary""#)), "stdout: {stdout}");
+}

@@ -1,0 +1,151 @@
+//! `cargo xtask demo`: a real gunicorn + Flask app with endpoints of known behaviour, real load,
+//! and introspect watching it; slow requests are shown as they arrive. Ends by itself.
+use std::{
+    fs,
+    io::Write as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use introspect_tests::{client::Client, introspect::Watch, server::Gunicorn};
+use serde_json::Value;
+
+use crate::{build, root, setup};
+
+const LOAD_SECONDS: u64 = 40;
+const CLIENTS: usize = 4;
+
+/// A fixed mix of endpoints: mostly fast, some sleepy, some CPU-bound, some failing.
+fn path_for(n: u64) -> String {
+    // A small LCG so the demo is the same every run.
+    let r = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33;
+    match r % 100 {
+        0..=64 => format!("/fast/{n}"),
+        65..=79 => format!("/sleep/{}", 100 + (r / 100) % 8 * 100),
+        80..=89 => format!("/cpu/{}", 50 + (r / 100) % 8 * 50),
+        90..=94 => "/fail".to_string(),
+        _ => format!("/status/404/{n}"),
+    }
+}
+
+fn show(line: &Value) {
+    let s = |k: &str| line[k].as_str().unwrap_or("?").to_string();
+    match line["type"].as_str() {
+        Some("inflight") => eprintln!(
+            "  STILL RUNNING  {:>8.1} ms  {} {}  (pid {} tid {})",
+            line["elapsed_ms"].as_f64().unwrap_or(0.0),
+            s("method"),
+            s("path"),
+            line["pid"],
+            line["tid"]
+        ),
+        Some("request") => eprintln!(
+            "  SLOW REQUEST   {:>8.1} ms  {} {} -> {}  (queued {:.1} ms, pid {} tid {})",
+            line["duration_ms"].as_f64().unwrap_or(0.0),
+            s("method"),
+            s("path"),
+            line["status"],
+            line["queue_ms"].as_f64().unwrap_or(0.0),
+            line["pid"],
+            line["tid"]
+        ),
+        Some("warning") => eprintln!("  WARNING        {}", s("message")),
+        _ => {}
+    }
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let env = setup::setup()?;
+    let bin = build()?;
+    // The harness finds the binary and the virtualenv through these.
+    // SAFETY: single-threaded at this point.
+    unsafe {
+        std::env::set_var("INTROSPECT_BIN", &bin);
+        std::env::set_var("INTROSPECT_VENV", &env.venv);
+    }
+    let out_dir = root().join("demo-out");
+    fs::create_dir_all(&out_dir)?;
+
+    eprintln!("demo: starting gunicorn (gthread: 2 workers x 4 threads) with tests/apps/flaskapp.py");
+    let server = Gunicorn::start("flaskapp:app", 2, &["--worker-class", "gthread", "--threads", "4"]);
+    let port = server.port.to_string();
+    let recording = out_dir.join("events.recording");
+    let mut watch = Watch::start(&["--port", &port, "--threshold", "300ms", "--record", recording.to_str().unwrap_or("events.recording")]);
+    eprintln!("demo: introspect watch --port {port} --threshold 300ms   ({CLIENTS} clients for {LOAD_SECONDS} s)\n");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+            let port = server.port;
+            thread::spawn(move || {
+                let mut client = Client::new(port, c % 2 == 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let n = sent.fetch_add(1, Ordering::Relaxed);
+                    if client.request("GET", &path_for(n)).is_err() {
+                        client = Client::new(port, c % 2 == 0);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut events = fs::File::create(out_dir.join("events.jsonl"))?;
+    let until = Instant::now() + Duration::from_secs(LOAD_SECONDS);
+    let mut shown = 0;
+    while Instant::now() < until {
+        if let Some(line) = watch.next_line(Duration::from_millis(200)) {
+            writeln!(events, "{}", line.json)?;
+            show(&line.json);
+            shown += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    let stderr = watch.stderr();
+    let lines = watch.stop();
+    let mut summary = None;
+    // Lines printed after the load stopped: the last requests and the summary.
+    for l in lines.iter().skip(shown) {
+        writeln!(events, "{}", l.json)?;
+        show(&l.json);
+        if l.ty() == "summary" {
+            summary = Some(l.json.clone());
+        }
+    }
+    fs::write(out_dir.join("introspect.stderr"), stderr)?;
+    drop(server);
+
+    if let Some(s) = summary {
+        eprintln!(
+            "\ndemo: {} requests seen ({} sent), {} reported slow, {} dropped events in {} s",
+            s["requests"], sent.load(Ordering::Relaxed), s["reported"], s["dropped_events"], s["duration_s"]
+        );
+        eprintln!("\n  {:<7} {:<18} {:>7} {:>6} {:>5} {:>10} {:>10} {:>10}", "method", "route", "count", "slow", "5xx", "total ms", "p50 ms", "p99 ms");
+        for e in s["endpoints"].as_array().into_iter().flatten() {
+            eprintln!(
+                "  {:<7} {:<18} {:>7} {:>6} {:>5} {:>10.1} {:>10.2} {:>10.2}",
+                e["method"].as_str().unwrap_or(""),
+                e["route"].as_str().unwrap_or(""),
+                e["count"],
+                e["slow"],
+                e["errors_5xx"],
+                e["total_ms"].as_f64().unwrap_or(0.0),
+                e["p50_ms"].as_f64().unwrap_or(0.0),
+                e["p99_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
+    }
+    eprintln!("\ndemo: outputs in {}:", out_dir.display());
+    eprintln!("  events.jsonl       the JSON lines introspect printed (slow requests, inflight alerts, summary)");
+    eprintln!("  events.recording   every kernel event, for `introspect replay demo-out/events.recording --all`");
+    eprintln!("  introspect.stderr  introspect's diagnostics");
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! `cargo xtask setup`: everything a fresh machine of this kind lacks, installed idempotently.
+//! Each step checks first and does nothing when its result is already there.
+use std::{
+    collections::hash_map::DefaultHasher,
+    fs,
+    hash::{Hash, Hasher},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{root, run};
+
+/// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM major), wrk for
+/// load, curl and util-linux tools used by the suites.
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "wrk", "curl", "util-linux"];
+
+pub struct Env {
+    pub venv: PathBuf,
+}
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn output(cmd: &mut Command) -> String {
+    cmd.stderr(Stdio::null()).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).contains("install ok installed"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    eprintln!("xtask: adding rust-src to the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if quiet(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    eprintln!("xtask: building bpf-linker against LLVM 22 (a few minutes, once)");
+    // Without LLVM_PREFIX the build finds Debian's default llvm-config (LLVM 14) and fails to
+    // link (-lLLVM not found).
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--version", "0.13.0", "--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+}
+
+/// The CPython used for the test and demo servers: pyenv's 3.11 where present, else Debian's.
+fn python311() -> anyhow::Result<PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let pyenv = Path::new(&home).join(".pyenv/versions");
+    let mut candidates: Vec<PathBuf> = fs::read_dir(&pyenv)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("3.11.")))
+        .map(|p| p.join("bin/python3.11"))
+        .collect();
+    candidates.sort();
+    candidates.push(PathBuf::from("/usr/bin/python3.11"));
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .context("no CPython 3.11 found (looked in ~/.pyenv/versions and /usr/bin)")
+}
+
+fn venv(python: &Path, dir: &Path, requirements: &Path) -> anyhow::Result<()> {
+    let reqs = fs::read_to_string(requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let mut h = DefaultHasher::new();
+    (python, &reqs).hash(&mut h);
+    let stamp_value = format!("{:016x}\n", h.finish());
+    let stamp = dir.join(".introspect-stamp");
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_value) && dir.join("bin/python").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: creating Python environment {} from {}", dir.display(), python.display());
+    let _ = fs::remove_dir_all(dir);
+    run(Command::new(python).args(["-m", "venv"]).arg(dir))?;
+    run(Command::new(dir.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", "-r"]).arg(requirements))?;
+    fs::write(&stamp, stamp_value)?;
+    Ok(())
+}
+
+pub fn setup() -> anyhow::Result<Env> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("setup installs Debian packages and the suites load eBPF programs: run as root");
+    }
+    apt_packages()?;
+    rust_src()?;
+    bpf_linker()?;
+    let venv_dir = root().join("target/venv/py311");
+    venv(&python311()?, &venv_dir, &root().join("tests/apps/requirements.txt"))?;
+    Ok(Env { venv: venv_dir })
+}

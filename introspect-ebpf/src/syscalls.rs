@@ -280,7 +280,10 @@ pub fn syscalls_exit_data(ctx: TracePointContext) -> u32 {
         enter_ts: p.enter_ts,
         arrival_ts,
     };
-    if p.first == 0 || n == 0 {
+    // A response that follows an interim one (100 Continue) is written while the connection is
+    // already in its writing phase: recognise its status line by its first bytes.
+    let first = p.first != 0 || (p.kind == kind::WRITE && starts_response(&p));
+    if !first || n == 0 {
         let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
             count(counter::RINGBUF_FULL);
             return 0;
@@ -291,6 +294,13 @@ pub fn syscalls_exit_data(ctx: TracePointContext) -> u32 {
     }
     emit_with_payload(&p, base, n as u64);
     0
+}
+
+#[inline(always)]
+fn starts_response(p: &Pending) -> bool {
+    let Some((addr, _)) = first_buffer(p) else { return false };
+    // SAFETY: user memory, fault-tolerant read.
+    unsafe { bpf_probe_read_user(addr as *const [u8; 7]) }.is_ok_and(|b| &b == b"HTTP/1.")
 }
 
 #[inline(always)]

@@ -100,6 +100,9 @@ struct Conn {
     peer: Option<SocketAddr>,
     /// End of the previous request on this connection: arrivals before it belong to it.
     last_end_ns: u64,
+    /// An HTTP request was seen here: later unparsable bytes are a body (drained after an early
+    /// response, say), not another protocol.
+    http: bool,
     open: Option<Open>,
 }
 
@@ -185,6 +188,7 @@ impl Assembler {
                 // The arrival belongs to this request only if it came after the previous one ended.
                 let arrival = arrival_ts.filter(|&a| a >= conn.last_end_ns && a <= hdr.ts);
                 let start_ns = arrival.unwrap_or(hdr.ts);
+                conn.http = true;
                 conn.open = Some(Open {
                     reader_tid: hdr.tid,
                     writer_tid: None,
@@ -205,7 +209,7 @@ impl Assembler {
             // A body, or bytes after an interim (1xx) response: part of the open request.
             _ => match conn.open.as_mut() {
                 Some(open) => open.bytes_in += bytes,
-                None if head.is_some() => self.stats.non_http_phases += 1,
+                None if head.is_some() && !conn.http => self.stats.non_http_phases += 1,
                 None => {}
             },
         }
@@ -305,5 +309,139 @@ impl Assembler {
     /// At the end of a watch: how many requests were still running.
     pub fn close(&mut self) {
         self.stats.open_at_exit = self.open_requests() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{BodyLen, RequestHead};
+
+    const T: u32 = 100;
+
+    fn h(tid: u32, ts: u64) -> Hdr {
+        Hdr { tgid: T, tid, ts }
+    }
+
+    fn accept(fd: i32, ts: u64) -> Event {
+        Event::Accept { hdr: h(T, ts), fd, listen_fd: 3, peer: Some("10.0.0.9:4242".parse().unwrap()), enter_ts: ts - 1 }
+    }
+
+    fn req(tid: u32, fd: i32, ts: u64, arrival: Option<u64>, method: &str, path: &str) -> Event {
+        Event::Data {
+            hdr: h(tid, ts),
+            dir: Dir::Read,
+            fd,
+            bytes: 80,
+            enter_ts: ts - 5,
+            arrival_ts: arrival,
+            head: Some(Head::Request(RequestHead { method: method.into(), target: path.into() })),
+            comm: Some("gunicorn".into()),
+        }
+    }
+
+    fn resp(tid: u32, fd: i32, ts: u64, status: u16, head_len: u64, body: BodyLen, bytes: u64) -> Event {
+        Event::Data {
+            hdr: h(tid, ts),
+            dir: Dir::Write,
+            fd,
+            bytes,
+            enter_ts: ts - 5,
+            arrival_ts: None,
+            head: Some(Head::Response(ResponseHead { status, head_len: Some(head_len), body })),
+            comm: Some("gunicorn".into()),
+        }
+    }
+
+    fn write(tid: u32, fd: i32, ts: u64, bytes: u64) -> Event {
+        Event::Data { hdr: h(tid, ts), dir: Dir::Write, fd, bytes, enter_ts: ts - 5, arrival_ts: None, head: None, comm: None }
+    }
+
+    fn run(events: &[Event]) -> (Vec<Request>, Assembler) {
+        let mut a = Assembler::new(1_000);
+        let mut out = Vec::new();
+        for e in events {
+            a.observe(e, &mut out);
+        }
+        (out, a)
+    }
+
+    #[test]
+    fn content_length_ends_the_request_at_its_last_byte() {
+        let (out, _) = run(&[
+            accept(7, 1_000),
+            req(101, 7, 2_000, Some(1_500), "GET", "/a"),
+            resp(102, 7, 3_000, 200, 100, BodyLen::Length(50), 100),
+            write(102, 7, 4_000, 50),
+            Event::Close { hdr: h(102, 9_000), fd: 7 },
+        ]);
+        assert_eq!(out.len(), 1);
+        let r = &out[0];
+        assert_eq!((r.start_ns, r.end_ns, r.queue_ns, r.tid, r.status), (1_500, 4_000, 1_995 - 1_500, 102, Some(200)));
+        assert_eq!((r.bytes_in, r.bytes_out, r.end), (80, 150, EndReason::Complete));
+    }
+
+    #[test]
+    fn chunked_response_is_delimited_by_the_next_request() {
+        let (out, a) = run(&[
+            accept(7, 1_000),
+            req(101, 7, 2_000, Some(1_900), "GET", "/stream"),
+            resp(101, 7, 3_000, 200, 100, BodyLen::Chunked, 100),
+            write(101, 7, 5_000, 20),
+            // An arrival older than the previous response's end belongs to that response.
+            req(101, 7, 8_000, Some(4_000), "GET", "/next"),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].end_ns, out[0].end), (5_000, EndReason::Delimited));
+        assert_eq!(a.open_requests(), 1);
+        let mut infl = Vec::new();
+        let mut a = a;
+        a.tick(9_100, &mut infl);
+        assert_eq!(infl.len(), 1);
+        assert_eq!(infl[0].start_ns, 8_000, "stale arrival ignored");
+        a.tick(9_200, &mut infl);
+        assert_eq!(infl.len(), 1, "inflight is reported once");
+    }
+
+    #[test]
+    fn a_worker_dying_mid_request_ends_it_without_status() {
+        let (out, a) = run(&[
+            accept(7, 1_000),
+            req(101, 7, 2_000, None, "POST", "/slow"),
+            accept(8, 2_500),
+            Event::Exit { hdr: h(T, 50_000), pid: T },
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].status, out[0].start_ns, out[0].end_ns, out[0].end), (None, 2_000, 50_000, EndReason::ProcessExit));
+        assert_eq!(a.open_requests(), 0);
+    }
+
+    #[test]
+    fn interim_response_does_not_end_the_request_and_head_requests_have_no_body() {
+        let (out, _) = run(&[
+            accept(7, 1_000),
+            req(101, 7, 2_000, None, "HEAD", "/h"),
+            resp(101, 7, 3_000, 100, 25, BodyLen::Unknown, 25),
+            resp(101, 7, 4_000, 200, 90, BodyLen::Length(1_000), 90),
+        ]);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].status, out[0].end_ns, out[0].bytes_out), (Some(200), 4_000, 115));
+    }
+
+    #[test]
+    fn bytes_that_are_not_http_are_counted_not_reported() {
+        let other = Event::Data {
+            hdr: h(101, 2_000),
+            dir: Dir::Read,
+            fd: 7,
+            bytes: 300,
+            enter_ts: 1_990,
+            arrival_ts: None,
+            head: Some(Head::Other),
+            comm: None,
+        };
+        let (out, a) = run(&[accept(7, 1_000), other, Event::Close { hdr: h(101, 3_000), fd: 7 }]);
+        assert!(out.is_empty());
+        assert_eq!(a.stats.non_http_phases, 1);
     }
 }

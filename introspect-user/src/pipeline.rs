@@ -93,6 +93,7 @@ impl<W: Write> Pipeline<W> {
     pub fn finish(&mut self, now_ns: u64) -> io::Result<()> {
         self.asm.close();
         self.counts.open_at_exit = self.asm.stats.open_at_exit;
+        self.counts.non_http = self.asm.stats.non_http_phases;
         let rows = self.summary.rows();
         self.sink.summary(now_ns, &self.counts, &rows)?;
         self.sink.flush()?;

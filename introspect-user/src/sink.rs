@@ -71,6 +71,8 @@ pub struct SummaryCounts {
     /// Requests still running when the watch ended (not counted in `requests`).
     pub open_at_exit: u64,
     pub processes_followed: u64,
+    /// Connections whose bytes were not HTTP/1 (TLS, HTTP/2, another protocol): not measured.
+    pub non_http: u64,
     pub losses: Losses,
 }
 

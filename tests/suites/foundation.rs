@@ -249,3 +249,32 @@ fn mounts_tracefs_when_it_is_not_mounted() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.lines().any(|l| l.contains(r#""type":"summary""#)), "stdout: {stdout}");
 }
+
+#[test]
+fn backlog_wait_is_counted_as_queue() {
+    if !can_trace("backlog_wait_is_counted_as_queue") {
+        return;
+    }
+    // One sync worker, three clients at once: two of them wait in the listen backlog.
+    let server = Gunicorn::start("flaskapp:app", 1, &[]);
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    let paths: Vec<String> = (0..3).map(|i| format!("/sleep/300/q{i}")).collect();
+    let exchanges = drive(server.port, paths, 3, false, false);
+    thread::sleep(Duration::from_millis(200));
+    let lines = watch.stop();
+    check_against_client(&exchanges, &lines, true);
+    let mut queues: Vec<(f64, f64)> = requests(&lines)
+        .iter()
+        .map(|r| (r["queue_ms"].as_f64().unwrap(), r["duration_ms"].as_f64().unwrap()))
+        .collect();
+    queues.sort_by(|a, b| a.0.total_cmp(&b.0));
+    eprintln!("(queue_ms, duration_ms): {queues:?}");
+    assert!(queues[0].0 < 5.0, "the first request did not wait: {queues:?}");
+    assert!((270.0..400.0).contains(&queues[1].0), "the second waited for one request: {queues:?}");
+    assert!((570.0..700.0).contains(&queues[2].0), "the third waited for two: {queues:?}");
+    for (queue, duration) in &queues {
+        let served = duration - queue;
+        assert!((295.0..330.0).contains(&served), "time after the backlog should be the 300 ms sleep: {queues:?}");
+    }
+}

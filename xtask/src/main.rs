@@ -3,7 +3,10 @@
 mod demo;
 mod setup;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -74,14 +77,18 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().cmd {
+fn main() -> ExitCode {
+    let result = match Cli::parse().cmd {
         Cmd::Setup => setup::setup().map(drop),
-        Cmd::Build => {
-            setup::setup()?;
-            build().map(drop)
-        }
+        Cmd::Build => setup::setup().and_then(|_| build()).map(drop),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

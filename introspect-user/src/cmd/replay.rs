@@ -1,7 +1,7 @@
 //! `introspect replay`: a recording through the userspace pipeline, no kernel involved.
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader},
+    io::{self, BufRead, BufReader, Write},
 };
 
 use anyhow::Context as _;
@@ -24,20 +24,33 @@ pub struct Meta {
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let file = File::open(&args.file).map_err(|e| UsageError(format!("cannot open {}: {e}", args.file.display())))?;
-    let mut lines = BufReader::new(file).lines();
+    let cfg = Config { threshold_ns: args.reporting.threshold.as_nanos() as u64, all: args.reporting.all };
+    replay(BufReader::new(file), &args.file.display().to_string(), cfg, io::BufWriter::new(io::stdout().lock()))
+}
+
+/// watch's default drain interval.
+const POLL_NS: u64 = 10_000_000;
+
+/// Feeds a recording through the pipeline, writing what `watch` would have written.
+pub fn replay<R: BufRead, W: Write>(input: R, name: &str, cfg: Config, out: W) -> anyhow::Result<()> {
+    let mut lines = input.lines();
     let first = lines.next().transpose()?.unwrap_or_default();
     let meta: Meta = serde_json::from_str(&first)
-        .map_err(|_| UsageError(format!("{} is not an introspect recording (no header line)", args.file.display())))?;
-    let cfg = Config { threshold_ns: args.reporting.threshold.as_nanos() as u64, all: args.reporting.all };
-    let sink = JsonSink::new(io::BufWriter::new(io::stdout().lock()), Clock::with_offset(meta.realtime_minus_mono_ns));
-    let mut pipeline = Pipeline::new(cfg, sink);
+        .map_err(|_| UsageError(format!("{name} is not an introspect recording (no header line)")))?;
+    let mut pipeline = Pipeline::new(cfg, JsonSink::new(out, Clock::with_offset(meta.realtime_minus_mono_ns)));
     let (mut first_ts, mut last_ts) = (None, 0);
     for (n, line) in lines.enumerate() {
         let line = line?;
-        let ev: Event = serde_json::from_str(&line).with_context(|| format!("{}:{}: not an event", args.file.display(), n + 2))?;
+        let ev: Event = serde_json::from_str(&line).with_context(|| format!("{name}:{}: not an event", n + 2))?;
         let ts = ev.hdr().ts;
-        first_ts.get_or_insert(ts);
-        // Time advances with the events, so inflight alerts come out where they would have live.
+        let first = *first_ts.get_or_insert(ts);
+        // Time advances in watch's polling steps up to each event, so inflight alerts come out
+        // where they would have live.
+        let mut t = last_ts.max(first) + POLL_NS;
+        while t < ts {
+            pipeline.tick(t)?;
+            t += POLL_NS;
+        }
         pipeline.tick(ts)?;
         pipeline.event(&ev)?;
         last_ts = last_ts.max(ts);
@@ -45,4 +58,36 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     pipeline.counts.duration_s = (last_ts - first_ts.unwrap_or(last_ts)) as f64 / 1e9;
     pipeline.finish(last_ts)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs, path::PathBuf};
+
+    use super::*;
+
+    /// Golden replays: recorded kernel event streams from real servers, and the JSON lines they
+    /// must produce. `BLESS=1 cargo test` rewrites the expected files after a deliberate change.
+    #[test]
+    fn recorded_streams_replay_to_their_expected_output() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/replay");
+        let mut checked = 0;
+        for entry in fs::read_dir(&dir).expect("tests/replay") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "recording") {
+                continue;
+            }
+            let cfg = Config { threshold_ns: 500_000_000, all: true };
+            let mut out = Vec::new();
+            replay(BufReader::new(File::open(&path).expect("open")), "fixture", cfg, &mut out).expect("replay");
+            let expected_path = path.with_extension("expected.jsonl");
+            if std::env::var_os("BLESS").is_some() {
+                fs::write(&expected_path, &out).expect("bless");
+            }
+            let expected = fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("{} missing; run with BLESS=1", expected_path.display()));
+            assert_eq!(String::from_utf8_lossy(&out), expected, "{}", path.display());
+            checked += 1;
+        }
+        assert!(checked > 0, "no recordings in {}", dir.display());
+    }
 }

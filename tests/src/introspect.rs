@@ -16,6 +16,8 @@ use crate::{guard::Guard, introspect_bin};
 #[derive(Clone, Debug)]
 pub struct Line {
     pub at: Instant,
+    /// The line exactly as printed.
+    pub raw: String,
     pub json: Value,
 }
 
@@ -50,7 +52,7 @@ impl Watch {
         let out_reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 let json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
-                if tx.send(Line { at: Instant::now(), json }).is_err() {
+                if tx.send(Line { at: Instant::now(), raw: line, json }).is_err() {
                     break;
                 }
             }

@@ -100,7 +100,7 @@ pub fn run() -> anyhow::Result<()> {
     let mut shown = 0;
     while Instant::now() < until {
         if let Some(line) = watch.next_line(Duration::from_millis(200)) {
-            writeln!(events, "{}", line.json)?;
+            writeln!(events, "{}", line.raw)?;
             show(&line.json);
             shown += 1;
         }
@@ -114,7 +114,7 @@ pub fn run() -> anyhow::Result<()> {
     let mut summary = None;
     // Lines printed after the load stopped: the last requests and the summary.
     for l in lines.iter().skip(shown) {
-        writeln!(events, "{}", l.json)?;
+        writeln!(events, "{}", l.raw)?;
         show(&l.json);
         if l.ty() == "summary" {
             summary = Some(l.json.clone());
@@ -134,9 +134,9 @@ pub fn run() -> anyhow::Result<()> {
                 "  {:<7} {:<18} {:>7} {:>6} {:>5} {:>10.1} {:>10.2} {:>10.2}",
                 e["method"].as_str().unwrap_or(""),
                 e["route"].as_str().unwrap_or(""),
-                e["count"],
-                e["slow"],
-                e["errors_5xx"],
+                e["count"].as_u64().unwrap_or(0),
+                e["slow"].as_u64().unwrap_or(0),
+                e["errors_5xx"].as_u64().unwrap_or(0),
                 e["total_ms"].as_f64().unwrap_or(0.0),
                 e["p50_ms"].as_f64().unwrap_or(0.0),
                 e["p99_ms"].as_f64().unwrap_or(0.0)

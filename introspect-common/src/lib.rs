@@ -19,6 +19,7 @@ pub mod names {
     pub const CONNS: &str = "CONNS";
     pub const PORTS: &str = "PORTS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const OFFCPU: &str = "OFFCPU";
     /// Offsets of tracepoint fields that are not fixed by the syscall ABI, read from tracefs.
     pub const G_OFFSETS: &str = "OFFSETS";
 }
@@ -31,6 +32,8 @@ pub mod kind {
     pub const CLOSE: u16 = 4;
     pub const FORK: u16 = 5;
     pub const EXIT: u16 = 6;
+    pub const OFF_CPU: u16 = 7;
+    pub const SYSCALL: u16 = 8;
 }
 
 /// Flags on a [`DataEvent`].
@@ -108,8 +111,11 @@ pub struct DataEvent {
     pub enter_ts: u64,
     /// For the first read of a request: when its first bytes reached the socket (tcp_probe), or 0.
     pub arrival_ts: u64,
+    /// Syscall number (x86_64).
+    pub nr: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<DataEvent>() == 56);
+const _: () = assert!(size_of::<DataEvent>() == 64);
 
 /// A [`DataEvent`] with the head of the request or response.
 #[repr(C)]
@@ -119,7 +125,7 @@ pub struct DataPayloadEvent {
     pub comm: [u8; 16],
     pub payload: [u8; PAYLOAD_MAX],
 }
-const _: () = assert!(size_of::<DataPayloadEvent>() == 56 + 16 + PAYLOAD_MAX);
+const _: () = assert!(size_of::<DataPayloadEvent>() == 64 + 16 + PAYLOAD_MAX);
 
 /// `close` of a tracked connection.
 #[repr(C)]
@@ -142,6 +148,61 @@ pub struct ProcEvent {
     pub comm: [u8; 16],
 }
 const _: () = assert!(size_of::<ProcEvent>() == 48);
+
+/// The syscall a thread was in, as far as the hooked syscalls tell.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SysCtx {
+    /// Syscall number (x86_64), or `NO_SYSCALL`.
+    pub nr: u32,
+    /// The fd it waits on (its first argument; the first polled fd for poll/select), or -1.
+    pub fd: i32,
+    /// futex: the address. poll/select: the number of fds. epoll_wait: the timeout.
+    pub arg: u64,
+}
+const _: () = assert!(size_of::<SysCtx>() == 16);
+
+/// `SysCtx::nr` when the thread was not in a hooked syscall (a page fault, preemption).
+pub const NO_SYSCALL: u32 = u32::MAX;
+
+/// A thread serving a request was off the CPU: blocked from `out_ts` to `wake_ts`, then
+/// runnable until it ran again at `hdr.ts`. Preempted threads have `wake_ts == out_ts`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OffCpuEvent {
+    pub hdr: EventHeader,
+    pub out_ts: u64,
+    pub wake_ts: u64,
+    /// sched_switch prev_state & 0xff: 0 runnable (preempted), 1 S (interruptible), 2 D.
+    pub state: u32,
+    pub _pad: u32,
+    pub sys: SysCtx,
+}
+const _: () = assert!(size_of::<OffCpuEvent>() == 64);
+
+/// A hooked syscall of a thread serving a request, from enter to exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallEvent {
+    pub hdr: EventHeader,
+    pub sys: SysCtx,
+    pub enter_ts: u64,
+    pub ret: i64,
+}
+const _: () = assert!(size_of::<SyscallEvent>() == 56);
+
+/// Kernel state of a serving thread that is off the CPU (map `OFFCPU`), readable by userspace
+/// to account for a wait that is still going on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OffCpuState {
+    pub out_ts: u64,
+    pub wake_ts: u64,
+    pub tgid: u32,
+    pub state: u32,
+    pub sys: SysCtx,
+}
+const _: () = assert!(size_of::<OffCpuState>() == 40);
 
 /// Key of the `CONNS` map: a connection is a socket fd of a tracked process.
 #[repr(C)]
@@ -184,9 +245,13 @@ pub struct TracepointOffsets {
     pub tcp_probe_data_len: u16,
     pub newtask_pid: u16,
     pub newtask_clone_flags: u16,
-    pub _pad: u16,
+    pub switch_prev_pid: u16,
+    pub switch_prev_state: u16,
+    pub switch_next_pid: u16,
+    pub wakeup_pid: u16,
+    pub _pad: [u16; 1],
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 16);
+const _: () = assert!(size_of::<TracepointOffsets>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -196,4 +261,6 @@ mod pod {
     unsafe impl aya::Pod for ConnState {}
     unsafe impl aya::Pod for PeerKey {}
     unsafe impl aya::Pod for TracepointOffsets {}
+    unsafe impl aya::Pod for OffCpuState {}
+    unsafe impl aya::Pod for SysCtx {}
 }

@@ -7,6 +7,7 @@
 mod emit;
 mod maps;
 mod process;
+mod sched;
 mod syscalls;
 mod tcp;
 

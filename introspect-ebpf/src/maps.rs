@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use introspect_common::{ConnKey, ConnState, PeerKey, TracepointOffsets, counter};
+use introspect_common::{ConnKey, ConnState, OffCpuState, PeerKey, SysCtx, TracepointOffsets, counter};
 
 /// All events, in one ring buffer so their order per CPU is kept. 16 MiB holds about a second of a
 /// 20k requests/s burst even if userspace stalls.
@@ -33,6 +33,15 @@ pub static ARRIVALS: LruHashMap<PeerKey, u64> = LruHashMap::with_max_entries(163
 #[map(name = "PENDING")]
 pub static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 
+/// Threads serving a request: from the first read of a request until their connection closes
+/// (or their next request). Only these threads are followed through the scheduler.
+#[map(name = "SERVING")]
+pub static SERVING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Serving threads that are off the CPU right now: since when, why, and since when runnable.
+#[map(name = "OFFCPU")]
+pub static OFFCPU: HashMap<u32, OffCpuState> = HashMap::with_max_entries(16384, 0);
+
 /// Everything the kernel side had to give up on, per CPU (see `introspect_common::counter`).
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -46,7 +55,11 @@ pub static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
     tcp_probe_data_len: 0,
     newtask_pid: 0,
     newtask_clone_flags: 0,
-    _pad: 0,
+    switch_prev_pid: 0,
+    switch_prev_state: 0,
+    switch_next_pid: 0,
+    wakeup_pid: 0,
+    _pad: [0; 1],
 });
 
 /// How a pending syscall names its buffer.
@@ -64,7 +77,8 @@ pub mod buf_kind {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
-    /// `introspect_common::kind::{ACCEPT, READ, WRITE}`.
+    /// `introspect_common::kind::{ACCEPT, READ, WRITE}` on a connection, or `SYSCALL` for any
+    /// other hooked syscall of a serving thread.
     pub kind: u16,
     pub buf_kind: u8,
     /// 1 when this syscall starts a new phase of its connection, so its data head is copied.
@@ -72,6 +86,8 @@ pub struct Pending {
     pub fd: i32,
     pub buf: u64,
     pub enter_ts: u64,
+    /// What the syscall is, for classifying a wait inside it.
+    pub sys: SysCtx,
 }
 
 #[inline(always)]
@@ -80,6 +96,11 @@ pub fn count(index: u32) {
         // SAFETY: per-CPU slot, and BPF programs do not preempt each other on one CPU.
         unsafe { *c += 1 };
     }
+}
+
+#[inline(always)]
+pub fn is_serving(tid: u32) -> bool {
+    SERVING.get_ptr(tid).is_some()
 }
 
 #[inline(always)]

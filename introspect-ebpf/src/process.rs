@@ -9,7 +9,7 @@ use introspect_common::{ProcEvent, counter, kind};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header},
-    maps::{EVENTS, OFFSETS, TRACKED, count, is_tracked},
+    maps::{EVENTS, OFFCPU, OFFSETS, PENDING, SERVING, TRACKED, count, is_tracked},
 };
 
 /// include/uapi/linux/sched.h
@@ -44,7 +44,15 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
 pub fn sched_sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid != pid_tgid as u32 || !is_tracked(tgid) {
+    if !is_tracked(tgid) {
+        return 0;
+    }
+    // Per-thread state dies with the thread.
+    let tid = pid_tgid as u32;
+    let _ = SERVING.remove(tid);
+    let _ = OFFCPU.remove(tid);
+    let _ = PENDING.remove(tid);
+    if tgid != tid {
         return 0;
     }
     let _ = TRACKED.remove(tgid);

@@ -15,13 +15,20 @@ use aya_ebpf::{
 };
 use introspect_common::{
     AcceptEvent, CloseEvent, ConnKey, ConnState, DataEvent, DataPayloadEvent, PAYLOAD_MAX, PeerKey,
-    counter, data_flag, kind, phase,
+    SysCtx, SyscallEvent, counter, data_flag, kind, phase,
 };
 
 use crate::{
     emit::{SUBMIT_FLAGS, header},
-    maps::{ARRIVALS, CONNS, EVENTS, PENDING, Pending, buf_kind, count, is_tracked},
+    maps::{ARRIVALS, CONNS, EVENTS, PENDING, Pending, SERVING, buf_kind, count, is_serving, is_tracked},
 };
+
+/// x86_64 syscall numbers whose arguments need decoding (arch/x86/entry/syscalls/syscall_64.tbl).
+const NR_POLL: u32 = 7;
+const NR_SELECT: u32 = 23;
+const NR_FUTEX: u32 = 202;
+const NR_PSELECT6: u32 = 270;
+const NR_PPOLL: u32 = 271;
 
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
@@ -31,6 +38,12 @@ const AF_INET6: u16 = 10;
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
     // SAFETY: the record has six u64 arguments after its 16-byte header.
     unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn nr(ctx: &TracePointContext) -> u32 {
+    // SAFETY: sys_enter records carry `int __syscall_nr` at offset 8.
+    unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32
 }
 
 #[inline(always)]
@@ -47,14 +60,16 @@ pub fn syscalls_enter_accept(ctx: TracePointContext) -> u32 {
     if !is_tracked((pid_tgid >> 32) as u32) {
         return 0;
     }
+    let fd = arg(&ctx, 0) as i32;
     let pending = Pending {
         kind: kind::ACCEPT,
         buf_kind: buf_kind::PLAIN,
         first: 0,
-        fd: arg(&ctx, 0) as i32,
+        fd,
         buf: arg(&ctx, 1),
         // SAFETY: no preconditions.
         enter_ts: unsafe { bpf_ktime_get_ns() },
+        sys: SysCtx { nr: nr(&ctx), fd, arg: 0 },
     };
     if PENDING.insert(pid_tgid as u32, pending, 0).is_err() {
         count(counter::MAP_FULL);
@@ -140,75 +155,136 @@ fn read_sockaddr(addr: u64) -> (u16, PeerKey) {
 // ---- read / write: enter -----------------------------------------------------------------------
 
 /// Common enter path: is `fd` a tracked connection? Remember the buffer, and whether this syscall
-/// opens a new phase (the first read of a request, the first write of a response).
+/// opens a new phase (the first read of a request, the first write of a response). Reads and
+/// writes of a serving thread on other fds (files, the database's socket) are remembered too:
+/// a wait inside them is disk or network time of the request.
 #[inline(always)]
-fn data_enter(fd: u64, buf: u64, buf_kind: u8, dir: u16) -> u32 {
+fn data_enter(ctx: &TracePointContext, buf_kind: u8, dir: u16) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_tracked(tgid) {
         return 0;
     }
-    let key = ConnKey { tgid, fd: fd as i32 };
-    let Some(conn) = CONNS.get_ptr(key) else { return 0 };
-    // SAFETY: map value pointer from a successful lookup.
-    let conn_phase = unsafe { (*conn).phase };
-    let want = if dir == kind::READ { phase::READING } else { phase::WRITING };
-    let pending = Pending {
-        kind: dir,
-        buf_kind,
-        first: (conn_phase != want) as u8,
-        fd: fd as i32,
-        buf,
-        // SAFETY: no preconditions.
-        enter_ts: unsafe { bpf_ktime_get_ns() },
+    let tid = pid_tgid as u32;
+    let fd = arg(ctx, 0) as i32;
+    let sys = SysCtx { nr: nr(ctx), fd, arg: 0 };
+    // SAFETY: no preconditions.
+    let enter_ts = unsafe { bpf_ktime_get_ns() };
+    let pending = match CONNS.get_ptr(ConnKey { tgid, fd }) {
+        Some(conn) => {
+            // SAFETY: map value pointer from a successful lookup.
+            let conn_phase = unsafe { (*conn).phase };
+            let want = if dir == kind::READ { phase::READING } else { phase::WRITING };
+            let first = conn_phase != want;
+            if first && dir == kind::READ && SERVING.insert(tid, 1u8, 0).is_err() {
+                count(counter::MAP_FULL);
+            }
+            let buf = if buf_kind == buf_kind::NONE { 0 } else { arg(ctx, 1) };
+            Pending { kind: dir, buf_kind, first: first as u8, fd, buf, enter_ts, sys }
+        }
+        None if is_serving(tid) => Pending { kind: kind::SYSCALL, buf_kind: buf_kind::NONE, first: 0, fd, buf: 0, enter_ts, sys },
+        None => return 0,
     };
-    if PENDING.insert(pid_tgid as u32, pending, 0).is_err() {
+    if PENDING.insert(tid, pending, 0).is_err() {
         count(counter::MAP_FULL);
     }
     0
 }
 
-/// read(fd, buf, count), recvfrom(fd, ubuf, size, ...)
+/// read(fd, buf, count), recvfrom(fd, ubuf, size, ...), pread64(fd, buf, count, pos)
 #[tracepoint]
 pub fn syscalls_enter_read(ctx: TracePointContext) -> u32 {
-    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::PLAIN, kind::READ)
+    data_enter(&ctx, buf_kind::PLAIN, kind::READ)
 }
 
 /// readv(fd, vec, vlen)
 #[tracepoint]
 pub fn syscalls_enter_readv(ctx: TracePointContext) -> u32 {
-    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::IOV, kind::READ)
+    data_enter(&ctx, buf_kind::IOV, kind::READ)
 }
 
 /// recvmsg(fd, msg, flags)
 #[tracepoint]
 pub fn syscalls_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::MSG, kind::READ)
+    data_enter(&ctx, buf_kind::MSG, kind::READ)
 }
 
-/// write(fd, buf, count), sendto(fd, buff, len, ...)
+/// write(fd, buf, count), sendto(fd, buff, len, ...), pwrite64(fd, buf, count, pos)
 #[tracepoint]
 pub fn syscalls_enter_write(ctx: TracePointContext) -> u32 {
-    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::PLAIN, kind::WRITE)
+    data_enter(&ctx, buf_kind::PLAIN, kind::WRITE)
 }
 
 /// writev(fd, vec, vlen)
 #[tracepoint]
 pub fn syscalls_enter_writev(ctx: TracePointContext) -> u32 {
-    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::IOV, kind::WRITE)
+    data_enter(&ctx, buf_kind::IOV, kind::WRITE)
 }
 
 /// sendmsg(fd, msg, flags)
 #[tracepoint]
 pub fn syscalls_enter_sendmsg(ctx: TracePointContext) -> u32 {
-    data_enter(arg(&ctx, 0), arg(&ctx, 1), buf_kind::MSG, kind::WRITE)
+    data_enter(&ctx, buf_kind::MSG, kind::WRITE)
 }
 
 /// sendfile64(out_fd, in_fd, offset, count): the socket is out_fd; the data never passes through
 /// user memory.
 #[tracepoint]
 pub fn syscalls_enter_sendfile(ctx: TracePointContext) -> u32 {
-    data_enter(arg(&ctx, 0), 0, buf_kind::NONE, kind::WRITE)
+    data_enter(&ctx, buf_kind::NONE, kind::WRITE)
+}
+
+/// Syscalls a serving thread may wait in besides reads and writes: futex (locks, the GIL),
+/// sleeps, poll/select/epoll (sockets with a timeout, database clients), fsync, connect, openat.
+/// Only the fd or address that tells what the wait was for is kept.
+#[tracepoint]
+pub fn syscalls_enter_blocking(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    if !is_serving(tid) {
+        return 0;
+    }
+    let nr = nr(&ctx);
+    let a0 = arg(&ctx, 0);
+    let sys = match nr {
+        NR_FUTEX => SysCtx { nr, fd: -1, arg: a0 },
+        NR_POLL | NR_PPOLL => {
+            let nfds = arg(&ctx, 1);
+            // struct pollfd { int fd; short events, revents; }: the first fd names the wait.
+            // SAFETY: user memory, fault-tolerant read.
+            let fd = if nfds > 0 { unsafe { bpf_probe_read_user(a0 as *const i32) }.unwrap_or(-1) } else { -1 };
+            SysCtx { nr, fd, arg: nfds }
+        }
+        NR_SELECT | NR_PSELECT6 => {
+            // The lowest fd set in readfds, else writefds (first 64 fds only).
+            let mut fd = -1;
+            for set in [arg(&ctx, 1), arg(&ctx, 2)] {
+                if fd < 0 && set != 0 {
+                    // SAFETY: user memory, fault-tolerant read.
+                    let word = unsafe { bpf_probe_read_user(set as *const u64) }.unwrap_or(0);
+                    if word != 0 {
+                        fd = word.trailing_zeros() as i32;
+                    }
+                }
+            }
+            SysCtx { nr, fd, arg: a0 }
+        }
+        _ => SysCtx { nr, fd: a0 as i32, arg: arg(&ctx, 3) },
+    };
+    let pending = Pending {
+        kind: kind::SYSCALL,
+        buf_kind: buf_kind::NONE,
+        first: 0,
+        fd: sys.fd,
+        buf: 0,
+        // SAFETY: no preconditions.
+        enter_ts: unsafe { bpf_ktime_get_ns() },
+        sys,
+    };
+    if PENDING.insert(tid, pending, 0).is_err() {
+        count(counter::MAP_FULL);
+    }
+    0
 }
 
 // ---- read / write: exit ------------------------------------------------------------------------
@@ -237,17 +313,21 @@ fn read_iovec(iov: u64) -> Option<(u64, u64)> {
 }
 
 #[tracepoint]
-pub fn syscalls_exit_data(ctx: TracePointContext) -> u32 {
+pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let Some(p) = PENDING.get_ptr(tid) else { return 0 };
     // SAFETY: the entry belongs to this thread.
     let p = unsafe { *p };
     let _ = PENDING.remove(tid);
+    let n = ret(&ctx);
+    if p.kind == kind::SYSCALL {
+        emit_syscall(&p, n, pid_tgid);
+        return 0;
+    }
     if p.kind != kind::READ && p.kind != kind::WRITE {
         return 0;
     }
-    let n = ret(&ctx);
     // Errors (EAGAIN on a non-blocking socket, EINTR) move no data and change nothing.
     if n < 0 || (n == 0 && p.kind == kind::WRITE) {
         return 0;
@@ -279,6 +359,8 @@ pub fn syscalls_exit_data(ctx: TracePointContext) -> u32 {
         ret: n,
         enter_ts: p.enter_ts,
         arrival_ts,
+        nr: p.sys.nr,
+        _pad: 0,
     };
     // A response that follows an interim one (100 Continue) is written while the connection is
     // already in its writing phase: recognise its status line by its first bytes.
@@ -294,6 +376,16 @@ pub fn syscalls_exit_data(ctx: TracePointContext) -> u32 {
     }
     emit_with_payload(&p, base, n as u64);
     0
+}
+
+#[inline(always)]
+fn emit_syscall(p: &Pending, ret: i64, pid_tgid: u64) {
+    let Some(mut entry) = EVENTS.reserve::<SyscallEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    entry.write(SyscallEvent { hdr: header(kind::SYSCALL, 0, pid_tgid), sys: p.sys, enter_ts: p.enter_ts, ret });
+    entry.submit(SUBMIT_FLAGS);
 }
 
 #[inline(always)]
@@ -349,6 +441,8 @@ pub fn syscalls_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let _ = CONNS.remove(key);
+    // The thread is done with this connection's request.
+    let _ = SERVING.remove(pid_tgid as u32);
     let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;

@@ -135,7 +135,7 @@ impl Assembler {
                 }
                 self.conns.insert((hdr.tgid, *fd), Conn { peer: *peer, ..Conn::default() });
             }
-            Event::Data { hdr, dir: Dir::Read, fd, bytes, enter_ts, arrival_ts, head, comm } => {
+            Event::Data { hdr, dir: Dir::Read, fd, bytes, enter_ts, arrival_ts, head, comm, .. } => {
                 self.on_read(hdr, *fd, *bytes, *enter_ts, *arrival_ts, head.as_ref(), comm.as_deref(), out)
             }
             Event::Data { hdr, dir: Dir::Write, fd, bytes, head, .. } => self.on_write(hdr, *fd, *bytes, head.as_ref(), out),
@@ -152,7 +152,7 @@ impl Assembler {
                     }
                 }
             }
-            Event::Fork { .. } => {}
+            Event::Fork { .. } | Event::OffCpu { .. } | Event::Syscall { .. } => {}
         }
     }
 
@@ -337,6 +337,7 @@ mod tests {
             arrival_ts: arrival,
             head: Some(Head::Request(RequestHead { method: method.into(), target: path.into() })),
             comm: Some("gunicorn".into()),
+            nr: 0,
         }
     }
 
@@ -350,11 +351,12 @@ mod tests {
             arrival_ts: None,
             head: Some(Head::Response(ResponseHead { status, head_len: Some(head_len), body })),
             comm: Some("gunicorn".into()),
+            nr: 0,
         }
     }
 
     fn write(tid: u32, fd: i32, ts: u64, bytes: u64) -> Event {
-        Event::Data { hdr: h(tid, ts), dir: Dir::Write, fd, bytes, enter_ts: ts - 5, arrival_ts: None, head: None, comm: None }
+        Event::Data { hdr: h(tid, ts), dir: Dir::Write, fd, bytes, enter_ts: ts - 5, arrival_ts: None, head: None, comm: None, nr: 1 }
     }
 
     fn run(events: &[Event]) -> (Vec<Request>, Assembler) {
@@ -439,6 +441,7 @@ mod tests {
             arrival_ts: None,
             head: Some(Head::Other),
             comm: None,
+            nr: 0,
         };
         let (out, a) = run(&[accept(7, 1_000), other, Event::Close { hdr: h(101, 3_000), fd: 7 }]);
         assert!(out.is_empty());

@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use introspect_common::{
-    AcceptEvent, CloseEvent, DataEvent, DataPayloadEvent, EventHeader, PAYLOAD_MAX, PeerKey,
-    ProcEvent, data_flag, kind,
+    AcceptEvent, CloseEvent, DataEvent, DataPayloadEvent, EventHeader, NO_SYSCALL, OffCpuEvent,
+    PAYLOAD_MAX, PeerKey, ProcEvent, SysCtx, SyscallEvent, data_flag, kind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,41 @@ pub enum Head {
     Other,
 }
 
+/// A hooked syscall: number (x86_64), the fd it concerns (-1 if none) and its telling argument
+/// (futex address, number of polled fds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sys {
+    pub nr: u32,
+    pub fd: i32,
+    pub arg: u64,
+}
+
+impl Sys {
+    fn from_ctx(c: &SysCtx) -> Option<Self> {
+        (c.nr != NO_SYSCALL).then_some(Sys { nr: c.nr, fd: c.fd, arg: c.arg })
+    }
+}
+
+/// What an fd was when a wait on it was seen (resolved in /proc by the live agent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdKind {
+    /// A socket, with its remote endpoint when it is TCP.
+    Socket { peer: Option<String> },
+    File,
+    Pipe,
+    Other,
+}
+
+/// Facts about a wait that only the live process can tell, attached before the pipeline so that
+/// recordings replay without /proc.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitFacts {
+    pub fd: Option<FdKind>,
+    /// The futex address lies inside the interpreter's GIL.
+    pub gil: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 pub enum Event {
@@ -61,8 +96,24 @@ pub enum Event {
         /// The first read of a request or first write of a response carries its parsed head.
         head: Option<Head>,
         comm: Option<String>,
+        #[serde(default)]
+        nr: u32,
     },
     Close { hdr: Hdr, fd: i32 },
+    /// A serving thread was off the CPU: blocked from `out_ts` to `wake_ts`, runnable until
+    /// `hdr.ts`.
+    OffCpu {
+        hdr: Hdr,
+        out_ts: u64,
+        wake_ts: u64,
+        /// Task state when it left: 0 preempted, 1 interruptible sleep, 2 uninterruptible (D).
+        state: u32,
+        sys: Option<Sys>,
+        #[serde(default)]
+        facts: WaitFacts,
+    },
+    /// A hooked syscall of a serving thread; `hdr.ts` is its return.
+    Syscall { hdr: Hdr, sys: Sys, enter_ts: u64, ret: i64 },
     Fork { hdr: Hdr, child: u32 },
     Exit { hdr: Hdr, pid: u32 },
 }
@@ -73,6 +124,8 @@ impl Event {
             Event::Accept { hdr, .. }
             | Event::Data { hdr, .. }
             | Event::Close { hdr, .. }
+            | Event::OffCpu { hdr, .. }
+            | Event::Syscall { hdr, .. }
             | Event::Fork { hdr, .. }
             | Event::Exit { hdr, .. } => hdr,
         }
@@ -149,6 +202,27 @@ pub fn decode(buf: &[u8], keep_query: bool) -> Result<Event, DecodeError> {
                 arrival_ts: (d.arrival_ts != 0).then_some(d.arrival_ts),
                 head,
                 comm,
+                nr: d.nr,
+            }
+        }
+        kind::OFF_CPU => {
+            let e: OffCpuEvent = read(buf, h.kind)?;
+            Event::OffCpu {
+                hdr: hdr(&e.hdr),
+                out_ts: e.out_ts,
+                wake_ts: e.wake_ts,
+                state: e.state,
+                sys: Sys::from_ctx(&e.sys),
+                facts: WaitFacts::default(),
+            }
+        }
+        kind::SYSCALL => {
+            let e: SyscallEvent = read(buf, h.kind)?;
+            Event::Syscall {
+                hdr: hdr(&e.hdr),
+                sys: Sys { nr: e.sys.nr, fd: e.sys.fd, arg: e.sys.arg },
+                enter_ts: e.enter_ts,
+                ret: e.ret,
             }
         }
         kind::CLOSE => {
@@ -191,6 +265,8 @@ mod tests {
                 ret: req.len() as i64,
                 enter_ts: 400,
                 arrival_ts: 300,
+                nr: 45,
+                _pad: 0,
             },
             comm,
             payload,

@@ -7,7 +7,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use introspect_common::{ConnKey, ConnState, PeerKey, TracepointOffsets, counter, names, phase};
+use introspect_common::{ConnKey, ConnState, OffCpuState, PeerKey, TracepointOffsets, counter, names, phase};
 
 use crate::tracefs::{Tracefs, TracefsError};
 
@@ -37,27 +37,62 @@ const REQUEST_PROGRAMS: &[(&str, &[(&str, &str)])] = &[
     ("tcp_tcp_probe", &[("tcp", "tcp_probe")]),
     ("syscalls_enter_accept", &[("syscalls", "sys_enter_accept"), ("syscalls", "sys_enter_accept4")]),
     ("syscalls_exit_accept", &[("syscalls", "sys_exit_accept"), ("syscalls", "sys_exit_accept4")]),
-    ("syscalls_enter_read", &[("syscalls", "sys_enter_read"), ("syscalls", "sys_enter_recvfrom")]),
+    ("syscalls_enter_read", &[("syscalls", "sys_enter_read"), ("syscalls", "sys_enter_recvfrom"), ("syscalls", "sys_enter_pread64")]),
     ("syscalls_enter_readv", &[("syscalls", "sys_enter_readv")]),
     ("syscalls_enter_recvmsg", &[("syscalls", "sys_enter_recvmsg")]),
-    ("syscalls_enter_write", &[("syscalls", "sys_enter_write"), ("syscalls", "sys_enter_sendto")]),
+    ("syscalls_enter_write", &[("syscalls", "sys_enter_write"), ("syscalls", "sys_enter_sendto"), ("syscalls", "sys_enter_pwrite64")]),
     ("syscalls_enter_writev", &[("syscalls", "sys_enter_writev")]),
     ("syscalls_enter_sendmsg", &[("syscalls", "sys_enter_sendmsg")]),
     ("syscalls_enter_sendfile", &[("syscalls", "sys_enter_sendfile64")]),
     (
-        "syscalls_exit_data",
+        "syscalls_enter_blocking",
+        &[
+            ("syscalls", "sys_enter_futex"),
+            ("syscalls", "sys_enter_nanosleep"),
+            ("syscalls", "sys_enter_clock_nanosleep"),
+            ("syscalls", "sys_enter_poll"),
+            ("syscalls", "sys_enter_ppoll"),
+            ("syscalls", "sys_enter_select"),
+            ("syscalls", "sys_enter_pselect6"),
+            ("syscalls", "sys_enter_epoll_wait"),
+            ("syscalls", "sys_enter_epoll_pwait"),
+            ("syscalls", "sys_enter_fsync"),
+            ("syscalls", "sys_enter_fdatasync"),
+            ("syscalls", "sys_enter_connect"),
+            ("syscalls", "sys_enter_openat"),
+        ],
+    ),
+    (
+        "syscalls_exit",
         &[
             ("syscalls", "sys_exit_read"),
             ("syscalls", "sys_exit_recvfrom"),
+            ("syscalls", "sys_exit_pread64"),
             ("syscalls", "sys_exit_readv"),
             ("syscalls", "sys_exit_recvmsg"),
             ("syscalls", "sys_exit_write"),
             ("syscalls", "sys_exit_sendto"),
+            ("syscalls", "sys_exit_pwrite64"),
             ("syscalls", "sys_exit_writev"),
             ("syscalls", "sys_exit_sendmsg"),
             ("syscalls", "sys_exit_sendfile64"),
+            ("syscalls", "sys_exit_futex"),
+            ("syscalls", "sys_exit_nanosleep"),
+            ("syscalls", "sys_exit_clock_nanosleep"),
+            ("syscalls", "sys_exit_poll"),
+            ("syscalls", "sys_exit_ppoll"),
+            ("syscalls", "sys_exit_select"),
+            ("syscalls", "sys_exit_pselect6"),
+            ("syscalls", "sys_exit_epoll_wait"),
+            ("syscalls", "sys_exit_epoll_pwait"),
+            ("syscalls", "sys_exit_fsync"),
+            ("syscalls", "sys_exit_fdatasync"),
+            ("syscalls", "sys_exit_connect"),
+            ("syscalls", "sys_exit_openat"),
         ],
     ),
+    ("sched_sched_switch", &[("sched", "sched_switch")]),
+    ("sched_sched_wakeup", &[("sched", "sched_wakeup")]),
     ("syscalls_enter_close", &[("syscalls", "sys_enter_close")]),
 ];
 
@@ -76,6 +111,17 @@ const SYSCALL_ARGS: &[(&str, &str, usize)] = &[
     ("sys_enter_sendmsg", "msg", 1),
     ("sys_enter_sendfile64", "out_fd", 0),
     ("sys_enter_close", "fd", 0),
+    ("sys_enter_pread64", "buf", 1),
+    ("sys_enter_pwrite64", "buf", 1),
+    ("sys_enter_futex", "uaddr", 0),
+    ("sys_enter_poll", "ufds", 0),
+    ("sys_enter_poll", "nfds", 1),
+    ("sys_enter_ppoll", "ufds", 0),
+    ("sys_enter_select", "inp", 1),
+    ("sys_enter_select", "outp", 2),
+    ("sys_enter_pselect6", "inp", 1),
+    ("sys_enter_fsync", "fd", 0),
+    ("sys_enter_connect", "fd", 0),
 ];
 
 fn offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsError> {
@@ -92,7 +138,11 @@ fn offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsError> {
         tcp_probe_data_len: f("tcp", "tcp_probe", "data_len")?,
         newtask_pid: f("task", "task_newtask", "pid")?,
         newtask_clone_flags: f("task", "task_newtask", "clone_flags")?,
-        _pad: 0,
+        switch_prev_pid: f("sched", "sched_switch", "prev_pid")?,
+        switch_prev_state: f("sched", "sched_switch", "prev_state")?,
+        switch_next_pid: f("sched", "sched_switch", "next_pid")?,
+        wakeup_pid: f("sched", "sched_wakeup", "pid")?,
+        _pad: [0; 1],
     })
 }
 
@@ -182,6 +232,13 @@ impl Probes {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
         let map = self.ebpf.take_map(names::EVENTS).ok_or(LoadError::MissingMap(names::EVENTS))?;
         RingBuf::try_from(map).map_err(|source| LoadError::Map { name: names::EVENTS, source })
+    }
+
+    /// A serving thread's wait that is still going on (for `inflight` breakdowns).
+    pub fn offcpu(&self, tid: u32) -> Option<OffCpuState> {
+        let map = self.ebpf.map(names::OFFCPU)?;
+        let map: HashMap<&MapData, u32, OffCpuState> = HashMap::try_from(map).ok()?;
+        map.get(&tid, 0).ok()
     }
 
     /// Kernel-side losses, summed over CPUs: (ring buffer full, map full, user read failed).

@@ -1,12 +1,15 @@
 //! introspect: parse, dispatch, map errors to exit codes (2 for usage and permission errors).
 mod assemble;
+mod breakdown;
 mod cli;
 mod clock;
 mod cmd;
+mod enrich;
 mod event;
 mod http;
 mod loader;
 mod pipeline;
+mod python;
 mod route;
 mod sink;
 mod summary;

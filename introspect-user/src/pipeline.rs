@@ -4,6 +4,7 @@ use std::io::{self, Write};
 
 use crate::{
     assemble::{Assembler, Inflight, Request},
+    breakdown::{OffCpu, Timeline},
     event::Event,
     sink::{JsonSink, SummaryCounts},
     summary::Summary,
@@ -22,6 +23,8 @@ pub struct Pipeline<W: Write> {
     summary: Summary,
     sink: JsonSink<W>,
     recorder: Option<Box<dyn Write>>,
+    timeline: Timeline,
+    last_forget_ns: u64,
     pub counts: SummaryCounts,
     requests: Vec<Request>,
     inflight: Vec<Inflight>,
@@ -35,6 +38,8 @@ impl<W: Write> Pipeline<W> {
             summary: Summary::default(),
             sink,
             recorder: None,
+            timeline: Timeline::default(),
+            last_forget_ns: 0,
             counts: SummaryCounts::default(),
             requests: Vec::new(),
             inflight: Vec::new(),
@@ -58,6 +63,7 @@ impl<W: Write> Pipeline<W> {
         if let Event::Fork { .. } = ev {
             self.counts.processes_followed += 1;
         }
+        self.timeline.observe(ev);
         self.asm.observe(ev, &mut self.requests);
         for r in self.requests.drain(..) {
             let slow = r.duration_ns() >= self.cfg.threshold_ns;
@@ -65,18 +71,28 @@ impl<W: Write> Pipeline<W> {
             self.counts.requests += 1;
             if slow || self.cfg.all {
                 self.counts.reported += 1;
-                self.sink.request(&r)?;
+                let detail = self.timeline.detail(r.tid, r.start_ns + r.queue_ns, r.end_ns, r.queue_ns, None);
+                self.sink.request(&r, &detail)?;
             }
+            self.timeline.forget_before(r.tid, r.end_ns);
         }
         Ok(())
     }
 
-    /// Time passes: requests that crossed the threshold while running are reported now.
-    pub fn tick(&mut self, now_ns: u64) -> io::Result<()> {
+    /// Time passes: requests that crossed the threshold while running are reported now, with
+    /// what their time went to so far. `open_wait` tells a wait still going on (from the kernel).
+    pub fn tick(&mut self, now_ns: u64, open_wait: &mut dyn FnMut(u32) -> Option<OffCpu>) -> io::Result<()> {
         self.asm.tick(now_ns, &mut self.inflight);
         for i in self.inflight.drain(..) {
             self.counts.inflight += 1;
-            self.sink.inflight(&i)?;
+            let open = open_wait(i.tid);
+            let detail = self.timeline.detail(i.tid, i.start_ns + i.queue_ns, now_ns, i.queue_ns, open.as_ref());
+            self.sink.inflight(&i, &detail)?;
+        }
+        // Waits of threads whose requests never completed are kept for 10 minutes at most.
+        if now_ns.saturating_sub(self.last_forget_ns) > 1_000_000_000 {
+            self.last_forget_ns = now_ns;
+            self.timeline.forget_all_before(now_ns.saturating_sub(600_000_000_000));
         }
         self.sink.flush()?;
         if let Some(rec) = self.recorder.as_mut() {

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::{
     assemble::{EndReason, Inflight, Request},
+    breakdown::{Breakdown, Detail, PeerWait, SyscallStat},
     clock::Clock,
     summary::EndpointRow,
 };
@@ -33,6 +34,9 @@ struct RequestLine<'a> {
     /// How the end was found: "complete" (the response's framing), "delimited" (next request,
     /// end of stream or close), "process_exit" (the worker died mid-request).
     end: &'static str,
+    breakdown_ms: &'a Breakdown,
+    net_peers: &'a [PeerWait],
+    syscalls: &'a [SyscallStat],
 }
 
 #[derive(Serialize)]
@@ -50,6 +54,9 @@ struct InflightLine<'a> {
     bytes_in: u64,
     peer: Option<String>,
     queue_ms: f64,
+    breakdown_ms: &'a Breakdown,
+    net_peers: &'a [PeerWait],
+    syscalls: &'a [SyscallStat],
 }
 
 #[derive(Serialize)]
@@ -119,7 +126,7 @@ impl<W: Write> JsonSink<W> {
         self.out.write_all(b"\n")
     }
 
-    pub fn request(&mut self, r: &Request) -> io::Result<()> {
+    pub fn request(&mut self, r: &Request, d: &Detail) -> io::Result<()> {
         let line = RequestLine {
             ty: "request",
             ts: self.clock.rfc3339(r.end_ns),
@@ -136,11 +143,14 @@ impl<W: Write> JsonSink<W> {
             peer: r.peer.map(|p| p.to_string()),
             queue_ms: ms(r.queue_ns),
             end: end_name(r.end),
+            breakdown_ms: &d.breakdown,
+            net_peers: &d.net_peers,
+            syscalls: &d.syscalls,
         };
         self.line(&line)
     }
 
-    pub fn inflight(&mut self, i: &Inflight) -> io::Result<()> {
+    pub fn inflight(&mut self, i: &Inflight, d: &Detail) -> io::Result<()> {
         let line = InflightLine {
             ty: "inflight",
             ts: self.clock.rfc3339(i.now_ns),
@@ -154,6 +164,9 @@ impl<W: Write> JsonSink<W> {
             bytes_in: i.bytes_in,
             peer: i.peer.map(|p| p.to_string()),
             queue_ms: ms(i.queue_ns),
+            breakdown_ms: &d.breakdown,
+            net_peers: &d.net_peers,
+            syscalls: &d.syscalls,
         };
         self.line(&line)
     }

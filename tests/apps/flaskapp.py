@@ -79,3 +79,164 @@ def stream(chunks, tag=None):
 @app.route("/pid")
 def pid():
     return f"{os.getpid()}\n"
+
+
+# ---- endpoints that spend a known time on one cause (the breakdown suites) ----------------------
+# Each reports what it measured itself in X-Spent-Ms (wall time of the part that waits) and
+# X-Cpu-Ms (this thread's CPU time over the whole handler), the ground truth for the tests.
+
+_held = threading.Lock()
+
+
+def _timed(fn):
+    t0, c0 = time.monotonic(), time.thread_time()
+    out = fn()
+    return out, (time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3
+
+
+def _measured(spent_ms, cpu_ms, body="done\n"):
+    resp = Response(body)
+    resp.headers["X-Spent-Ms"] = f"{spent_ms:.3f}"
+    resp.headers["X-Cpu-Ms"] = f"{cpu_ms:.3f}"
+    return resp
+
+
+@app.route("/lock/<int:ms>")
+@app.route("/lock/<int:ms>/<tag>")
+def lock(ms, tag=None):
+    """Wait for a threading.Lock another thread holds for `ms` milliseconds."""
+    got = threading.Event()
+
+    def holder():
+        with _held:
+            got.set()
+            time.sleep(ms / 1000.0)
+
+    threading.Thread(target=holder, daemon=True).start()
+    got.wait()
+    c0 = time.thread_time()
+    _, spent, _ = _timed(lambda: _held.acquire())
+    _held.release()
+    return _measured(spent, (time.thread_time() - c0) * 1e3)
+
+
+def _spin_python(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+@app.route("/gil/<int:ms>")
+@app.route("/gil/<int:ms>/<tag>")
+def gil(ms, tag=None):
+    """Do `ms` milliseconds of pure-Python CPU work while another thread spins in Python too:
+    the two take turns on the GIL. X-Spent-Ms is the wall time the handler did not run (waiting
+    for the GIL, by the thread's own CPU clock)."""
+    stop = time.monotonic() + 10
+    spinner = threading.Thread(target=_spin_python, args=(ms * 3 / 1000.0,), daemon=True)
+    spinner.start()
+    t0, c0 = time.monotonic(), time.thread_time()
+    while (time.thread_time() - c0) * 1e3 < ms and time.monotonic() < stop:
+        sum(range(200))
+    wall = (time.monotonic() - t0) * 1e3
+    cpu = (time.thread_time() - c0) * 1e3
+    spinner.join()
+    return _measured(wall - cpu, cpu)
+
+
+_DISK_FILE = os.environ.get("INTROSPECT_DISK_FILE", "")
+
+
+@app.route("/disk")
+@app.route("/disk/<tag>")
+def disk(tag=None):
+    """Read the whole INTROSPECT_DISK_FILE with O_DIRECT (no page cache) in 1 MiB reads."""
+    import mmap
+
+    buf = mmap.mmap(-1, 1 << 20)
+    fd = os.open(_DISK_FILE, os.O_RDONLY | os.O_DIRECT)
+    c0 = time.thread_time()
+    try:
+        def read_all():
+            off = 0
+            while True:
+                n = os.preadv(fd, [buf], off)
+                if n <= 0:
+                    return off
+                off += n
+        total, spent, _ = _timed(read_all)
+    finally:
+        os.close(fd)
+    return _measured(spent, (time.thread_time() - c0) * 1e3, f"read {total} bytes\n")
+
+
+@app.route("/mixed")
+@app.route("/mixed/<tag>")
+def mixed(tag=None):
+    """100 ms of sleep, then 100 ms of CPU, then (when a database is configured) 100 ms in it."""
+    c0 = time.thread_time()
+    time.sleep(0.1)
+    burn(100)
+    if os.environ.get("INTROSPECT_PG_DSN"):
+        with _db().cursor() as cur:
+            cur.execute("SELECT pg_sleep(0.1)")
+    return _measured(0, (time.thread_time() - c0) * 1e3)
+
+
+# ---- PostgreSQL (INTROSPECT_PG_DSN) ---------------------------------------------------------------
+_local = threading.local()
+
+
+def _db():
+    import psycopg2
+
+    conn = getattr(_local, "conn", None)
+    if conn is None or conn.closed:
+        conn = psycopg2.connect(os.environ["INTROSPECT_PG_DSN"])
+        conn.autocommit = True
+        _local.conn = conn
+    return conn
+
+
+@app.route("/db/sleep/<int:ms>")
+@app.route("/db/sleep/<int:ms>/<tag>")
+def db_sleep(ms, tag=None):
+    c0 = time.thread_time()
+    with _db().cursor() as cur:
+        _, spent, _ = _timed(lambda: cur.execute("SELECT pg_sleep(%s)", (ms / 1000.0,)))
+    return _measured(spent, (time.thread_time() - c0) * 1e3)
+
+
+@app.route("/db/rowlock/<int:ms>")
+@app.route("/db/rowlock/<int:ms>/<tag>")
+def db_rowlock(ms, tag=None):
+    """SELECT ... FOR UPDATE on a row another transaction holds locked for `ms` milliseconds."""
+    import psycopg2
+
+    locked = threading.Event()
+
+    def holder():
+        other = psycopg2.connect(os.environ["INTROSPECT_PG_DSN"])
+        try:
+            with other.cursor() as cur:
+                cur.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE")
+                locked.set()
+                time.sleep(ms / 1000.0)
+            other.commit()
+        finally:
+            other.close()
+
+    t = threading.Thread(target=holder, daemon=True)
+    t.start()
+    locked.wait()
+    conn = _db()
+    c0 = time.thread_time()
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            _, spent, _ = _timed(lambda: cur.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE"))
+        conn.commit()
+    finally:
+        conn.autocommit = True
+    t.join()
+    return _measured(spent, (time.thread_time() - c0) * 1e3)

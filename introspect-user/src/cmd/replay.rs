@@ -48,10 +48,10 @@ pub fn replay<R: BufRead, W: Write>(input: R, name: &str, cfg: Config, out: W) -
         // where they would have live.
         let mut t = last_ts.max(first) + POLL_NS;
         while t < ts {
-            pipeline.tick(t)?;
+            pipeline.tick(t, &mut |_| None)?;
             t += POLL_NS;
         }
-        pipeline.tick(ts)?;
+        pipeline.tick(ts, &mut |_| None)?;
         pipeline.event(&ev)?;
         last_ts = last_ts.max(ts);
     }
@@ -85,7 +85,11 @@ mod tests {
                 fs::write(&expected_path, &out).expect("bless");
             }
             let expected = fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("{} missing; run with BLESS=1", expected_path.display()));
-            assert_eq!(String::from_utf8_lossy(&out), expected, "{}", path.display());
+            let got = String::from_utf8_lossy(&out);
+            for (n, (g, e)) in got.lines().zip(expected.lines()).enumerate() {
+                assert_eq!(g, e, "{} line {}", path.display(), n + 1);
+            }
+            assert_eq!(got.lines().count(), expected.lines().count(), "{}: line count", path.display());
             checked += 1;
         }
         assert!(checked > 0, "no recordings in {}", dir.display());

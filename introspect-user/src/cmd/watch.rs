@@ -15,8 +15,10 @@ use crate::{
     UsageError,
     cli::WatchArgs,
     clock::{self, Clock},
+    breakdown::OffCpu,
     cmd::replay::Meta,
-    event::{self, Event},
+    enrich::Enricher,
+    event::{self, Event, Sys, WaitFacts},
     loader::{KernelLosses, Probes},
     pipeline::{Config, Pipeline},
     sink::{JsonSink, Losses},
@@ -110,6 +112,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
         let mut reported_losses = KernelLosses::default();
         let mut decode_errors = 0u64;
         let mut last_loss_check = Instant::now();
+        let mut enricher = Enricher::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -117,8 +120,12 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
                 _ = sigterm.recv() => break,
                 _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
             }
-            drain(&mut ring, &mut pipeline, args.keep_query, &mut decode_errors, &mut live)?;
-            pipeline.tick(clock::monotonic_ns())?;
+            drain(&mut ring, &mut pipeline, &mut enricher, args.keep_query, &mut decode_errors, &mut live)?;
+            for w in enricher.warnings.drain(..).collect::<Vec<_>>() {
+                pipeline.warning(clock::monotonic_ns(), &w)?;
+            }
+            let now = clock::monotonic_ns();
+            pipeline.tick(now, &mut |tid| open_wait(&probes, &mut enricher, tid, now))?;
             if last_loss_check.elapsed() >= Duration::from_secs(1) {
                 last_loss_check = Instant::now();
                 let now = probes.losses()?;
@@ -138,7 +145,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
                 break;
             }
         }
-        drain(&mut ring, &mut pipeline, args.keep_query, &mut decode_errors, &mut live)?;
+        drain(&mut ring, &mut pipeline, &mut enricher, args.keep_query, &mut decode_errors, &mut live)?;
         let losses = probes.losses()?;
         pipeline.counts.losses = Losses {
             ringbuf_full: losses.ringbuf_full,
@@ -153,16 +160,35 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     })
 }
 
+/// A serving thread's wait still going on at `now`, from the kernel's OFFCPU map.
+fn open_wait(probes: &Probes, enricher: &mut Enricher, tid: u32, now: u64) -> Option<OffCpu> {
+    let st = probes.offcpu(tid)?;
+    let sys = (st.sys.nr != introspect_common::NO_SYSCALL).then_some(Sys { nr: st.sys.nr, fd: st.sys.fd, arg: st.sys.arg });
+    let mut ev = Event::OffCpu {
+        hdr: event::Hdr { tgid: st.tgid, tid, ts: now },
+        out_ts: st.out_ts,
+        wake_ts: if st.wake_ts == 0 { now } else { st.wake_ts },
+        state: st.state,
+        sys,
+        facts: WaitFacts::default(),
+    };
+    enricher.enrich(&mut ev);
+    let Event::OffCpu { out_ts, wake_ts, state, sys, facts, .. } = ev else { return None };
+    Some(OffCpu { out_ts, wake_ts, in_ts: now, state, sys, facts })
+}
+
 fn drain<W: io::Write>(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     pipeline: &mut Pipeline<W>,
+    enricher: &mut Enricher,
     keep_query: bool,
     decode_errors: &mut u64,
     live: &mut BTreeSet<u32>,
 ) -> io::Result<()> {
     while let Some(item) = ring.next() {
         match event::decode(&item, keep_query) {
-            Ok(ev) => {
+            Ok(mut ev) => {
+                enricher.enrich(&mut ev);
                 match &ev {
                     Event::Fork { child, .. } => {
                         live.insert(*child);

@@ -1,0 +1,91 @@
+//! Enrich: facts about waits that only the live host can tell — what an fd is (socket and its
+//! peer, file, pipe) and whether a futex is the GIL — attached to events before the pipeline, so
+//! the pipeline stays pure and recordings replay without /proc.
+use std::{
+    collections::HashMap,
+    fs,
+    net::SocketAddr,
+};
+
+use crate::{
+    event::{Event, FdKind, WaitFacts},
+    python, target,
+};
+
+#[derive(Default)]
+pub struct Enricher {
+    /// GIL address range per process; `None` once discovery failed (not CPython, unknown build).
+    gil: HashMap<u32, Option<(u64, u64)>>,
+    /// Remote endpoint of TCP sockets by inode.
+    peers: HashMap<u64, SocketAddr>,
+    /// Warnings for the user, drained by the caller.
+    pub warnings: Vec<String>,
+}
+
+impl Enricher {
+    fn gil_of(&mut self, pid: u32) -> Option<(u64, u64)> {
+        if let Some(g) = self.gil.get(&pid) {
+            return *g;
+        }
+        let found = python::find_runtime(pid).and_then(|rt| python::gil_range(pid, &rt));
+        let g = match found {
+            Ok(range) => Some(range),
+            Err(e) => {
+                self.warnings.push(format!("process {pid}: GIL waits cannot be told from other lock waits: {e}"));
+                None
+            }
+        };
+        self.gil.insert(pid, g);
+        g
+    }
+
+    fn fd_kind(&mut self, pid: u32, fd: i32) -> Option<FdKind> {
+        if fd < 0 {
+            return None;
+        }
+        let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+        let link = link.to_string_lossy();
+        Some(if let Some(inode) = link.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) {
+            let peer = match self.peers.get(&inode) {
+                Some(p) => Some(*p),
+                None => {
+                    // A socket not seen before: refresh the table (the process's network namespace).
+                    for s in target::tcp_sockets(pid) {
+                        self.peers.insert(s.inode, s.remote);
+                    }
+                    self.peers.get(&inode).copied()
+                }
+            };
+            FdKind::Socket { peer: peer.map(|p| p.to_string()) }
+        } else if link.starts_with("pipe:[") {
+            FdKind::Pipe
+        } else if link.starts_with('/') {
+            FdKind::File
+        } else {
+            FdKind::Other
+        })
+    }
+
+    pub fn enrich(&mut self, ev: &mut Event) {
+        match ev {
+            Event::OffCpu { hdr, sys: Some(sys), facts, .. } => {
+                *facts = if sys.nr == crate::breakdown::nr::FUTEX {
+                    let gil = self.gil_of(hdr.tgid).is_some_and(|(lo, hi)| (lo..hi).contains(&sys.arg));
+                    WaitFacts { fd: None, gil }
+                } else {
+                    WaitFacts { fd: self.fd_kind(hdr.tgid, sys.fd), gil: false }
+                };
+            }
+            // A forked worker has its parent's address space: the same GIL address.
+            Event::Fork { hdr, child } => {
+                if let Some(g) = self.gil.get(&hdr.tgid).copied() {
+                    self.gil.insert(*child, g);
+                }
+            }
+            Event::Exit { pid, .. } => {
+                self.gil.remove(pid);
+            }
+            _ => {}
+        }
+    }
+}

@@ -40,6 +40,8 @@ pub mod nr {
     pub const PPOLL: u32 = 271;
     pub const EPOLL_PWAIT: u32 = 281;
     pub const ACCEPT4: u32 = 288;
+    pub const PREADV: u32 = 295;
+    pub const PWRITEV: u32 = 296;
 
     pub fn name(nr: u32) -> String {
         match nr {
@@ -69,6 +71,8 @@ pub mod nr {
             PPOLL => "ppoll",
             EPOLL_PWAIT => "epoll_pwait",
             ACCEPT4 => "accept4",
+            PREADV => "preadv",
+            PWRITEV => "pwritev",
             n => return format!("syscall_{n}"),
         }
         .to_string()
@@ -152,8 +156,8 @@ pub fn classify(off: &OffCpu, ret: Option<i64>) -> Category {
         nr::EPOLL_WAIT | nr::EPOLL_PWAIT if ret == Some(0) => Category::Sleep,
         nr::FSYNC | nr::FDATASYNC => Category::Disk,
         nr::CONNECT | nr::ACCEPT | nr::ACCEPT4 => by_fd(),
-        nr::READ | nr::WRITE | nr::PREAD64 | nr::PWRITE64 | nr::READV | nr::WRITEV | nr::SENDFILE | nr::SENDTO
-        | nr::RECVFROM | nr::SENDMSG | nr::RECVMSG => by_fd(),
+        nr::READ | nr::WRITE | nr::PREAD64 | nr::PWRITE64 | nr::READV | nr::WRITEV | nr::PREADV | nr::PWRITEV
+        | nr::SENDFILE | nr::SENDTO | nr::RECVFROM | nr::SENDMSG | nr::RECVMSG => by_fd(),
         _ => disk_if_d(),
     }
 }

@@ -17,9 +17,21 @@ pub struct Exchange {
     /// The X-Tid response header: the native id of the thread that served the request.
     pub server_tid: Option<u32>,
     pub keep_alive: bool,
+    /// The response head (status line and headers).
+    pub head: String,
 }
 
 impl Exchange {
+    /// A response header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.head, name)
+    }
+
+    /// A numeric response header (the test apps report what they measured this way).
+    pub fn header_f64(&self, name: &str) -> Option<f64> {
+        self.header(name).and_then(|v| v.parse().ok())
+    }
+
     pub fn duration_ms(&self) -> f64 {
         (self.received - self.sent).as_secs_f64() * 1e3
     }
@@ -144,6 +156,7 @@ impl Client {
             received,
             server_tid: header(&head, "x-tid").and_then(|v| v.parse().ok()),
             keep_alive: self.keep_alive,
+            head,
         })
     }
 }

@@ -31,6 +31,11 @@ impl Gunicorn {
     /// Starts `gunicorn APP` from tests/apps on a free loopback port with `extra` arguments and
     /// waits until it accepts connections and its `workers` workers are up.
     pub fn start(app: &str, workers: usize, extra: &[&str]) -> Self {
+        Self::start_with_env(app, workers, extra, &[])
+    }
+
+    /// As `start`, with environment variables for the app.
+    pub fn start_with_env(app: &str, workers: usize, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("introspect-gunicorn-{port}.log"));
         let logfile = fs::File::create(&log).expect("create gunicorn log");
@@ -41,6 +46,7 @@ impl Gunicorn {
             .args(extra)
             .arg(app)
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logfile.try_clone().expect("dup log"))
             .stderr(logfile);

@@ -1,89 +1,16 @@
 //! Foundation: every request of a real gunicorn + Flask server is measured in the kernel,
 //! reported once, with the right identity, status, thread and timing — checked against what the
 //! client measured.
-use std::{
-    collections::{BTreeSet, HashMap},
-    fs,
-    os::unix::fs::PermissionsExt,
-    process::Command,
-    sync::{Arc, Mutex},
-    thread,
-    time::Duration,
-};
+use std::{collections::BTreeSet, fs, os::unix::fs::PermissionsExt, process::Command, thread, time::Duration};
 
 use introspect_tests::{
     can_trace,
-    client::{self, Client, Exchange},
-    introspect::{self, Line, Watch},
+    checks::{check_against_client, drive, requests, summary},
+    client::{self, Client},
+    introspect::{self, Watch},
     introspect_bin,
     server::Gunicorn,
 };
-use serde_json::Value;
-
-/// Sends `paths` from `clients` concurrent connections (keep-alive on the even ones when
-/// `keep_alive_mix`, on all when `keep_alive`) and returns what each client measured.
-fn drive(port: u16, paths: Vec<String>, clients: usize, keep_alive: bool, keep_alive_mix: bool) -> Vec<Exchange> {
-    let queue = Arc::new(Mutex::new(paths.into_iter().rev().collect::<Vec<_>>()));
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let queue = Arc::clone(&queue);
-            let ka = keep_alive || (keep_alive_mix && c % 2 == 0);
-            thread::spawn(move || {
-                client::measure_precisely();
-                let mut client = Client::new(port, ka);
-                let mut done = Vec::new();
-                loop {
-                    let Some(path) = queue.lock().unwrap().pop() else { break };
-                    done.push(client.request("GET", &path).unwrap_or_else(|e| panic!("GET {path}: {e}")));
-                }
-                done
-            })
-        })
-        .collect();
-    handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect()
-}
-
-fn requests(lines: &[Line]) -> Vec<&Value> {
-    lines.iter().filter(|l| l.ty() == "request").map(|l| &l.json).collect()
-}
-
-fn summary(lines: &[Line]) -> &Value {
-    &lines.iter().find(|l| l.ty() == "summary").expect("a summary line").json
-}
-
-/// Every exchange is reported exactly once, nothing else is, and each report matches the
-/// client's ground truth: method, path, status, serving thread, and a duration within
-/// max(1 ms, 2%) of the client's and never above it.
-fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: bool) {
-    let reqs = requests(lines);
-    let mut by_path: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for r in &reqs {
-        by_path.entry(r["path"].as_str().expect("path")).or_default().push(r);
-    }
-    assert_eq!(reqs.len(), exchanges.len(), "reported {} requests for {} sent", reqs.len(), exchanges.len());
-    let mut worst_ms: f64 = 0.0;
-    for ex in exchanges {
-        let got = by_path.get(ex.path.as_str()).unwrap_or_else(|| panic!("{} was not reported", ex.path));
-        assert_eq!(got.len(), 1, "{} reported {} times", ex.path, got.len());
-        let r = got[0];
-        assert_eq!(r["method"], ex.method.as_str(), "{}", ex.path);
-        assert_eq!(r["status"], ex.status, "{}: {r}", ex.path);
-        if check_tid {
-            assert_eq!(r["tid"].as_u64(), ex.server_tid.map(u64::from), "{}: thread: {r}", ex.path);
-        }
-        let client_ms = ex.duration_ms();
-        let ours = r["duration_ms"].as_f64().expect("duration_ms");
-        // duration_ms is printed to the microsecond.
-        assert!(ours <= client_ms + 0.001, "{}: {ours} ms reported, above the client's {client_ms:.3} ms", ex.path);
-        let tolerance = (client_ms * 0.02).max(1.0);
-        assert!(client_ms - ours <= tolerance, "{}: {ours} ms reported, client measured {client_ms:.3} ms", ex.path);
-        worst_ms = worst_ms.max(client_ms - ours);
-    }
-    eprintln!("{} requests matched; largest shortfall against the client: {worst_ms:.3} ms", exchanges.len());
-    let s = summary(lines);
-    assert_eq!(s["requests"], exchanges.len(), "summary: {s}");
-    assert_eq!(s["dropped_events"], 0, "summary: {s}");
-}
 
 const DELAYS_MS: [u32; 11] = [0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 500];
 

@@ -13,8 +13,9 @@ use anyhow::{Context as _, bail};
 use crate::{root, run};
 
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM major), wrk for
-/// load, curl and util-linux tools used by the suites.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "wrk", "curl", "util-linux"];
+/// load, PostgreSQL for the database suites, curl and util-linux tools used by the suites.
+const APT_PACKAGES: &[&str] =
+    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "wrk", "curl", "util-linux", "postgresql", "postgresql-contrib"];
 
 pub struct Env {
     pub venv: PathBuf,

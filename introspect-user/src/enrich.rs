@@ -1,11 +1,7 @@
 //! Enrich: facts about waits that only the live host can tell — what an fd is (socket and its
 //! peer, file, pipe) and whether a futex is the GIL — attached to events before the pipeline, so
 //! the pipeline stays pure and recordings replay without /proc.
-use std::{
-    collections::HashMap,
-    fs,
-    net::SocketAddr,
-};
+use std::{collections::HashMap, fs};
 
 use crate::{
     event::{Event, FdKind, WaitFacts},
@@ -16,8 +12,8 @@ use crate::{
 pub struct Enricher {
     /// GIL address range per process; `None` once discovery failed (not CPython, unknown build).
     gil: HashMap<u32, Option<(u64, u64)>>,
-    /// Remote endpoint of TCP sockets by inode.
-    peers: HashMap<u64, SocketAddr>,
+    /// Remote endpoint of sockets by inode ("ip:port" for TCP, "unix:PATH" or "unix").
+    peers: HashMap<u64, String>,
     /// Warnings for the user, drained by the caller.
     pub warnings: Vec<String>,
 }
@@ -46,17 +42,16 @@ impl Enricher {
         let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
         let link = link.to_string_lossy();
         Some(if let Some(inode) = link.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) {
-            let peer = match self.peers.get(&inode) {
-                Some(p) => Some(*p),
-                None => {
-                    // A socket not seen before: refresh the table (the process's network namespace).
-                    for s in target::tcp_sockets(pid) {
-                        self.peers.insert(s.inode, s.remote);
-                    }
-                    self.peers.get(&inode).copied()
+            if !self.peers.contains_key(&inode) {
+                // A socket not seen before: refresh the tables (the process's network namespace).
+                for s in target::tcp_sockets(pid) {
+                    self.peers.insert(s.inode, s.remote.to_string());
                 }
-            };
-            FdKind::Socket { peer: peer.map(|p| p.to_string()) }
+                for (ino, path) in target::unix_sockets(pid) {
+                    self.peers.insert(ino, if path.is_empty() { "unix".to_string() } else { format!("unix:{path}") });
+                }
+            }
+            FdKind::Socket { peer: self.peers.get(&inode).cloned() }
         } else if link.starts_with("pipe:[") {
             FdKind::Pipe
         } else if link.starts_with('/') {

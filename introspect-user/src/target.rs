@@ -105,6 +105,18 @@ pub fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
         .collect()
 }
 
+/// Unix sockets of the process's namespace: (inode, bound path or "").
+pub fn unix_sockets(pid: u32) -> Vec<(u64, String)> {
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/unix")) else { return Vec::new() };
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some((cols.get(6)?.parse().ok()?, cols.get(7).map_or(String::new(), |p| p.to_string())))
+        })
+        .collect()
+}
+
 /// Socket inodes held by a process, by fd.
 pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };

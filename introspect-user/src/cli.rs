@@ -17,6 +17,29 @@ pub enum Command {
     Watch(WatchArgs),
     /// Replay a recording made with `watch --record` through the same pipeline, without root.
     Replay(ReplayArgs),
+    /// Print the current stack of every thread of a Python process (like `py-spy dump`).
+    #[command(after_long_help = DUMP_EXAMPLES)]
+    Dump(DumpArgs),
+}
+
+const DUMP_EXAMPLES: &str = "EXAMPLES:
+    # Python stacks of every thread of a gunicorn worker:
+    introspect dump --pid 4243
+
+    # With kernel and innermost native frames, as JSON:
+    introspect dump --pid 4243 --native --json | jq '.threads[].stack[0]'";
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// The Python process.
+    #[arg(long)]
+    pub pid: u32,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Add kernel frames and the innermost native frame of threads blocked in a syscall.
+    #[arg(long)]
+    pub native: bool,
 }
 
 const WATCH_EXAMPLES: &str = "EXAMPLES:

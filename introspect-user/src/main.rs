@@ -9,9 +9,11 @@ mod event;
 mod http;
 mod loader;
 mod pipeline;
+mod pystack;
 mod python;
 mod route;
 mod sink;
+mod snapshot;
 mod summary;
 mod target;
 mod tracefs;
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Watch(args) => cmd::watch::run(args),
         cli::Command::Replay(args) => cmd::replay::run(args),
+        cli::Command::Dump(args) => cmd::dump::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

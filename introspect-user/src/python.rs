@@ -75,6 +75,8 @@ pub struct Runtime {
     pub minor: u32,
     /// Address of `_PyRuntime` in the process.
     pub runtime: u64,
+    /// Address of `PyCode_Type` (code objects point at it: validates what is read).
+    pub code_type: u64,
     /// The ELF file (libpython or the executable) that holds it.
     pub path: String,
 }
@@ -125,7 +127,8 @@ pub fn find_runtime(pid: u32) -> Result<Runtime, PyError> {
             }
             None => version_from_name(&m.path).ok_or(PyError::NotPython(pid))?,
         };
-        return Ok(Runtime { major, minor, runtime, path: m.path.clone() });
+        let code_type = sym("PyCode_Type").map_or(0, |a| a.wrapping_add(bias));
+        return Ok(Runtime { major, minor, runtime, code_type, path: m.path.clone() });
     }
     Err(PyError::NotPython(pid))
 }

@@ -223,3 +223,44 @@ def db_forupdate(tag=None):
     finally:
         conn.autocommit = True
     return _measured(spent, (time.thread_time() - c0) * 1e3)
+
+
+# ---- known call chains (the stack suites) ---------------------------------------------------------
+import chains  # noqa: E402
+
+_service = chains.Service()
+
+
+@app.route("/chain/sleep/<int:ms>")
+@app.route("/chain/sleep/<int:ms>/<tag>")
+def chain_sleep(ms, tag=None):
+    _service.sleepy(ms)  # LINE:view_sleep
+    return "slept\n"
+
+
+@app.route("/chain/cpu/<int:ms>")
+@app.route("/chain/cpu/<int:ms>/<tag>")
+def chain_cpu(ms, tag=None):
+    _service.busy(ms)  # LINE:view_cpu
+    return "burned\n"
+
+
+@app.route("/chain/regex/<int:n>")
+@app.route("/chain/regex/<int:n>/<tag>")
+def chain_regex(n, tag=None):
+    _service.matcher(n)  # LINE:view_regex
+    return "matched\n"
+
+
+@app.route("/chain/db/<int:ms>")
+@app.route("/chain/db/<int:ms>/<tag>")
+def chain_db(ms, tag=None):
+    _service.query(_db(), ms)  # LINE:view_db
+    return "queried\n"
+
+
+@app.route("/chain/burnsleep/<int:ms>")
+@app.route("/chain/burnsleep/<int:ms>/<tag>")
+def chain_burnsleep(ms, tag=None):
+    _service.burn_then_sleep(ms)  # LINE:view_burnsleep
+    return "done\n"

@@ -15,7 +15,19 @@ use crate::{root, run};
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM major), wrk for
 /// load, PostgreSQL for the database suites, curl and util-linux tools used by the suites.
 const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "wrk", "curl", "util-linux", "postgresql", "postgresql-contrib"];
+    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "wrk", "curl", "util-linux", "postgresql", "postgresql-contrib", "python3.11", "python3.11-venv"];
+
+/// The interpreters the suites run the apps on: every pyenv minor version of this machine kind,
+/// and Debian's own python3.11 (a static, non-PIE build with different symbols).
+pub const PYTHONS: &[(&str, &str)] = &[
+    ("py38", "3.8"),
+    ("py39", "3.9"),
+    ("py310", "3.10"),
+    ("py311", "3.11"),
+    ("py312", "3.12"),
+    ("py313", "3.13"),
+    ("debian311", "/usr/bin/python3.11"),
+];
 
 pub struct Env {
     pub venv: PathBuf,
@@ -64,23 +76,23 @@ fn bpf_linker() -> anyhow::Result<()> {
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
 }
 
-/// The CPython used for the test and demo servers: pyenv's 3.11 where present, else Debian's.
-fn python311() -> anyhow::Result<PathBuf> {
+/// A pyenv CPython `minor` (e.g. "3.11"), or an absolute interpreter path.
+fn interpreter(spec: &str) -> anyhow::Result<PathBuf> {
+    if spec.starts_with('/') {
+        return Ok(PathBuf::from(spec));
+    }
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let pyenv = Path::new(&home).join(".pyenv/versions");
     let mut candidates: Vec<PathBuf> = fs::read_dir(&pyenv)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("3.11.")))
-        .map(|p| p.join("bin/python3.11"))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{spec}."))))
+        .map(|p| p.join(format!("bin/python{spec}")))
+        .filter(|p| p.exists())
         .collect();
     candidates.sort();
-    candidates.push(PathBuf::from("/usr/bin/python3.11"));
-    candidates
-        .into_iter()
-        .find(|p| p.exists())
-        .context("no CPython 3.11 found (looked in ~/.pyenv/versions and /usr/bin)")
+    candidates.pop().with_context(|| format!("CPython {spec} not found in {} (pyenv)", pyenv.display()))
 }
 
 fn venv(python: &Path, dir: &Path, requirements: &Path) -> anyhow::Result<()> {
@@ -108,7 +120,9 @@ pub fn setup() -> anyhow::Result<Env> {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
-    let venv_dir = root().join("target/venv/py311");
-    venv(&python311()?, &venv_dir, &root().join("tests/apps/requirements.txt"))?;
-    Ok(Env { venv: venv_dir })
+    let requirements = root().join("tests/apps/requirements.txt");
+    for (name, spec) in PYTHONS {
+        venv(&interpreter(spec)?, &root().join("target/venv").join(name), &requirements)?;
+    }
+    Ok(Env { venv: root().join("target/venv/py311") })
 }

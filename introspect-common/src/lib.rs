@@ -20,6 +20,9 @@ pub mod names {
     pub const PORTS: &str = "PORTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const OFFCPU: &str = "OFFCPU";
+    pub const PY_WALK: &str = "PY_WALK";
+    pub const ARMED: &str = "ARMED";
+    pub const STACKS: &str = "STACKS";
     /// Offsets of tracepoint fields that are not fixed by the syscall ABI, read from tracefs.
     pub const G_OFFSETS: &str = "OFFSETS";
 }
@@ -34,6 +37,16 @@ pub mod kind {
     pub const EXIT: u16 = 6;
     pub const OFF_CPU: u16 = 7;
     pub const SYSCALL: u16 = 8;
+    pub const STACK: u16 = 9;
+}
+
+/// Flags on a [`StackEvent`].
+pub mod stack_flag {
+    /// A CPU-clock sample of an armed thread (it was running).
+    pub const ON_CPU: u16 = 1 << 0;
+    /// Taken as the armed thread left the CPU; `hdr.ts` equals the `out_ts` of its off-CPU
+    /// interval.
+    pub const OFF_CPU: u16 = 1 << 1;
 }
 
 /// Flags on a [`DataEvent`].
@@ -204,6 +217,62 @@ pub struct OffCpuState {
 }
 const _: () = assert!(size_of::<OffCpuState>() == 40);
 
+/// Python frames a kernel stack walk records at most (deeper stacks keep their innermost part).
+pub const PY_FRAMES_MAX: usize = 96;
+
+/// `PyWalk::cframe_frame` when the thread state points at the frame directly.
+pub const NO_OFFSET: u16 = u16::MAX;
+
+/// How to walk a process's Python frame chain in the kernel (map `PY_WALK`, by tgid). Only
+/// pointers are followed and copied; names and lines are resolved in userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyWalk {
+    /// tstate → top frame (or → cframe, when `cframe_frame` is set: 3.11, 3.12).
+    pub tstate_frame: u16,
+    pub cframe_frame: u16,
+    pub frame_back: u16,
+    pub frame_code: u16,
+    /// The position field (f_lasti or the instruction pointer), copied as 8 raw bytes.
+    pub frame_lasti: u16,
+    pub _pad: [u16; 3],
+}
+const _: () = assert!(size_of::<PyWalk>() == 16);
+
+/// A thread whose stacks are being captured (map `ARMED`, by tid): it is serving a slow request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Armed {
+    /// Its `PyThreadState *`.
+    pub tstate: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Armed>() == 16);
+
+/// One Python frame as the kernel read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyRawFrame {
+    pub code: u64,
+    pub lasti: u64,
+}
+const _: () = assert!(size_of::<PyRawFrame>() == 16);
+
+/// A stack of an armed thread: kernel and user stack ids (in `STACKS`, < 0 when unavailable)
+/// and the Python frames, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackEvent {
+    pub hdr: EventHeader,
+    pub kstack: i32,
+    pub ustack: i32,
+    pub nframes: u32,
+    pub _pad: u32,
+    pub frames: [PyRawFrame; PY_FRAMES_MAX],
+}
+const _: () = assert!(size_of::<StackEvent>() == 40 + 16 * PY_FRAMES_MAX);
+
 /// Key of the `CONNS` map: a connection is a socket fd of a tracked process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -263,4 +332,6 @@ mod pod {
     unsafe impl aya::Pod for TracepointOffsets {}
     unsafe impl aya::Pod for OffCpuState {}
     unsafe impl aya::Pod for SysCtx {}
+    unsafe impl aya::Pod for PyWalk {}
+    unsafe impl aya::Pod for Armed {}
 }

@@ -7,6 +7,8 @@
 mod emit;
 mod maps;
 mod process;
+mod python;
+mod sample;
 mod sched;
 mod syscalls;
 mod tcp;

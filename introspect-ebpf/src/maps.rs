@@ -2,9 +2,9 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use introspect_common::{ConnKey, ConnState, OffCpuState, PeerKey, SysCtx, TracepointOffsets, counter};
+use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, SysCtx, TracepointOffsets, counter};
 
 /// All events, in one ring buffer so their order per CPU is kept. 16 MiB holds about a second of a
 /// 20k requests/s burst even if userspace stalls.
@@ -41,6 +41,19 @@ pub static SERVING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 /// Serving threads that are off the CPU right now: since when, why, and since when runnable.
 #[map(name = "OFFCPU")]
 pub static OFFCPU: HashMap<u32, OffCpuState> = HashMap::with_max_entries(16384, 0);
+
+/// How to walk each Python process's frames (by tgid), set by userspace when it first arms one
+/// of its threads.
+#[map(name = "PY_WALK")]
+pub static PY_WALK: HashMap<u32, PyWalk> = HashMap::with_max_entries(4096, 0);
+
+/// Threads serving a slow request, whose stacks are captured (by tid).
+#[map(name = "ARMED")]
+pub static ARMED: HashMap<u32, Armed> = HashMap::with_max_entries(4096, 0);
+
+/// Kernel and user stacks of captured samples (ids travel in stack events).
+#[map(name = "STACKS")]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
 /// Everything the kernel side had to give up on, per CPU (see `introspect_common::counter`).
 #[map(name = "COUNTERS")]

@@ -6,11 +6,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use introspect_common::{NO_SYSCALL, OffCpuEvent, OffCpuState, SysCtx, counter, kind};
+use introspect_common::{NO_SYSCALL, OffCpuEvent, OffCpuState, SysCtx, counter, kind, stack_flag};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header},
     maps::{EVENTS, OFFCPU, OFFSETS, PENDING, count, is_serving},
+    python::capture,
 };
 
 /// sched_switch prev_state: the low byte is the task state (0 = runnable, i.e. preempted);
@@ -44,6 +45,9 @@ pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
         if OFFCPU.insert(prev, st, 0).is_err() {
             count(counter::MAP_FULL);
         }
+        // A thread of a slow request: its stack as it leaves the CPU, weighted later by how long
+        // it stays off.
+        capture(&ctx, stack_flag::OFF_CPU, now);
     }
     if let Some(st) = OFFCPU.get_ptr(next) {
         // SAFETY: map value pointer from a successful lookup.

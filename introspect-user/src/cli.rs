@@ -71,6 +71,10 @@ pub struct Reporting {
     /// Report every completed request, not only slow ones.
     #[arg(long)]
     pub all: bool,
+    /// On-CPU sampling frequency (Hz) of a slow request's thread, from the moment it crosses the
+    /// threshold until it ends (0: no on-CPU samples).
+    #[arg(long, default_value_t = 99)]
+    pub sample_hz: u64,
 }
 
 #[derive(Args, Debug)]

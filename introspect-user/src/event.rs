@@ -7,11 +7,15 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use introspect_common::{
     AcceptEvent, CloseEvent, DataEvent, DataPayloadEvent, EventHeader, NO_SYSCALL, OffCpuEvent,
-    PAYLOAD_MAX, PeerKey, ProcEvent, SysCtx, SyscallEvent, data_flag, kind,
+    PAYLOAD_MAX, PY_FRAMES_MAX, PeerKey, ProcEvent, StackEvent, SysCtx, SyscallEvent, data_flag, kind,
+    stack_flag,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::http::{self, RequestHead, ResponseHead};
+use crate::{
+    http::{self, RequestHead, ResponseHead},
+    pystack::{Frame, RawFrame},
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -114,6 +118,20 @@ pub enum Event {
     },
     /// A hooked syscall of a serving thread; `hdr.ts` is its return.
     Syscall { hdr: Hdr, sys: Sys, enter_ts: u64, ret: i64 },
+    /// A stack of a thread serving a slow request: a CPU-clock sample (`on_cpu`), or taken as it
+    /// left the CPU (`hdr.ts` is then that off-CPU interval's `out_ts`). The kernel's ids and raw
+    /// Python frames are symbolized into `frames` by the live agent (and not recorded).
+    Stack {
+        hdr: Hdr,
+        on_cpu: bool,
+        #[serde(skip)]
+        kstack: i32,
+        #[serde(skip)]
+        ustack: i32,
+        #[serde(skip)]
+        raw: Vec<RawFrame>,
+        frames: Vec<Frame>,
+    },
     Fork { hdr: Hdr, child: u32 },
     Exit { hdr: Hdr, pid: u32 },
 }
@@ -126,6 +144,7 @@ impl Event {
             | Event::Close { hdr, .. }
             | Event::OffCpu { hdr, .. }
             | Event::Syscall { hdr, .. }
+            | Event::Stack { hdr, .. }
             | Event::Fork { hdr, .. }
             | Event::Exit { hdr, .. } => hdr,
         }
@@ -223,6 +242,18 @@ pub fn decode(buf: &[u8], keep_query: bool) -> Result<Event, DecodeError> {
                 sys: Sys { nr: e.sys.nr, fd: e.sys.fd, arg: e.sys.arg },
                 enter_ts: e.enter_ts,
                 ret: e.ret,
+            }
+        }
+        kind::STACK => {
+            let e: StackEvent = read(buf, h.kind)?;
+            let n = (e.nframes as usize).min(PY_FRAMES_MAX);
+            Event::Stack {
+                hdr: hdr(&e.hdr),
+                on_cpu: e.hdr.flags & stack_flag::ON_CPU != 0,
+                kstack: e.kstack,
+                ustack: e.ustack,
+                raw: e.frames[..n].iter().map(|f| RawFrame { code: f.code, lasti: f.lasti }).collect(),
+                frames: Vec::new(),
             }
         }
         kind::CLOSE => {

@@ -1,13 +1,19 @@
 //! Loader: the only module that touches aya. Loads the embedded programs with this kernel's
 //! tracepoint offsets, attaches them, seeds the maps, and hands out the ring buffer and counters.
-use std::{collections::BTreeSet, net::SocketAddr};
+use std::{
+    collections::{BTreeSet, HashMap as StdHashMap},
+    net::SocketAddr,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
 };
-use introspect_common::{ConnKey, ConnState, OffCpuState, PeerKey, TracepointOffsets, counter, names, phase};
+use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, TracepointOffsets, counter, names, phase};
 
 use crate::tracefs::{Tracefs, TracefsError};
 
@@ -150,7 +156,11 @@ fn offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsError> {
 
 pub struct Probes {
     ebpf: Ebpf,
+    /// Per-thread CPU-clock perf events of armed threads.
+    samplers: StdHashMap<u32, PerfEventLinkId>,
 }
+
+const SAMPLER: &str = "sample_oncpu";
 
 fn peer_key(addr: &SocketAddr) -> PeerKey {
     let v6 = match addr {
@@ -166,7 +176,7 @@ impl Probes {
         let ebpf = EbpfLoader::new()
             .override_global(names::G_OFFSETS, &offsets, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/introspect")))?;
-        Ok(Self { ebpf })
+        Ok(Self { ebpf, samplers: StdHashMap::new() })
     }
 
     fn attach(&mut self, table: &[(&'static str, &[(&str, &str)])]) -> Result<(), LoadError> {
@@ -192,7 +202,68 @@ impl Probes {
     }
 
     pub fn attach_request_tracking(&mut self) -> Result<(), LoadError> {
-        self.attach(REQUEST_PROGRAMS)
+        self.attach(REQUEST_PROGRAMS)?;
+        // Loaded now, attached per thread when a request turns slow.
+        let prog: &mut PerfEvent = self
+            .ebpf
+            .program_mut(SAMPLER)
+            .ok_or(LoadError::MissingProgram(SAMPLER))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
+        prog.load().map_err(|source| LoadError::Program { name: SAMPLER, source })
+    }
+
+    /// Starts capturing a thread's stacks: on-CPU samples at `hz` and a stack each time it leaves
+    /// the CPU.
+    pub fn arm(&mut self, tid: u32, armed: Armed, walk: PyWalk, hz: u64) -> Result<(), LoadError> {
+        self.hash::<u32, PyWalk>(names::PY_WALK)?
+            .insert(armed.tgid, walk, 0)
+            .map_err(|source| LoadError::Map { name: names::PY_WALK, source })?;
+        self.hash::<u32, Armed>(names::ARMED)?
+            .insert(tid, armed, 0)
+            .map_err(|source| LoadError::Map { name: names::ARMED, source })?;
+        if hz > 0 && !self.samplers.contains_key(&tid) {
+            let prog: &mut PerfEvent = self
+                .ebpf
+                .program_mut(SAMPLER)
+                .ok_or(LoadError::MissingProgram(SAMPLER))?
+                .try_into()
+                .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
+            // A per-thread event counts that thread's CPU time only: it fires only while it runs.
+            let link = prog
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::OneProcess { pid: tid, cpu: None },
+                    // A fixed period, so every sample stands for exactly 1/hz s of CPU.
+                    SamplePolicy::Period(1_000_000_000 / hz),
+                    false,
+                )
+                .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
+            self.samplers.insert(tid, link);
+        }
+        Ok(())
+    }
+
+    /// Stops capturing a thread's stacks.
+    pub fn disarm(&mut self, tid: u32) {
+        if let Ok(mut armed) = self.hash::<u32, Armed>(names::ARMED) {
+            let _ = armed.remove(&tid);
+        }
+        if let Some(link) = self.samplers.remove(&tid)
+            && let Some(Ok(prog)) = self.ebpf.program_mut(SAMPLER).map(<&mut PerfEvent>::try_from)
+        {
+            let _ = prog.detach(link);
+        }
+    }
+
+    /// The addresses of a captured stack, innermost first.
+    pub fn stack(&self, id: i32) -> Vec<u64> {
+        if id < 0 {
+            return Vec::new();
+        }
+        let Some(map) = self.ebpf.map(names::STACKS) else { return Vec::new() };
+        let Ok(map) = StackTraceMap::<&MapData>::try_from(map) else { return Vec::new() };
+        map.get(&(id as u32), 0).map(|st| st.frames().iter().map(|f| f.ip).collect()).unwrap_or_default()
     }
 
     fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, LoadError> {

@@ -2,9 +2,13 @@
 //! the ring buffer, `replay` from a recording; both produce the same output for the same events.
 use std::io::{self, Write};
 
+use std::collections::HashMap;
+
 use crate::{
     assemble::{Assembler, Inflight, Request},
     breakdown::{OffCpu, Timeline},
+    profile::Profiles,
+    pystack::Frame,
     event::Event,
     sink::{JsonSink, SummaryCounts},
     summary::Summary,
@@ -15,6 +19,39 @@ pub struct Config {
     pub threshold_ns: u64,
     /// Report every request, not only slow ones.
     pub all: bool,
+    /// On-CPU sampling frequency of slow requests' threads.
+    pub sample_hz: u64,
+}
+
+/// What only the live host can do for the pipeline.
+pub trait Live {
+    /// A serving thread's wait still in progress (from the kernel).
+    fn open_wait(&mut self, tid: u32) -> Option<OffCpu>;
+    /// A request just crossed the threshold: start capturing its thread's stacks, and return its
+    /// stack right now.
+    fn slow(&mut self, request: &Inflight) -> Option<SlowStart>;
+    /// A slow request ended: stop capturing its thread.
+    fn done(&mut self, pid: u32, tid: u32);
+}
+
+/// A slow request's thread when capture started.
+pub struct SlowStart {
+    pub stack: Vec<Frame>,
+    /// The thread is off the CPU since then (so its stack is that wait's stack).
+    pub off_cpu_since: Option<u64>,
+}
+
+/// For replays: nothing is live.
+pub struct NotLive;
+
+impl Live for NotLive {
+    fn open_wait(&mut self, _tid: u32) -> Option<OffCpu> {
+        None
+    }
+    fn slow(&mut self, _request: &Inflight) -> Option<SlowStart> {
+        None
+    }
+    fn done(&mut self, _pid: u32, _tid: u32) {}
 }
 
 pub struct Pipeline<W: Write> {
@@ -24,6 +61,9 @@ pub struct Pipeline<W: Write> {
     sink: JsonSink<W>,
     recorder: Option<Box<dyn Write>>,
     timeline: Timeline,
+    profiles: Profiles,
+    /// Threads of requests that crossed the threshold, and their stack at that moment.
+    slow: HashMap<u32, Option<Vec<Frame>>>,
     last_forget_ns: u64,
     pub counts: SummaryCounts,
     requests: Vec<Request>,
@@ -39,6 +79,8 @@ impl<W: Write> Pipeline<W> {
             sink,
             recorder: None,
             timeline: Timeline::default(),
+            profiles: Profiles::new(cfg.sample_hz),
+            slow: HashMap::new(),
             last_forget_ns: 0,
             counts: SummaryCounts::default(),
             requests: Vec::new(),
@@ -55,7 +97,7 @@ impl<W: Write> Pipeline<W> {
         &mut self.asm
     }
 
-    pub fn event(&mut self, ev: &Event) -> io::Result<()> {
+    pub fn event(&mut self, ev: &Event, live: &mut dyn Live) -> io::Result<()> {
         if let Some(rec) = self.recorder.as_mut() {
             serde_json::to_writer(&mut *rec, ev).map_err(io::Error::other)?;
             rec.write_all(b"\n")?;
@@ -64,15 +106,24 @@ impl<W: Write> Pipeline<W> {
             self.counts.processes_followed += 1;
         }
         self.timeline.observe(ev);
+        self.profiles.observe(ev);
         self.asm.observe(ev, &mut self.requests);
         for r in self.requests.drain(..) {
             let slow = r.duration_ns() >= self.cfg.threshold_ns;
             self.summary.record(&r, slow);
             self.counts.requests += 1;
+            // A request that crossed the threshold while running: its stacks end with it.
+            let (stack, profile) = match self.slow.remove(&r.tid) {
+                Some(stack) => {
+                    live.done(r.pid, r.tid);
+                    (stack, self.profiles.finish(r.tid))
+                }
+                None => (None, None),
+            };
             if slow || self.cfg.all {
                 self.counts.reported += 1;
                 let detail = self.timeline.detail(r.tid, r.start_ns + r.queue_ns, r.end_ns, r.queue_ns, None);
-                self.sink.request(&r, &detail)?;
+                self.sink.request(&r, &detail, stack.as_deref(), profile.as_deref())?;
             }
             self.timeline.forget_before(r.tid, r.end_ns);
         }
@@ -81,13 +132,23 @@ impl<W: Write> Pipeline<W> {
 
     /// Time passes: requests that crossed the threshold while running are reported now, with
     /// what their time went to so far. `open_wait` tells a wait still going on (from the kernel).
-    pub fn tick(&mut self, now_ns: u64, open_wait: &mut dyn FnMut(u32) -> Option<OffCpu>) -> io::Result<()> {
+    pub fn tick(&mut self, now_ns: u64, live: &mut dyn Live) -> io::Result<()> {
         self.asm.tick(now_ns, &mut self.inflight);
         for i in self.inflight.drain(..) {
             self.counts.inflight += 1;
-            let open = open_wait(i.tid);
+            let open = live.open_wait(i.tid);
             let detail = self.timeline.detail(i.tid, i.start_ns + i.queue_ns, now_ns, i.queue_ns, open.as_ref());
-            self.sink.inflight(&i, &detail)?;
+            self.profiles.start(i.tid);
+            let stack = live.slow(&i).map(|s| {
+                self.counts.stacks.snapshots += 1;
+                if let Some(since) = s.off_cpu_since {
+                    // A wait already in progress: weighted by its whole length when it ends.
+                    self.profiles.off_cpu_from(i.tid, since, s.stack.clone());
+                }
+                s.stack
+            });
+            self.sink.inflight(&i, &detail, stack.as_deref())?;
+            self.slow.insert(i.tid, stack);
         }
         // Waits of threads whose requests never completed are kept for 10 minutes at most.
         if now_ns.saturating_sub(self.last_forget_ns) > 1_000_000_000 {
@@ -110,6 +171,8 @@ impl<W: Write> Pipeline<W> {
         self.asm.close();
         self.counts.open_at_exit = self.asm.stats.open_at_exit;
         self.counts.non_http = self.asm.stats.non_http_phases;
+        self.counts.stacks.oncpu_samples = self.profiles.oncpu_samples;
+        self.counts.stacks.offcpu_stacks = self.profiles.offcpu_stacks;
         let rows = self.summary.rows();
         self.sink.summary(now_ns, &self.counts, &rows)?;
         self.sink.flush()?;

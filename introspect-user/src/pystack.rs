@@ -172,13 +172,21 @@ pub fn layout(pid: u32, rt: &Runtime) -> Result<Layout, PyError> {
 }
 
 /// One frame of a stack, innermost first in a stack.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Frame {
     pub function: String,
     pub file: String,
     pub line: Option<u32>,
     /// "python", "native" or "kernel".
-    pub kind: &'static str,
+    pub kind: FrameKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FrameKind {
+    Python,
+    Native,
+    Kernel,
 }
 
 /// What a code object says about itself.
@@ -191,7 +199,7 @@ struct CodeInfo {
 }
 
 /// A frame as read from the frame chain: the code object and the raw position field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RawFrame {
     pub code: u64,
     pub lasti: u64,
@@ -332,9 +340,25 @@ impl Interp {
                     return None;
                 }
                 let line = self.line(&info, code, r.lasti);
-                Some(Frame { function: info.function.clone(), file: info.file.clone(), line, kind: "python" })
+                Some(Frame { function: info.function.clone(), file: info.file.clone(), line, kind: FrameKind::Python })
             })
             .collect()
+    }
+
+    /// How the kernel walks this interpreter's frames.
+    pub fn walk(&self) -> introspect_common::PyWalk {
+        let l = &self.layout;
+        let lasti = match l.lasti {
+            Lasti::IntBytes(o) | Lasti::IntUnits(o) | Lasti::Ptr { off: o, .. } => o,
+        };
+        introspect_common::PyWalk {
+            tstate_frame: l.tstate_frame as u16,
+            cframe_frame: l.cframe_frame.map_or(introspect_common::NO_OFFSET, |o| o as u16),
+            frame_back: l.frame_back as u16,
+            frame_code: l.frame_code as u16,
+            frame_lasti: lasti as u16,
+            _pad: [0; 3],
+        }
     }
 
     /// A thread's Python stack, innermost first.

@@ -6,6 +6,8 @@ use serde::Serialize;
 use crate::{
     assemble::{EndReason, Inflight, Request},
     breakdown::{Breakdown, Detail, PeerWait, SyscallStat},
+    profile::ProfileEntry,
+    pystack::Frame,
     clock::Clock,
     summary::EndpointRow,
 };
@@ -37,6 +39,12 @@ struct RequestLine<'a> {
     breakdown_ms: &'a Breakdown,
     net_peers: &'a [PeerWait],
     syscalls: &'a [SyscallStat],
+    /// For requests that crossed the threshold while running: the stack at that moment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<&'a [Frame]>,
+    /// ... and what their thread did from then on, heaviest stacks first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<&'a [ProfileEntry]>,
 }
 
 #[derive(Serialize)]
@@ -57,6 +65,8 @@ struct InflightLine<'a> {
     breakdown_ms: &'a Breakdown,
     net_peers: &'a [PeerWait],
     syscalls: &'a [SyscallStat],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<&'a [Frame]>,
 }
 
 #[derive(Serialize)]
@@ -78,9 +88,21 @@ pub struct SummaryCounts {
     /// Requests still running when the watch ended (not counted in `requests`).
     pub open_at_exit: u64,
     pub processes_followed: u64,
+    pub stacks: StackCounts,
     /// Connections whose bytes were not HTTP/1 (TLS, HTTP/2, another protocol): not measured.
     pub non_http: u64,
     pub losses: Losses,
+}
+
+/// Stack capture: all zero when no request was slow (fast requests are never sampled).
+#[derive(Serialize, Clone, Copy, Debug, Default)]
+pub struct StackCounts {
+    /// Threads whose stacks were captured (once per slow request).
+    pub threads_armed: u64,
+    /// Stacks read from userspace as a request crossed the threshold.
+    pub snapshots: u64,
+    pub oncpu_samples: u64,
+    pub offcpu_stacks: u64,
 }
 
 /// Where the dropped events were lost.
@@ -126,7 +148,7 @@ impl<W: Write> JsonSink<W> {
         self.out.write_all(b"\n")
     }
 
-    pub fn request(&mut self, r: &Request, d: &Detail) -> io::Result<()> {
+    pub fn request(&mut self, r: &Request, d: &Detail, stack: Option<&[Frame]>, profile: Option<&[ProfileEntry]>) -> io::Result<()> {
         let line = RequestLine {
             ty: "request",
             ts: self.clock.rfc3339(r.end_ns),
@@ -146,11 +168,13 @@ impl<W: Write> JsonSink<W> {
             breakdown_ms: &d.breakdown,
             net_peers: &d.net_peers,
             syscalls: &d.syscalls,
+            stack,
+            profile,
         };
         self.line(&line)
     }
 
-    pub fn inflight(&mut self, i: &Inflight, d: &Detail) -> io::Result<()> {
+    pub fn inflight(&mut self, i: &Inflight, d: &Detail, stack: Option<&[Frame]>) -> io::Result<()> {
         let line = InflightLine {
             ty: "inflight",
             ts: self.clock.rfc3339(i.now_ns),
@@ -167,6 +191,7 @@ impl<W: Write> JsonSink<W> {
             breakdown_ms: &d.breakdown,
             net_peers: &d.net_peers,
             syscalls: &d.syscalls,
+            stack,
         };
         self.line(&line)
     }

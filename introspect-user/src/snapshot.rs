@@ -12,7 +12,7 @@ use blazesym::{
     },
 };
 
-use crate::pystack::{Frame, Interp};
+use crate::pystack::{Frame, FrameKind, Interp};
 
 /// Native and kernel symbolization (blazesym): ELF symbols and DWARF of the process's mappings,
 /// kallsyms for the kernel.
@@ -26,7 +26,7 @@ impl Default for Symbols {
     }
 }
 
-fn native_frame(sym: &Symbolized<'_>, kind: &'static str) -> Frame {
+fn native_frame(sym: &Symbolized<'_>, kind: FrameKind) -> Frame {
     match sym {
         Symbolized::Sym(s) => {
             let (file, line) = match &s.code_info {
@@ -47,8 +47,8 @@ impl Symbols {
         }
         let src = Source::Process(Process::new(Pid::from(pid)));
         match self.inner.symbolize(&src, Input::AbsAddr(addrs)) {
-            Ok(syms) => syms.iter().map(|s| native_frame(s, "native")).collect(),
-            Err(_) => addrs.iter().map(|a| Frame { function: format!("{a:#x}"), file: String::new(), line: None, kind: "native" }).collect(),
+            Ok(syms) => syms.iter().map(|s| native_frame(s, FrameKind::Native)).collect(),
+            Err(_) => addrs.iter().map(|a| Frame { function: format!("{a:#x}"), file: String::new(), line: None, kind: FrameKind::Native }).collect(),
         }
     }
 
@@ -59,8 +59,8 @@ impl Symbols {
         }
         let src = Source::Kernel(Kernel::default());
         match self.inner.symbolize(&src, Input::AbsAddr(addrs)) {
-            Ok(syms) => syms.iter().map(|s| native_frame(s, "kernel")).collect(),
-            Err(_) => addrs.iter().map(|a| Frame { function: format!("{a:#x}"), file: String::new(), line: None, kind: "kernel" }).collect(),
+            Ok(syms) => syms.iter().map(|s| native_frame(s, FrameKind::Kernel)).collect(),
+            Err(_) => addrs.iter().map(|a| Frame { function: format!("{a:#x}"), file: String::new(), line: None, kind: FrameKind::Kernel }).collect(),
         }
     }
 }
@@ -73,7 +73,7 @@ pub fn kernel_frames(pid: u32, tid: u32) -> Vec<Frame> {
         .filter_map(|l| {
             let sym = l.split_once("] ")?.1;
             let name = sym.split('+').next()?.trim();
-            (!name.is_empty()).then(|| Frame { function: name.to_string(), file: String::new(), line: None, kind: "kernel" })
+            (!name.is_empty()).then(|| Frame { function: name.to_string(), file: String::new(), line: None, kind: FrameKind::Kernel })
         })
         .collect()
 }

@@ -20,6 +20,8 @@ const APT_PACKAGES: &[&str] =
 /// The interpreters the suites run the apps on: every pyenv minor version of this machine kind,
 /// and Debian's own python3.11 (a static, non-PIE build with different symbols).
 pub const PYTHONS: &[(&str, &str)] = &[
+    // Older than introspect reads: checks that such a process still gets its requests measured.
+    ("py37", "3.7"),
     ("py38", "3.8"),
     ("py39", "3.9"),
     ("py310", "3.10"),

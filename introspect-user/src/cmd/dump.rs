@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     UsageError,
     cli::DumpArgs,
-    pystack::{Frame, Interp},
+    pystack::{Frame, FrameKind, Interp},
     snapshot::{self, Symbols},
     target,
 };
@@ -55,9 +55,10 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
         writeln!(out, "\nThread {}:", t.tid.map_or("?".to_string(), |t| t.to_string()))?;
         for f in &t.stack {
             match (f.kind, f.line) {
-                ("python", Some(line)) => writeln!(out, "    {} ({}:{line})", f.function, f.file)?,
-                ("python", None) => writeln!(out, "    {} ({})", f.function, f.file)?,
-                (kind, _) => writeln!(out, "    {} [{kind}] {}", f.function, f.file)?,
+                (FrameKind::Python, Some(line)) => writeln!(out, "    {} ({}:{line})", f.function, f.file)?,
+                (FrameKind::Python, None) => writeln!(out, "    {} ({})", f.function, f.file)?,
+                (FrameKind::Native, _) => writeln!(out, "    {} [native] {}", f.function, f.file)?,
+                (FrameKind::Kernel, _) => writeln!(out, "    {} [kernel]", f.function)?,
             }
         }
     }

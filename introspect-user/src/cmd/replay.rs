@@ -11,7 +11,7 @@ use crate::{
     cli::ReplayArgs,
     clock::Clock,
     event::Event,
-    pipeline::{Config, Pipeline},
+    pipeline::{Config, NotLive, Pipeline},
     sink::JsonSink,
 };
 
@@ -24,7 +24,7 @@ pub struct Meta {
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let file = File::open(&args.file).map_err(|e| UsageError(format!("cannot open {}: {e}", args.file.display())))?;
-    let cfg = Config { threshold_ns: args.reporting.threshold.as_nanos() as u64, all: args.reporting.all };
+    let cfg = Config { threshold_ns: args.reporting.threshold.as_nanos() as u64, all: args.reporting.all, sample_hz: args.reporting.sample_hz };
     replay(BufReader::new(file), &args.file.display().to_string(), cfg, io::BufWriter::new(io::stdout().lock()))
 }
 
@@ -48,11 +48,11 @@ pub fn replay<R: BufRead, W: Write>(input: R, name: &str, cfg: Config, out: W) -
         // where they would have live.
         let mut t = last_ts.max(first) + POLL_NS;
         while t < ts {
-            pipeline.tick(t, &mut |_| None)?;
+            pipeline.tick(t, &mut NotLive)?;
             t += POLL_NS;
         }
-        pipeline.tick(ts, &mut |_| None)?;
-        pipeline.event(&ev)?;
+        pipeline.tick(ts, &mut NotLive)?;
+        pipeline.event(&ev, &mut NotLive)?;
         last_ts = last_ts.max(ts);
     }
     pipeline.counts.duration_s = (last_ts - first_ts.unwrap_or(last_ts)) as f64 / 1e9;
@@ -77,7 +77,7 @@ mod tests {
             if path.extension().is_none_or(|e| e != "recording") {
                 continue;
             }
-            let cfg = Config { threshold_ns: 500_000_000, all: true };
+            let cfg = Config { threshold_ns: 500_000_000, all: true, sample_hz: 99 };
             let mut out = Vec::new();
             replay(BufReader::new(File::open(&path).expect("open")), "fixture", cfg, &mut out).expect("replay");
             let expected_path = path.with_extension("expected.jsonl");

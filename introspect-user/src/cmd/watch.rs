@@ -15,10 +15,9 @@ use crate::{
     UsageError,
     cli::WatchArgs,
     clock::{self, Clock},
-    breakdown::OffCpu,
     cmd::replay::Meta,
-    enrich::Enricher,
-    event::{self, Event, Sys, WaitFacts},
+    event::{self, Event},
+    host::Host,
     loader::{KernelLosses, Probes},
     pipeline::{Config, Pipeline},
     sink::{JsonSink, Losses},
@@ -70,7 +69,8 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     let clock = Clock::new();
     let threshold_ns = args.reporting.threshold.as_nanos() as u64;
     let sink = JsonSink::new(BufWriter::new(io::stdout().lock()), clock);
-    let mut pipeline = Pipeline::new(Config { threshold_ns, all: args.reporting.all }, sink);
+    let cfg = Config { threshold_ns, all: args.reporting.all, sample_hz: args.reporting.sample_hz };
+    let mut pipeline = Pipeline::new(cfg, sink);
     if let Some(path) = &args.record {
         let mut f = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
         let meta = Meta {
@@ -103,6 +103,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut live = pids;
+    let mut host = Host::new(probes, args.reporting.sample_hz);
     rt.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -112,7 +113,6 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
         let mut reported_losses = KernelLosses::default();
         let mut decode_errors = 0u64;
         let mut last_loss_check = Instant::now();
-        let mut enricher = Enricher::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -120,15 +120,18 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
                 _ = sigterm.recv() => break,
                 _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
             }
-            drain(&mut ring, &mut pipeline, &mut enricher, args.keep_query, &mut decode_errors, &mut live)?;
-            for w in enricher.warnings.drain(..).collect::<Vec<_>>() {
-                pipeline.warning(clock::monotonic_ns(), &w)?;
-            }
+            host.set_now(clock::monotonic_ns());
+            drain(&mut ring, &mut pipeline, &mut host, args.keep_query, &mut decode_errors, &mut live)?;
             let now = clock::monotonic_ns();
-            pipeline.tick(now, &mut |tid| open_wait(&probes, &mut enricher, tid, now))?;
+            host.set_now(now);
+            pipeline.tick(now, &mut host)?;
+            let warnings: Vec<String> = host.warnings.drain(..).chain(host.enricher.warnings.drain(..)).collect();
+            for w in warnings {
+                pipeline.warning(now, &w)?;
+            }
             if last_loss_check.elapsed() >= Duration::from_secs(1) {
                 last_loss_check = Instant::now();
-                let now = probes.losses()?;
+                let now = host.probes.losses()?;
                 if now.ringbuf_full > reported_losses.ringbuf_full || now.map_full > reported_losses.map_full {
                     pipeline.warning(
                         clock::monotonic_ns(),
@@ -145,8 +148,8 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
                 break;
             }
         }
-        drain(&mut ring, &mut pipeline, &mut enricher, args.keep_query, &mut decode_errors, &mut live)?;
-        let losses = probes.losses()?;
+        drain(&mut ring, &mut pipeline, &mut host, args.keep_query, &mut decode_errors, &mut live)?;
+        let losses = host.probes.losses()?;
         pipeline.counts.losses = Losses {
             ringbuf_full: losses.ringbuf_full,
             map_full: losses.map_full,
@@ -154,41 +157,27 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
             unreadable_heads: losses.read_failed,
         };
         pipeline.counts.dropped_events = losses.ringbuf_full + losses.map_full + decode_errors;
+        pipeline.counts.stacks.threads_armed = host.threads_armed;
         pipeline.counts.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         pipeline.finish(clock::monotonic_ns())?;
         anyhow::Ok(())
     })
 }
 
-/// A serving thread's wait still going on at `now`, from the kernel's OFFCPU map.
-fn open_wait(probes: &Probes, enricher: &mut Enricher, tid: u32, now: u64) -> Option<OffCpu> {
-    let st = probes.offcpu(tid)?;
-    let sys = (st.sys.nr != introspect_common::NO_SYSCALL).then_some(Sys { nr: st.sys.nr, fd: st.sys.fd, arg: st.sys.arg });
-    let mut ev = Event::OffCpu {
-        hdr: event::Hdr { tgid: st.tgid, tid, ts: now },
-        out_ts: st.out_ts,
-        wake_ts: if st.wake_ts == 0 { now } else { st.wake_ts },
-        state: st.state,
-        sys,
-        facts: WaitFacts::default(),
-    };
-    enricher.enrich(&mut ev);
-    let Event::OffCpu { out_ts, wake_ts, state, sys, facts, .. } = ev else { return None };
-    Some(OffCpu { out_ts, wake_ts, in_ts: now, state, sys, facts })
-}
-
 fn drain<W: io::Write>(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     pipeline: &mut Pipeline<W>,
-    enricher: &mut Enricher,
+    host: &mut Host,
     keep_query: bool,
     decode_errors: &mut u64,
     live: &mut BTreeSet<u32>,
 ) -> io::Result<()> {
     while let Some(item) = ring.next() {
-        match event::decode(&item, keep_query) {
+        let decoded = event::decode(&item, keep_query);
+        drop(item);
+        match decoded {
             Ok(mut ev) => {
-                enricher.enrich(&mut ev);
+                host.enrich(&mut ev);
                 match &ev {
                     Event::Fork { child, .. } => {
                         live.insert(*child);
@@ -198,7 +187,7 @@ fn drain<W: io::Write>(
                     }
                     _ => {}
                 }
-                pipeline.event(&ev)?;
+                pipeline.event(&ev, host)?;
             }
             Err(e) => {
                 *decode_errors += 1;

@@ -1,0 +1,74 @@
+//! The Python frame chain of the current thread, walked in the kernel: only code-object pointers
+//! and position fields are copied (names, files and lines are resolved in userspace, once per code
+//! object). Runs in the thread's own context (a CPU-clock sample, or sched_switch as it leaves the
+//! CPU), so its user memory is the current one.
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    programs::tracing::StackIdContext,
+};
+use introspect_common::{Armed, NO_OFFSET, PY_FRAMES_MAX, PyRawFrame, StackEvent, counter, kind};
+
+use crate::{
+    emit::{SUBMIT_FLAGS, header},
+    maps::{ARMED, EVENTS, PY_WALK, STACKS, count},
+};
+
+/// bpf_get_stackid flags (include/uapi/linux/bpf.h).
+const BPF_F_USER_STACK: u64 = 1 << 8;
+/// A hash collision replaces the older stack instead of failing: ids are read within
+/// milliseconds.
+const BPF_F_REUSE_STACKID: u64 = 1 << 10;
+
+#[inline(always)]
+fn read_ptr(addr: u64) -> u64 {
+    // SAFETY: user memory, fault-tolerant read; a stale pointer reads garbage or fails.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
+}
+
+/// If the current thread is armed, emits its stacks with `flags` and time `ts`.
+#[inline(always)]
+pub fn capture<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(armed) = ARMED.get_ptr(tid) else { return };
+    // SAFETY: map value pointer from a successful lookup.
+    let armed: Armed = unsafe { *armed };
+    let Some(walk) = PY_WALK.get_ptr(armed.tgid) else { return };
+    // SAFETY: as above.
+    let walk = unsafe { *walk };
+    let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let mut hdr = header(kind::STACK, flags, pid_tgid);
+    hdr.ts = ts;
+    let kstack = ctx.get_stackid(&STACKS, BPF_F_REUSE_STACKID).map_or(-1, |id| id as i32);
+    let ustack = ctx.get_stackid(&STACKS, BPF_F_USER_STACK | BPF_F_REUSE_STACKID).map_or(-1, |id| id as i32);
+    let mut frame = read_ptr(armed.tstate + walk.tstate_frame as u64);
+    if walk.cframe_frame != NO_OFFSET && frame != 0 {
+        frame = read_ptr(frame + walk.cframe_frame as u64);
+    }
+    let mut n = 0u32;
+    // SAFETY: `ev` points at reserved ring-buffer memory of the right size; every field that
+    // userspace reads (hdr, ids, nframes and frames[..nframes]) is written before submit.
+    unsafe {
+        let frames = &mut (*ev).frames;
+        for i in 0..PY_FRAMES_MAX {
+            if frame == 0 {
+                break;
+            }
+            let Some(slot) = frames.get_mut(i) else { break };
+            *slot = PyRawFrame { code: read_ptr(frame + walk.frame_code as u64), lasti: read_ptr(frame + walk.frame_lasti as u64) };
+            n += 1;
+            frame = read_ptr(frame + walk.frame_back as u64);
+        }
+        (*ev).hdr = hdr;
+        (*ev).kstack = kstack;
+        (*ev).ustack = ustack;
+        (*ev).nframes = n;
+        (*ev)._pad = 0;
+    }
+    entry.submit(SUBMIT_FLAGS);
+}

@@ -64,6 +64,14 @@ impl Host {
         }
     }
 
+    /// Reads each process's interpreter layout ahead of time, so arming a slow request's thread
+    /// does not wait for it.
+    pub fn warm(&mut self, pids: impl IntoIterator<Item = u32>) {
+        for pid in pids {
+            interp(&mut self.interps, &mut self.warnings, pid);
+        }
+    }
+
     pub fn set_now(&mut self, now_ns: u64) {
         self.now_ns = now_ns;
     }
@@ -86,6 +94,10 @@ impl Host {
                     out.extend(interp.symbolize(&raw));
                 }
                 *frames = out;
+            }
+            Event::Fork { child, .. } => {
+                let child = *child;
+                self.warm([child]);
             }
             Event::Exit { pid, .. } => {
                 self.interps.remove(pid);
@@ -117,11 +129,12 @@ impl Live for Host {
         let hz = self.sample_hz;
         // Read before the snapshot: if it is still off the CPU after, the snapshot is that wait's.
         let off = self.probes.offcpu(r.tid).map(|st| st.out_ts);
-        let interp = interp(&mut self.interps, &mut self.warnings, r.pid)?;
-        let tstate = match interp.tstate_of(r.tid) {
-            Ok(Some(t)) => t,
-            // Not a Python thread (or it went away): kernel and native frames only.
-            _ => {
+        let found = interp(&mut self.interps, &mut self.warnings, r.pid).and_then(|i| Some((i.tstate_of(r.tid).ok()??, i)));
+        let (tstate, interp) = match found {
+            Some(x) => x,
+            // Not a Python thread, or an interpreter this agent cannot read: kernel and native
+            // frames only.
+            None => {
                 let mut stack = snapshot::kernel_frames(r.pid, r.tid);
                 if let Some(pc) = snapshot::syscall_pc(r.pid, r.tid) {
                     stack.extend(self.symbols.user(r.pid, &[pc]));
@@ -129,8 +142,8 @@ impl Live for Host {
                 return Some(SlowStart { stack, off_cpu_since: None });
             }
         };
+        // Arm first: sampling starts now, the snapshot (which may symbolize for a while) after.
         let walk = interp.walk();
-        let stack = snapshot::thread_stack(interp, &self.symbols, tstate, r.tid);
         match self.probes.arm(r.tid, Armed { tstate, tgid: r.pid, _pad: 0 }, walk, hz) {
             Ok(()) => {
                 self.armed.insert(r.tid);
@@ -138,6 +151,8 @@ impl Live for Host {
             }
             Err(e) => self.warnings.push(format!("thread {}: cannot sample its stacks: {e}", r.tid)),
         }
+        let Some(interp) = self.interps.get_mut(&r.pid).and_then(Option::as_mut) else { return None };
+        let stack = snapshot::thread_stack(interp, &self.symbols, tstate, r.tid);
         let still_off = off.is_some() && self.probes.offcpu(r.tid).map(|st| st.out_ts) == off;
         Some(SlowStart { stack, off_cpu_since: if still_off { off } else { None } })
     }

@@ -210,7 +210,15 @@ impl Probes {
             .ok_or(LoadError::MissingProgram(SAMPLER))?
             .try_into()
             .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
-        prog.load().map_err(|source| LoadError::Program { name: SAMPLER, source })
+        prog.load().map_err(|source| LoadError::Program { name: SAMPLER, source })?;
+        // The first attach pays for aya's one-time probing (~20 ms here): pay it now, on this
+        // thread, rather than when the first slow request is being armed.
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() } as u32;
+        let link = prog
+            .attach(PerfEventConfig::Software(SoftwareEvent::CpuClock), PerfEventScope::OneProcess { pid: me, cpu: None }, SamplePolicy::Period(u64::MAX / 2), false)
+            .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
+        prog.detach(link).map_err(|source| LoadError::Program { name: SAMPLER, source })
     }
 
     /// Starts capturing a thread's stacks: on-CPU samples at `hz` and a stack each time it leaves

@@ -88,6 +88,42 @@ fn version_from_name(path: &str) -> Option<(u32, u32)> {
     Some((3, digits.parse().ok()?))
 }
 
+/// What a Python ELF file says about itself (cached by path: every worker of a server maps the
+/// same libpython, and reading it is the slow part of attaching).
+#[derive(Clone, Debug)]
+struct ElfInfo {
+    executable: bool,
+    first_vaddr: u64,
+    runtime: Option<u64>,
+    code_type: Option<u64>,
+    py_version: Option<u64>,
+}
+
+fn elf_info(pid: u32, path: &str) -> Result<ElfInfo, PyError> {
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, ElfInfo>>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(info) = cache.lock().ok().and_then(|c| c.get(path).cloned()) {
+        return Ok(info);
+    }
+    // Through /proc/PID/root so paths resolve inside containers too.
+    let file = PathBuf::from(format!("/proc/{pid}/root{path}"));
+    let data = fs::read(&file).map_err(|source| PyError::Io { path: file.display().to_string(), source })?;
+    let elf = object::File::parse(&*data).map_err(|source| PyError::Elf { path: path.to_string(), source })?;
+    // Defined symbols only: extension modules import _PyRuntime (undefined, address 0).
+    let sym = |name: &str| elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.is_definition() && s.name() == Ok(name)).map(|s| s.address());
+    let info = ElfInfo {
+        executable: elf.kind() == ObjectKind::Executable,
+        first_vaddr: elf.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff,
+        runtime: sym("_PyRuntime"),
+        code_type: sym("PyCode_Type"),
+        py_version: sym("Py_Version"),
+    };
+    if let Ok(mut c) = cache.lock() {
+        c.insert(path.to_string(), info.clone());
+    }
+    Ok(info)
+}
+
 /// Finds `_PyRuntime` in the ELF files a process maps, and the interpreter's version.
 pub fn find_runtime(pid: u32) -> Result<Runtime, PyError> {
     let maps_path = format!("/proc/{pid}/maps");
@@ -98,27 +134,19 @@ pub fn find_runtime(pid: u32) -> Result<Runtime, PyError> {
             continue;
         }
         seen.push(m.path.clone());
-        // Through /proc/PID/root so paths resolve inside containers too.
-        let file = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
-        let data = fs::read(&file).map_err(|source| PyError::Io { path: file.display().to_string(), source })?;
-        let elf = object::File::parse(&*data).map_err(|source| PyError::Elf { path: m.path.clone(), source })?;
-        // Defined symbols only: extension modules import _PyRuntime (undefined, address 0).
-        let sym = |name: &str| {
-            elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.is_definition() && s.name() == Ok(name)).map(|s| s.address())
-        };
-        let Some(rt_vaddr) = sym("_PyRuntime") else { continue };
+        let info = elf_info(pid, &m.path)?;
+        let Some(rt_vaddr) = info.runtime else { continue };
         // Load bias: 0 for a non-PIE executable (Debian's python3.11), else where the file's
         // first segment was mapped minus its link-time address.
-        let bias = if elf.kind() == ObjectKind::Executable {
+        let bias = if info.executable {
             0
         } else {
-            let first_vaddr = elf.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
             let Some(base) = maps.iter().filter(|x| x.path == m.path && x.offset == 0).map(|x| x.start).min() else { continue };
-            base.wrapping_sub(first_vaddr)
+            base.wrapping_sub(info.first_vaddr)
         };
         let runtime = rt_vaddr.wrapping_add(bias);
         // Py_Version (3.11+) is exact; older builds carry the version in their file name.
-        let (major, minor) = match sym("Py_Version") {
+        let (major, minor) = match info.py_version {
             Some(v) => {
                 let mut b = [0u8; 4];
                 read_mem(pid, v.wrapping_add(bias), &mut b)?;
@@ -127,7 +155,7 @@ pub fn find_runtime(pid: u32) -> Result<Runtime, PyError> {
             }
             None => version_from_name(&m.path).ok_or(PyError::NotPython(pid))?,
         };
-        let code_type = sym("PyCode_Type").map_or(0, |a| a.wrapping_add(bias));
+        let code_type = info.code_type.map_or(0, |a| a.wrapping_add(bias));
         return Ok(Runtime { major, minor, runtime, code_type, path: m.path.clone() });
     }
     Err(PyError::NotPython(pid))

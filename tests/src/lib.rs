@@ -20,6 +20,11 @@ pub fn venv() -> PathBuf {
     std::env::var_os("INTROSPECT_VENV").map_or_else(|| repo_root().join("target/venv/py311"), PathBuf::from)
 }
 
+/// The virtual environment of one CPython version (`target/venv/NAME`: py38 … py313, debian311).
+pub fn venv_named(name: &str) -> PathBuf {
+    venv().parent().map_or_else(|| PathBuf::from(name), |p| p.join(name))
+}
+
 /// The introspect binary under test (xtask sets INTROSPECT_BIN; default: the release build).
 pub fn introspect_bin() -> PathBuf {
     std::env::var_os("INTROSPECT_BIN").map_or_else(|| repo_root().join("target/release/introspect"), PathBuf::from)

@@ -36,10 +36,15 @@ impl Gunicorn {
 
     /// As `start`, with environment variables for the app.
     pub fn start_with_env(app: &str, workers: usize, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_in(&venv(), app, workers, extra, env)
+    }
+
+    /// As `start_with_env`, from the virtual environment `venv` (one per CPython version).
+    pub fn start_in(venv: &std::path::Path, app: &str, workers: usize, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("introspect-gunicorn-{port}.log"));
         let logfile = fs::File::create(&log).expect("create gunicorn log");
-        let mut cmd = Command::new(venv().join("bin/gunicorn"));
+        let mut cmd = Command::new(venv.join("bin/gunicorn"));
         cmd.current_dir(repo_root().join("tests/apps"))
             .args(["--bind", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()])
             .args(["--graceful-timeout", "2", "--log-level", "warning"])

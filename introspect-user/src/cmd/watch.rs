@@ -104,6 +104,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut live = pids;
     let mut host = Host::new(probes, args.reporting.sample_hz);
+    host.warm(live.iter().copied());
     rt.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;

@@ -152,7 +152,7 @@ impl Assembler {
                     }
                 }
             }
-            Event::Fork { .. } | Event::OffCpu { .. } | Event::Syscall { .. } | Event::Stack { .. } => {}
+            Event::Fork { .. } | Event::OffCpu { .. } | Event::Syscall { .. } | Event::Stack { .. } | Event::Slow { .. } => {}
         }
     }
 

@@ -226,7 +226,9 @@ impl Timeline {
                 log.syscalls.push_back(SysRec { nr: *nr, enter_ts: *enter_ts, exit_ts: hdr.ts, ret: *bytes as i64 });
                 (hdr.tid, log.syscalls.len())
             }
-            Event::Exit { .. } | Event::Accept { .. } | Event::Close { .. } | Event::Fork { .. } | Event::Stack { .. } => return,
+            Event::Exit { .. } | Event::Accept { .. } | Event::Close { .. } | Event::Fork { .. } | Event::Stack { .. } | Event::Slow { .. } => {
+                return;
+            }
         };
         if entry > MAX_PER_THREAD
             && let Some(log) = self.threads.get_mut(&tid)

@@ -132,6 +132,10 @@ pub enum Event {
         raw: Vec<RawFrame>,
         frames: Vec<Frame>,
     },
+    /// A request on `hdr.tid` crossed the threshold and its stacks started being captured: the
+    /// stack then, and since when it was off the CPU if it was. Written to recordings by the
+    /// live agent, so replays reproduce stacks and profiles.
+    Slow { hdr: Hdr, stack: Vec<Frame>, off_cpu_since: Option<u64> },
     Fork { hdr: Hdr, child: u32 },
     Exit { hdr: Hdr, pid: u32 },
 }
@@ -145,6 +149,7 @@ impl Event {
             | Event::OffCpu { hdr, .. }
             | Event::Syscall { hdr, .. }
             | Event::Stack { hdr, .. }
+            | Event::Slow { hdr, .. }
             | Event::Fork { hdr, .. }
             | Event::Exit { hdr, .. } => hdr,
         }

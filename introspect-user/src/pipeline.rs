@@ -9,7 +9,7 @@ use crate::{
     breakdown::{OffCpu, Timeline},
     profile::Profiles,
     pystack::Frame,
-    event::Event,
+    event::{Event, Hdr},
     sink::{JsonSink, SummaryCounts},
     summary::Summary,
 };
@@ -97,10 +97,25 @@ impl<W: Write> Pipeline<W> {
         &mut self.asm
     }
 
-    pub fn event(&mut self, ev: &Event, live: &mut dyn Live) -> io::Result<()> {
+    fn record(&mut self, ev: &Event) -> io::Result<()> {
         if let Some(rec) = self.recorder.as_mut() {
             serde_json::to_writer(&mut *rec, ev).map_err(io::Error::other)?;
             rec.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+
+    pub fn event(&mut self, ev: &Event, live: &mut dyn Live) -> io::Result<()> {
+        self.record(ev)?;
+        // Replays: capture started here in the live run.
+        if let Event::Slow { hdr, stack, off_cpu_since } = ev
+            && self.slow.get(&hdr.tid).is_none_or(Option::is_none)
+        {
+            self.profiles.start(hdr.tid);
+            if let Some(since) = off_cpu_since {
+                self.profiles.off_cpu_from(hdr.tid, *since, stack.clone());
+            }
+            self.slow.insert(hdr.tid, Some(stack.clone()));
         }
         if let Event::Fork { .. } = ev {
             self.counts.processes_followed += 1;
@@ -134,22 +149,30 @@ impl<W: Write> Pipeline<W> {
     /// what their time went to so far. `open_wait` tells a wait still going on (from the kernel).
     pub fn tick(&mut self, now_ns: u64, live: &mut dyn Live) -> io::Result<()> {
         self.asm.tick(now_ns, &mut self.inflight);
-        for i in self.inflight.drain(..) {
+        let mut crossed = std::mem::take(&mut self.inflight);
+        for i in crossed.drain(..) {
             self.counts.inflight += 1;
             let open = live.open_wait(i.tid);
             let detail = self.timeline.detail(i.tid, i.start_ns + i.queue_ns, now_ns, i.queue_ns, open.as_ref());
             self.profiles.start(i.tid);
-            let stack = live.slow(&i).map(|s| {
-                self.counts.stacks.snapshots += 1;
-                if let Some(since) = s.off_cpu_since {
-                    // A wait already in progress: weighted by its whole length when it ends.
-                    self.profiles.off_cpu_from(i.tid, since, s.stack.clone());
+            let stack = match live.slow(&i) {
+                Some(s) => {
+                    self.counts.stacks.snapshots += 1;
+                    if let Some(since) = s.off_cpu_since {
+                        // A wait already in progress: weighted by its whole length when it ends.
+                        self.profiles.off_cpu_from(i.tid, since, s.stack.clone());
+                    }
+                    let hdr = Hdr { tgid: i.pid, tid: i.tid, ts: now_ns };
+                    self.record(&Event::Slow { hdr, stack: s.stack.clone(), off_cpu_since: s.off_cpu_since })?;
+                    Some(s.stack)
                 }
-                s.stack
-            });
+                None => None,
+            };
             self.sink.inflight(&i, &detail, stack.as_deref())?;
             self.slow.insert(i.tid, stack);
         }
+        // Keep the allocation for the next tick.
+        self.inflight = crossed;
         // Waits of threads whose requests never completed are kept for 10 minutes at most.
         if now_ns.saturating_sub(self.last_forget_ns) > 1_000_000_000 {
             self.last_forget_ns = now_ns;

@@ -12,7 +12,7 @@ use introspect_tests::{
     can_trace,
     checks::requests,
     client::Client,
-    introspect::{Line, Watch},
+    introspect::{self, Line, Watch},
     postgres::Postgres,
     repo_root,
     server::Gunicorn,
@@ -129,6 +129,12 @@ fn chains_on(venv: &str) {
     let oracle = py_spy(venv, worker, tid);
     let ours = python_frames(&line.json["stack"]);
     assert_eq!(ours, oracle, "{venv}: introspect's inflight stack differs from py-spy's");
+    // `introspect dump` reads the same thing.
+    let dump = introspect::run(&["dump", "--pid", &worker.to_string(), "--json"]);
+    assert!(dump.status.success(), "{venv}: dump failed: {}", String::from_utf8_lossy(&dump.stderr));
+    let dump: Value = serde_json::from_slice(&dump.stdout).expect("dump json");
+    let thread = dump["threads"].as_array().unwrap().iter().find(|t| t["tid"].as_u64() == Some(u64::from(tid))).expect("thread in dump");
+    assert_eq!(python_frames(&thread["stack"]), oracle, "{venv}: introspect dump differs from py-spy");
     has_chain(&line.json["stack"], SLEEP, &marks).unwrap_or_else(|e| panic!("{venv}: inflight: {e}"));
     client.join().unwrap();
 

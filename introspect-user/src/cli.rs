@@ -17,9 +17,78 @@ pub enum Command {
     Watch(WatchArgs),
     /// Replay a recording made with `watch --record` through the same pipeline, without root.
     Replay(ReplayArgs),
+    /// Watch for a while and write events, a summary and flame graphs to a directory.
+    #[command(after_long_help = RECORD_EXAMPLES)]
+    Record(RecordArgs),
+    /// Rebuild a flame graph from recorded events (events.jsonl), without root.
+    Flamegraph(FlamegraphArgs),
+    /// A live table of routes ranked by the time they consume.
+    #[command(after_long_help = TOP_EXAMPLES)]
+    Top(TopArgs),
     /// Print the current stack of every thread of a Python process (like `py-spy dump`).
     #[command(after_long_help = DUMP_EXAMPLES)]
     Dump(DumpArgs),
+}
+
+const RECORD_EXAMPLES: &str = "EXAMPLES:
+    # One minute of a server on port 8000; then open out/slow.svg in a browser:
+    introspect record --port 8000 --duration 60s --out out
+
+    # Only requests over 200 ms are slow (and profiled):
+    introspect record --pid 4242 --threshold 200ms --duration 5m --out /tmp/run1";
+
+const TOP_EXAMPLES: &str = "EXAMPLES:
+    introspect top --port 8000
+    # Keys: t total time, n count, c CPU share, p p99, s slow, e 5xx, k killed; q quits.";
+
+#[derive(Args, Debug)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub reporting: Reporting,
+    /// How long to record (e.g. 60s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Directory for events.jsonl, summary.json, slow.folded, slow.svg, cpu.svg, offcpu.svg and
+    /// routes/*.svg (created if needed).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep query strings in reported paths.
+    #[arg(long)]
+    pub keep_query: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct FlamegraphArgs {
+    /// JSON lines written by `introspect watch` or `introspect record` (events.jsonl).
+    pub events: PathBuf,
+    /// Where to write the SVG.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Only this route (as in the summary: "GET /users/{id}" or "/users/{id}").
+    #[arg(long)]
+    pub route: Option<String>,
+    /// Which time to draw.
+    #[arg(long, value_enum, default_value = "wall")]
+    pub kind: crate::flame::Kind,
+    /// Write the folded stacks instead of an SVG.
+    #[arg(long)]
+    pub folded: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub reporting: Reporting,
+    /// Refresh period.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Stop by itself after this long.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 const DUMP_EXAMPLES: &str = "EXAMPLES:
@@ -92,6 +161,9 @@ pub struct WatchArgs {
     /// Also write every decoded kernel event to this file, for `introspect replay`.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// At exit, write a flame graph (SVG) of the slow requests' profiles, on-CPU and off-CPU.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
     /// How often the ring buffer is drained; bounds the delay of `inflight` alerts.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration, hide = true)]
     pub poll_interval: Duration,

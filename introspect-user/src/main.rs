@@ -6,6 +6,7 @@ mod clock;
 mod cmd;
 mod enrich;
 mod event;
+mod flame;
 mod host;
 mod http;
 mod loader;
@@ -35,6 +36,9 @@ fn main() -> ExitCode {
         cli::Command::Watch(args) => cmd::watch::run(args),
         cli::Command::Replay(args) => cmd::replay::run(args),
         cli::Command::Dump(args) => cmd::dump::run(args),
+        cli::Command::Record(args) => cmd::record::run(args),
+        cli::Command::Flamegraph(args) => cmd::flamegraph::run(args),
+        cli::Command::Top(args) => cmd::top::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

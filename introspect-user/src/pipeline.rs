@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use crate::{
     assemble::{Assembler, Inflight, Request},
     breakdown::{OffCpu, Timeline},
+    flame::Flames,
+    route,
     profile::Profiles,
     pystack::Frame,
     event::{Event, Hdr},
@@ -62,6 +64,10 @@ pub struct Pipeline<W: Write> {
     recorder: Option<Box<dyn Write>>,
     timeline: Timeline,
     profiles: Profiles,
+    /// Profiles of slow requests for flame graphs, when asked for.
+    flames: Option<Flames>,
+    /// Warnings go to the sink only (not stderr).
+    quiet: bool,
     /// Threads of requests that crossed the threshold, and their stack at that moment.
     slow: HashMap<u32, Option<Vec<Frame>>>,
     last_forget_ns: u64,
@@ -80,6 +86,8 @@ impl<W: Write> Pipeline<W> {
             recorder: None,
             timeline: Timeline::default(),
             profiles: Profiles::new(cfg.sample_hz),
+            flames: None,
+            quiet: false,
             slow: HashMap::new(),
             last_forget_ns: 0,
             counts: SummaryCounts::default(),
@@ -91,6 +99,20 @@ impl<W: Write> Pipeline<W> {
     /// Writes every event it sees, as JSON lines, for `introspect replay`.
     pub fn record_to(&mut self, w: Box<dyn Write>) {
         self.recorder = Some(w);
+    }
+
+    /// Collect slow requests' profiles for flame graphs.
+    pub fn collect_flames(&mut self) {
+        self.flames = Some(Flames::default());
+    }
+
+    pub fn take_flames(&mut self) -> Option<Flames> {
+        self.flames.take()
+    }
+
+    /// The per-route table so far.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
     }
 
     pub fn assembler(&mut self) -> &mut Assembler {
@@ -125,7 +147,8 @@ impl<W: Write> Pipeline<W> {
         self.asm.observe(ev, &mut self.requests);
         for r in self.requests.drain(..) {
             let slow = r.duration_ns() >= self.cfg.threshold_ns;
-            self.summary.record(&r, slow);
+            let detail = self.timeline.detail(r.tid, r.start_ns + r.queue_ns, r.end_ns, r.queue_ns, None);
+            self.summary.record(&r, slow, (detail.breakdown.on_cpu * 1e6) as u64);
             self.counts.requests += 1;
             // A request that crossed the threshold while running: its stacks end with it.
             let (stack, profile) = match self.slow.remove(&r.tid) {
@@ -135,9 +158,11 @@ impl<W: Write> Pipeline<W> {
                 }
                 None => (None, None),
             };
+            if let (Some(flames), Some(p)) = (self.flames.as_mut(), profile.as_deref()) {
+                flames.add(&r.method, &route::normalize(&r.path), p);
+            }
             if slow || self.cfg.all {
                 self.counts.reported += 1;
-                let detail = self.timeline.detail(r.tid, r.start_ns + r.queue_ns, r.end_ns, r.queue_ns, None);
                 self.sink.request(&r, &detail, stack.as_deref(), profile.as_deref())?;
             }
             self.timeline.forget_before(r.tid, r.end_ns);
@@ -185,8 +210,14 @@ impl<W: Write> Pipeline<W> {
         Ok(())
     }
 
+    pub fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
+    }
+
     pub fn warning(&mut self, now_ns: u64, message: &str) -> io::Result<()> {
-        eprintln!("introspect: warning: {message}");
+        if !self.quiet {
+            eprintln!("introspect: warning: {message}");
+        }
         self.sink.warning(now_ns, message)
     }
 

@@ -3,11 +3,11 @@
 //! long it stayed off.
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{event::Event, pystack::Frame};
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProfileEntry {
     pub stack: Vec<Frame>,
     pub on_cpu_ms: f64,

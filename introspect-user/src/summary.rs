@@ -3,7 +3,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{assemble::Request, route};
+use crate::{
+    assemble::{EndReason, Request},
+    route,
+};
 
 /// Log-bucketed histogram of durations: 1% relative precision from 1 µs to ~3 h in a few
 /// thousand counters, whatever the request count.
@@ -47,7 +50,10 @@ pub struct RouteStats {
     pub slow: u64,
     pub errors_5xx: u64,
     pub no_status: u64,
+    /// Ended by the worker's death mid-request (a server timeout's kill, a crash).
+    pub killed: u64,
     pub total_ns: u64,
+    pub cpu_ns: u64,
     pub hist: Histogram,
 }
 
@@ -59,7 +65,12 @@ pub struct EndpointRow {
     pub slow: u64,
     pub errors_5xx: u64,
     pub no_status: u64,
+    pub killed: u64,
     pub total_ms: f64,
+    /// This route's part of all requests' time.
+    pub share_time: f64,
+    /// ... and of their on-CPU time.
+    pub share_cpu: f64,
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -75,18 +86,25 @@ fn round3(v: f64) -> f64 {
 }
 
 impl Summary {
-    pub fn record(&mut self, r: &Request, slow: bool) {
+    /// `cpu_ns`: the request's on-CPU time (from its breakdown).
+    pub fn record(&mut self, r: &Request, slow: bool, cpu_ns: u64) {
         let s = self.routes.entry((r.method.clone(), route::normalize(&r.path))).or_default();
         s.count += 1;
         s.slow += u64::from(slow);
         s.errors_5xx += u64::from(r.status.is_some_and(|c| c >= 500));
         s.no_status += u64::from(r.status.is_none());
+        s.killed += u64::from(r.end == EndReason::ProcessExit);
         s.total_ns += r.duration_ns();
+        s.cpu_ns += cpu_ns;
         s.hist.record(r.duration_ns());
     }
 
+
     /// Routes ranked by total time consumed.
     pub fn rows(&self) -> Vec<EndpointRow> {
+        let all_time: u64 = self.routes.values().map(|s| s.total_ns).sum();
+        let all_cpu: u64 = self.routes.values().map(|s| s.cpu_ns).sum();
+        let share = |part: u64, whole: u64| if whole == 0 { 0.0 } else { (part as f64 / whole as f64 * 1e4).round() / 1e4 };
         let mut rows: Vec<_> = self
             .routes
             .iter()
@@ -97,7 +115,10 @@ impl Summary {
                 slow: s.slow,
                 errors_5xx: s.errors_5xx,
                 no_status: s.no_status,
+                killed: s.killed,
                 total_ms: round3(s.total_ns as f64 / 1e6),
+                share_time: share(s.total_ns, all_time),
+                share_cpu: share(s.cpu_ns, all_cpu),
                 p50_ms: s.hist.quantile_ms(0.50).map(round3),
                 p95_ms: s.hist.quantile_ms(0.95).map(round3),
                 p99_ms: s.hist.quantile_ms(0.99).map(round3),

@@ -17,6 +17,7 @@ use crate::{
     clock::{self, Clock},
     cmd::replay::Meta,
     event::{self, Event},
+    flame::{self, Flames},
     host::Host,
     loader::{KernelLosses, Probes},
     pipeline::{Config, Pipeline},
@@ -45,6 +46,28 @@ fn roots(args: &WatchArgs) -> Result<Vec<u32>, UsageError> {
 }
 
 pub fn run(args: WatchArgs) -> anyhow::Result<()> {
+    let flames = watch(&args, Box::new(BufWriter::new(io::stdout().lock())), args.flamegraph.is_some())?;
+    if let (Some(path), Some(flames)) = (&args.flamegraph, flames) {
+        let svg = flame::svg(&flames.folded(flame::Kind::Wall, None), "slow requests: on-CPU and off-CPU [off-cpu]")?;
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("introspect: flame graph of slow requests written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Runs a watch, writing JSON lines to `out`; returns the slow requests' profiles when
+/// `collect_flames`.
+pub fn watch(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: bool) -> anyhow::Result<Option<Flames>> {
+    watch_with(args, out, collect_flames, None)
+}
+
+/// A live view driven by the watch loop (`introspect top`).
+pub trait Ui {
+    /// Called after every drain; returns true to stop.
+    fn tick(&mut self, summary: &crate::summary::Summary, counts: &crate::sink::SummaryCounts) -> io::Result<bool>;
+}
+
+pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: bool, mut ui: Option<&mut dyn Ui>) -> anyhow::Result<Option<Flames>> {
     require_root()?;
     let roots = roots(&args)?;
     let (root, mounted) = tracefs::ensure_mounted()?;
@@ -68,9 +91,14 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
 
     let clock = Clock::new();
     let threshold_ns = args.reporting.threshold.as_nanos() as u64;
-    let sink = JsonSink::new(BufWriter::new(io::stdout().lock()), clock);
+    let sink = JsonSink::new(out, clock);
     let cfg = Config { threshold_ns, all: args.reporting.all, sample_hz: args.reporting.sample_hz };
     let mut pipeline = Pipeline::new(cfg, sink);
+    if collect_flames {
+        pipeline.collect_flames();
+    }
+    // A full-screen view owns the terminal: warnings go to the (discarded) sink only.
+    pipeline.set_quiet(ui.is_some());
     if let Some(path) = &args.record {
         let mut f = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
         let meta = Meta {
@@ -144,6 +172,11 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
                 }
                 reported_losses = now;
             }
+            if let Some(ui) = ui.as_deref_mut()
+                && ui.tick(pipeline.summary(), &pipeline.counts)?
+            {
+                break;
+            }
             if live.is_empty() {
                 pipeline.warning(clock::monotonic_ns(), "every watched process has exited")?;
                 break;
@@ -161,7 +194,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
         pipeline.counts.stacks.threads_armed = host.threads_armed;
         pipeline.counts.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         pipeline.finish(clock::monotonic_ns())?;
-        anyhow::Ok(())
+        anyhow::Ok(pipeline.take_flames())
     })
 }
 

@@ -13,9 +13,10 @@ use anyhow::{Context as _, bail};
 use crate::{root, run};
 
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM major), wrk for
-/// load, PostgreSQL for the database suites, curl and util-linux tools used by the suites.
+/// load, PostgreSQL for the database suites, Chromium (renders the flame graphs in tests), tmux
+/// (a real terminal for `top`), curl and util-linux tools used by the suites.
 const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "wrk", "curl", "util-linux", "postgresql", "postgresql-contrib", "python3.11", "python3.11-venv"];
+    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "wrk", "curl", "util-linux", "postgresql", "postgresql-contrib", "python3.11", "python3.11-venv", "chromium", "tmux"];
 
 /// The interpreters the suites run the apps on: every pyenv minor version of this machine kind,
 /// and Debian's own python3.11 (a static, non-PIE build with different symbols).

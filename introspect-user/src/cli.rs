@@ -161,6 +161,10 @@ pub struct WatchArgs {
     /// Also write every decoded kernel event to this file, for `introspect replay`.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Have the kernel account each eBPF program's run time and report it in the summary
+    /// (`agent.bpf`); adds two clock reads per program run.
+    #[arg(long)]
+    pub bpf_stats: bool,
     /// At exit, write a flame graph (SVG) of the slow requests' profiles, on-CPU and off-CPU.
     #[arg(long, value_name = "FILE")]
     pub flamegraph: Option<PathBuf>,

@@ -31,6 +31,8 @@ pub enum LoadError {
     MissingMap(&'static str),
     #[error("program {0} missing from the eBPF object")]
     MissingProgram(&'static str),
+    #[error("enabling BPF run-time statistics: {0}")]
+    Stats(String),
 }
 
 /// Programs and the tracepoints each one is attached to. Syscall exits share one program: the
@@ -156,6 +158,8 @@ fn offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsError> {
 
 pub struct Probes {
     ebpf: Ebpf,
+    /// Held while the kernel keeps per-program run-time statistics (`--bpf-stats`).
+    stats: Option<std::os::fd::OwnedFd>,
     /// Per-thread CPU-clock perf events of armed threads.
     samplers: StdHashMap<u32, PerfEventLinkId>,
 }
@@ -176,7 +180,7 @@ impl Probes {
         let ebpf = EbpfLoader::new()
             .override_global(names::G_OFFSETS, &offsets, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/introspect")))?;
-        Ok(Self { ebpf, samplers: StdHashMap::new() })
+        Ok(Self { ebpf, stats: None, samplers: StdHashMap::new() })
     }
 
     fn attach(&mut self, table: &[(&'static str, &[(&str, &str)])]) -> Result<(), LoadError> {
@@ -320,6 +324,24 @@ impl Probes {
         let map = self.ebpf.map(names::OFFCPU)?;
         let map: HashMap<&MapData, u32, OffCpuState> = HashMap::try_from(map).ok()?;
         map.get(&tid, 0).ok()
+    }
+
+    /// Asks the kernel to account each program's run time (costs two clock reads per run).
+    pub fn enable_stats(&mut self) -> Result<(), LoadError> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| LoadError::Stats(e.to_string()))?;
+        self.stats = Some(fd);
+        Ok(())
+    }
+
+    /// Run count and total run time of each program, while stats are enabled.
+    pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some((name.to_string(), info.run_count(), info.run_time().as_nanos() as u64))
+            })
+            .collect()
     }
 
     /// Kernel-side losses, summed over CPUs: (ring buffer full, map full, user read failed).

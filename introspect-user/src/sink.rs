@@ -89,9 +89,31 @@ pub struct SummaryCounts {
     pub open_at_exit: u64,
     pub processes_followed: u64,
     pub stacks: StackCounts,
+    /// Kernel events processed.
+    pub events: u64,
+    /// What the agent itself cost.
+    pub agent: AgentCost,
     /// Connections whose bytes were not HTTP/1 (TLS, HTTP/2, another protocol): not measured.
     pub non_http: u64,
     pub losses: Losses,
+}
+
+/// The agent's own cost over the whole watch.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct AgentCost {
+    /// User and system CPU time of the agent process.
+    pub cpu_ms: f64,
+    pub max_rss_kib: u64,
+    /// Per eBPF program (with `--bpf-stats`): runs and run time, in whatever process they ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bpf: Vec<BpfProgram>,
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct BpfProgram {
+    pub program: String,
+    pub runs: u64,
+    pub run_ms: f64,
 }
 
 /// Stack capture: all zero when no request was slow (fast requests are never sampled).

@@ -61,6 +61,14 @@ def status(code, tag=None):
     abort(code)
 
 
+@app.route("/half/<int:ms>")
+def half(ms):
+    """`ms` milliseconds, half of it CPU and half waiting (the benchmark's 5 ms endpoint)."""
+    burn(ms / 2.0)
+    time.sleep(ms / 2000.0)
+    return "ok\n"
+
+
 @app.route("/big/<int:kb>")
 @app.route("/big/<int:kb>/<tag>")
 def big(kb, tag=None):

@@ -46,6 +46,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         keep_query: args.keep_query,
         record: None,
         flamegraph: None,
+        bpf_stats: false,
         poll_interval: Duration::from_millis(10),
     };
     let flames = watch::watch(&wargs, Box::new(BufWriter::new(events)), true)?.unwrap_or_default();

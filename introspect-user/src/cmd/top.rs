@@ -183,6 +183,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         keep_query: false,
         record: None,
         flamegraph: None,
+        bpf_stats: false,
         poll_interval: Duration::from_millis(10),
     };
     let mut ui = Top { interval: args.interval, last: None, sort: SortBy::Total, tty, dirty: false };

@@ -21,7 +21,7 @@ use crate::{
     host::Host,
     loader::{KernelLosses, Probes},
     pipeline::{Config, Pipeline},
-    sink::{JsonSink, Losses},
+    sink::{AgentCost, BpfProgram, JsonSink, Losses},
     target,
     tracefs::{self, Tracefs},
 };
@@ -87,6 +87,9 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
     probes.watch_ports(&served.ports)?;
     probes.seed_conns(&served.conns)?;
     probes.attach_request_tracking().context("attaching request tracking")?;
+    if args.bpf_stats {
+        probes.enable_stats()?;
+    }
     let mut ring = probes.take_events()?;
 
     let clock = Clock::new();
@@ -141,6 +144,7 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
         let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
         let mut reported_losses = KernelLosses::default();
         let mut decode_errors = 0u64;
+        let mut events = 0u64;
         let mut last_loss_check = Instant::now();
         loop {
             tokio::select! {
@@ -150,7 +154,7 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
                 _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
             }
             host.set_now(clock::monotonic_ns());
-            drain(&mut ring, &mut pipeline, &mut host, args.keep_query, &mut decode_errors, &mut live)?;
+            events += drain(&mut ring, &mut pipeline, &mut host, args.keep_query, &mut decode_errors, &mut live)?;
             let now = clock::monotonic_ns();
             host.set_now(now);
             pipeline.tick(now, &mut host)?;
@@ -182,7 +186,7 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
                 break;
             }
         }
-        drain(&mut ring, &mut pipeline, &mut host, args.keep_query, &mut decode_errors, &mut live)?;
+        events += drain(&mut ring, &mut pipeline, &mut host, args.keep_query, &mut decode_errors, &mut live)?;
         let losses = host.probes.losses()?;
         pipeline.counts.losses = Losses {
             ringbuf_full: losses.ringbuf_full,
@@ -192,10 +196,30 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
         };
         pipeline.counts.dropped_events = losses.ringbuf_full + losses.map_full + decode_errors;
         pipeline.counts.stacks.threads_armed = host.threads_armed;
+        pipeline.counts.events = events;
+        pipeline.counts.agent = agent_cost(&host.probes);
         pipeline.counts.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         pipeline.finish(clock::monotonic_ns())?;
         anyhow::Ok(pipeline.take_flames())
     })
+}
+
+/// The agent's CPU time and peak memory so far, and its programs' run time when accounted.
+fn agent_cost(probes: &Probes) -> AgentCost {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    AgentCost {
+        cpu_ms: ((tv(ru.ru_utime) + tv(ru.ru_stime)) * 1e3).round() / 1e3,
+        max_rss_kib: ru.ru_maxrss as u64,
+        bpf: probes
+            .program_stats()
+            .into_iter()
+            .filter(|(_, runs, _)| *runs > 0)
+            .map(|(program, runs, ns)| BpfProgram { program, runs, run_ms: (ns as f64 / 1e3).round() / 1e3 })
+            .collect(),
+    }
 }
 
 fn drain<W: io::Write>(
@@ -205,8 +229,10 @@ fn drain<W: io::Write>(
     keep_query: bool,
     decode_errors: &mut u64,
     live: &mut BTreeSet<u32>,
-) -> io::Result<()> {
+) -> io::Result<u64> {
+    let mut n = 0;
     while let Some(item) = ring.next() {
+        n += 1;
         let decoded = event::decode(&item, keep_query);
         drop(item);
         match decoded {
@@ -231,5 +257,5 @@ fn drain<W: io::Write>(
             }
         }
     }
-    Ok(())
+    Ok(n)
 }

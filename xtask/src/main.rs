@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, build, test and demo for introspect, so that a fresh machine needs
 //! nothing but these commands.
+mod bench;
 mod demo;
 mod setup;
 
@@ -33,6 +34,12 @@ enum Cmd {
     },
     /// Run introspect against a bundled gunicorn + Flask app under load for about a minute.
     Demo,
+    /// Measure introspect's overhead against a baseline and py-spy; prints a table and writes
+    /// bench-out/bench.json.
+    Bench,
+    /// (internal) the bench's fast HTTP server.
+    #[command(hide = true)]
+    BurstServer { port: u16 },
 }
 
 pub fn root() -> PathBuf {
@@ -83,6 +90,8 @@ fn main() -> ExitCode {
         Cmd::Build => setup::setup().and_then(|_| build()).map(drop),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo::run(),
+        Cmd::Bench => bench::run(),
+        Cmd::BurstServer { port } => bench::serve_burst(port),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

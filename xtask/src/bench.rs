@@ -1,0 +1,517 @@
+//! `cargo xtask bench`: what introspect costs, measured against a baseline in the same run.
+//!
+//! wrk against gunicorn (sync, 2 workers) + Flask on a hello-world and a 5 ms endpoint, under no
+//! tracer, `introspect watch` with default probes, `introspect watch` with ~10% of requests slow
+//! (stacks captured), and `py-spy record --rate 100 --nonblocking`. Runs alternate between
+//! configurations and each number is the median of several, so drift on a shared machine
+//! cancels out. Then alert latency, the tracer's CPU at a fixed 2k requests/s, and a burst.
+use std::{
+    fs,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use introspect_tests::{
+    client::{self, Client},
+    guard::Guard,
+    introspect::Watch,
+    server::Gunicorn,
+};
+use serde_json::{Value, json};
+
+use crate::{build, root, setup};
+
+const ROUNDS: usize = 5;
+const RUN_SECONDS: u64 = 5;
+
+fn clk_tck() -> f64 {
+    // SAFETY: no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / clk_tck()
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Waits for a child and returns its CPU time (user + system), from wait4's rusage.
+fn wait_cpu(child: &mut Child) -> anyhow::Result<f64> {
+    let mut status = 0;
+    // SAFETY: rusage is filled by the kernel.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+    if pid < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(tv(ru.ru_utime) + tv(ru.ru_stime))
+}
+
+struct WrkResult {
+    rps: f64,
+    requests: f64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    cpu_s: f64,
+}
+
+fn parse_ms(v: &str) -> Option<f64> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1e3,
+        "ms" => n,
+        "s" => n * 1e3,
+        "m" => n * 60e3,
+        _ => return None,
+    })
+}
+
+fn wrk(url: &str, threads: u32, conns: u32, seconds: u64) -> anyhow::Result<WrkResult> {
+    let mut child = Command::new("wrk")
+        .args(["-t", &threads.to_string(), "-c", &conns.to_string(), "-d", &format!("{seconds}s"), "--latency", url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("running wrk")?;
+    let mut out = String::new();
+    child.stdout.take().context("wrk stdout")?.read_to_string(&mut out)?;
+    let cpu = wait_cpu(&mut child)?;
+    let find = |prefix: &str| out.lines().map(str::trim).find(|l| l.starts_with(prefix)).map(|l| l.to_string());
+    let pct = |p: &str| find(p).and_then(|l| parse_ms(l.split_whitespace().nth(1)?)).unwrap_or(f64::NAN);
+    let rps: f64 = find("Requests/sec:").and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).context(format!("wrk output: {out}"))?;
+    let requests: f64 = out.lines().find(|l| l.contains("requests in")).and_then(|l| l.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
+    Ok(WrkResult { rps, requests, p50_ms: pct("50%"), p90_ms: pct("90%"), p99_ms: pct("99%"), cpu_s: cpu })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Config {
+    Baseline,
+    Default,
+    Slow10,
+    PySpy,
+}
+
+impl Config {
+    fn name(self) -> &'static str {
+        match self {
+            Config::Baseline => "no tracer",
+            Config::Default => "introspect (default probes)",
+            Config::Slow10 => "introspect (~10% slow, stacks)",
+            Config::PySpy => "py-spy record 100 Hz",
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Debug, Default)]
+struct Run {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    /// CPU seconds per request: workers + wrk + tracer.
+    cpu_per_req_us: f64,
+    tracer_cpu_pct: f64,
+    tracer_rss_kib: u64,
+    events_per_s: f64,
+    dropped: f64,
+}
+
+struct Tracer {
+    guard: Guard,
+    pid: u32,
+    stdout: Option<thread::JoinHandle<String>>,
+}
+
+fn start_tracer(cfg: Config, master: u32, threshold: &str, bin: &std::path::Path, venv: &std::path::Path, extra: &[&str]) -> anyhow::Result<Option<Tracer>> {
+    let mut cmd = match cfg {
+        Config::Baseline => return Ok(None),
+        Config::Default | Config::Slow10 => {
+            let mut c = Command::new(bin);
+            c.args(["watch", "--pid", &master.to_string()]);
+            if cfg == Config::Slow10 {
+                c.args(["--threshold", threshold]);
+            }
+            c.args(extra);
+            c
+        }
+        Config::PySpy => {
+            let mut c = Command::new(venv.join("bin/py-spy"));
+            c.args(["record", "--rate", "100", "--nonblocking", "--subprocesses", "--format", "raw", "-o", "/dev/null", "--pid", &master.to_string()]);
+            c
+        }
+    };
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
+    let mut guard = Guard::spawn(cfg.name(), &mut cmd)?;
+    let pid = guard.pid();
+    let stdout = guard.child_mut().stdout.take().context("tracer stdout")?;
+    let stderr = guard.child_mut().stderr.take().context("tracer stderr")?;
+    let out = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(stdout).read_to_string(&mut s);
+        s
+    });
+    // Ready: introspect says "watching"; py-spy gets a second to attach to every process.
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("watching") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if cfg == Config::PySpy {
+        thread::sleep(Duration::from_secs(2));
+    } else {
+        rx.recv_timeout(Duration::from_secs(30)).context("introspect did not start")?;
+    }
+    Ok(Some(Tracer { guard, pid, stdout: Some(out) }))
+}
+
+fn summary_of(stdout: &str) -> Option<Value> {
+    stdout.lines().rev().find(|l| l.contains(r#""type":"summary""#)).and_then(|l| serde_json::from_str(l).ok())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn measure(cfg: Config, server: &Gunicorn, url: &str, threshold: &str, bin: &std::path::Path, venv: &std::path::Path) -> anyhow::Result<(Run, Option<Value>)> {
+    let workers = server.workers();
+    let tracer = start_tracer(cfg, server.master_pid(), threshold, bin, venv, &[])?;
+    let w0: f64 = workers.iter().map(|&p| cpu_s(p)).sum();
+    let t0 = tracer.as_ref().map_or(0.0, |t| cpu_s(t.pid));
+    let start = Instant::now();
+    let r = wrk(url, 1, 4, RUN_SECONDS)?;
+    let wall = start.elapsed().as_secs_f64();
+    let w1: f64 = workers.iter().map(|&p| cpu_s(p)).sum();
+    let (tracer_cpu, rss, summary) = match tracer {
+        Some(mut t) => {
+            let cpu = cpu_s(t.pid) - t0;
+            let rss = peak_rss_kib(t.pid);
+            let sig = if cfg == Config::PySpy { libc::SIGINT } else { libc::SIGTERM };
+            t.guard.stop_with(sig, Duration::from_secs(20));
+            let out = t.stdout.take().and_then(|h| h.join().ok()).unwrap_or_default();
+            (cpu, rss, summary_of(&out))
+        }
+        None => (0.0, 0, None),
+    };
+    let total_cpu = (w1 - w0) + r.cpu_s + tracer_cpu;
+    let run = Run {
+        rps: r.rps,
+        p50: r.p50_ms,
+        p99: r.p99_ms,
+        cpu_per_req_us: total_cpu / r.requests.max(1.0) * 1e6,
+        tracer_cpu_pct: tracer_cpu / wall * 100.0,
+        tracer_rss_kib: rss,
+        events_per_s: summary.as_ref().and_then(|s| s["events"].as_f64()).unwrap_or(0.0) / wall,
+        dropped: summary.as_ref().and_then(|s| s["dropped_events"].as_f64()).unwrap_or(0.0),
+    };
+    Ok((run, summary))
+}
+
+/// A minimal keep-alive HTTP server for the burst (Python cannot serve 20k requests/s on two
+/// cores; the tracer's ring buffer is what is under test). `/slow` answers after 600 ms.
+fn burst_server() -> anyhow::Result<(u16, Child)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    // Re-exec this binary as the server so it is a separate process introspect can watch.
+    let child = Command::new(std::env::current_exe()?)
+        .args(["burst-server", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("burst server did not start");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok((port, child))
+}
+
+/// The burst server's main loop (`cargo xtask burst-server PORT`, used by the bench only).
+pub fn serve_burst(port: u16) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut pending = Vec::new();
+            loop {
+                let n = match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                pending.extend_from_slice(&buf[..n]);
+                while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                    pending.drain(..end + 4);
+                    if head.starts_with("GET /slow") {
+                        thread::sleep(Duration::from_millis(600));
+                    }
+                    if conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n").is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+fn fmt_ratio(v: f64) -> String {
+    if v.is_finite() { format!("{v:.3}") } else { "-".into() }
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let env = setup::setup()?;
+    let bin = build()?;
+    // SAFETY: single-threaded at this point.
+    unsafe {
+        std::env::set_var("INTROSPECT_BIN", &bin);
+        std::env::set_var("INTROSPECT_VENV", &env.venv);
+    }
+    let out_dir = root().join("bench-out");
+    fs::create_dir_all(&out_dir)?;
+    let machine = format!(
+        "{} vCPU, kernel {}",
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
+    );
+    let date = String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-%m-%d").output()?.stdout).trim().to_string();
+    eprintln!("bench: {machine}, {date}; {ROUNDS} alternating rounds of {RUN_SECONDS} s per configuration and endpoint");
+
+    let server = Gunicorn::start("flaskapp:app", 2, &[]);
+    let configs = [Config::Baseline, Config::Default, Config::Slow10, Config::PySpy];
+    let mut results = Vec::new();
+    let mut table = Vec::new();
+    for (label, path) in [("hello-world", "/fast"), ("5 ms (half CPU, half sleep)", "/half/5")] {
+        let url = format!("http://127.0.0.1:{}{path}", server.port);
+        // Warm up, and find the latency that ~10% of requests exceed.
+        let warm = wrk(&url, 1, 4, 2)?;
+        let threshold = format!("{}us", (warm.p90_ms * 1000.0).round() as u64);
+        eprintln!("bench: {label}: threshold for ~10% slow requests: {threshold}");
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(); configs.len()];
+        let mut slow_summary = None;
+        for round in 0..ROUNDS {
+            // Alternate the order so slow drift hits every configuration alike.
+            let order: Vec<usize> = if round % 2 == 0 { (0..configs.len()).collect() } else { (0..configs.len()).rev().collect() };
+            for i in order {
+                let (run, summary) = measure(configs[i], &server, &url, &threshold, &bin, &env.venv)?;
+                eprintln!("bench: {label} round {round} {:<32} {:>8.0} req/s  {:>7.1} µs CPU/req", configs[i].name(), run.rps, run.cpu_per_req_us);
+                if configs[i] == Config::Slow10 {
+                    slow_summary = summary;
+                }
+                runs[i].push(run);
+            }
+        }
+        let base_rps = median(runs[0].iter().map(|r| r.rps).collect());
+        let base_p50 = median(runs[0].iter().map(|r| r.p50).collect());
+        let base_p99 = median(runs[0].iter().map(|r| r.p99).collect());
+        let base_cpu = median(runs[0].iter().map(|r| r.cpu_per_req_us).collect());
+        for (i, cfg) in configs.iter().enumerate() {
+            let m = |f: fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
+            let rps = m(|r| r.rps);
+            let row = json!({
+                "endpoint": label,
+                "config": cfg.name(),
+                "rps": rps,
+                "rps_ratio": rps / base_rps,
+                "p50_ratio": m(|r| r.p50) / base_p50,
+                "p99_ratio": m(|r| r.p99) / base_p99,
+                "cpu_per_request_us": m(|r| r.cpu_per_req_us),
+                "added_cpu_per_request_us": m(|r| r.cpu_per_req_us) - base_cpu,
+                "tracer_cpu_pct": m(|r| r.tracer_cpu_pct),
+                "tracer_peak_rss_kib": runs[i].iter().map(|r| r.tracer_rss_kib).max().unwrap_or(0),
+                "events_per_s": m(|r| r.events_per_s),
+                "dropped_events": runs[i].iter().map(|r| r.dropped).sum::<f64>(),
+            });
+            table.push(format!(
+                "| {label} | {} | {:.0} | {} | {} | {} | {:+.1} | {:.2} | {} | {:.0} | {} |",
+                cfg.name(),
+                rps,
+                fmt_ratio(rps / base_rps),
+                fmt_ratio(m(|r| r.p50) / base_p50),
+                fmt_ratio(m(|r| r.p99) / base_p99),
+                m(|r| r.cpu_per_req_us) - base_cpu,
+                m(|r| r.tracer_cpu_pct),
+                runs[i].iter().map(|r| r.tracer_rss_kib).max().unwrap_or(0) / 1024,
+                m(|r| r.events_per_s),
+                runs[i].iter().map(|r| r.dropped).sum::<f64>()
+            ));
+            results.push(row);
+        }
+        if let Some(s) = slow_summary {
+            eprintln!("bench: {label}: with ~10% slow: {} of {} requests reported slow, stacks {}", s["reported"], s["requests"], s["stacks"]);
+        }
+    }
+
+    // Where the kernel time goes: per-program run time per request (kernel BPF stats, one run).
+    let url = format!("http://127.0.0.1:{}/fast", server.port);
+    let tracer = start_tracer(Config::Default, server.master_pid(), "500ms", &bin, &env.venv, &["--bpf-stats"])?.context("tracer")?;
+    let r = wrk(&url, 1, 4, RUN_SECONDS)?;
+    let mut t = tracer;
+    t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
+    let out = t.stdout.take().and_then(|h| h.join().ok()).unwrap_or_default();
+    let s = summary_of(&out).context("no summary from the stats run")?;
+    let mut per_prog: Vec<(String, f64, f64)> = s["agent"]["bpf"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| (p["program"].as_str().unwrap_or("?").to_string(), p["runs"].as_f64().unwrap_or(0.0) / r.requests, p["run_ms"].as_f64().unwrap_or(0.0) * 1e3 / r.requests))
+                .collect()
+        })
+        .unwrap_or_default();
+    per_prog.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let bpf_total_us: f64 = per_prog.iter().map(|p| p.2).sum();
+
+    // Alert latency: from crossing the threshold to the inflight line.
+    let mut watch = Watch::start(&["--pid", &server.master_pid().to_string(), "--threshold", "50ms"]);
+    let mut delays = Vec::new();
+    for i in 0..60 {
+        let path = format!("/sleep/150/a{i}");
+        let port = server.port;
+        let p = path.clone();
+        let h = thread::spawn(move || {
+            client::measure_precisely();
+            let mut c = Client::new(port, false);
+            let sent = Instant::now();
+            let _ = c.request("GET", &p);
+            sent
+        });
+        let line = watch.wait_for(Duration::from_secs(5), |l| l.ty() == "inflight" && l.json["path"] == path.as_str());
+        let sent = h.join().map_err(|_| anyhow::anyhow!("client panicked"))?;
+        if let Some(l) = line {
+            delays.push((l.at - sent).as_secs_f64() * 1e3 - 50.0);
+        }
+    }
+    watch.stop();
+    delays.sort_by(f64::total_cmp);
+    let alert_p50 = delays.get(delays.len() / 2).copied().unwrap_or(f64::NAN);
+    let alert_p99 = delays.get(((delays.len() as f64 * 0.99).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN);
+
+    // Tracer CPU at a fixed 2k requests/s of hello-world.
+    let tracer = start_tracer(Config::Default, server.master_pid(), "500ms", &bin, &env.venv, &[])?.context("tracer")?;
+    let c0 = cpu_s(tracer.pid);
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (sent, stop) = (Arc::clone(&sent), Arc::clone(&stop));
+            let port = server.port;
+            thread::spawn(move || {
+                let mut c = Client::new(port, false);
+                let begin = Instant::now();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // 500 requests/s per client, paced.
+                    let due = begin + Duration::from_micros(n * 2000);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    if c.request("GET", "/fast").is_ok() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.join();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let tracer_2k_pct = (cpu_s(tracer.pid) - c0) / wall * 100.0;
+    let rate_2k = sent.load(Ordering::Relaxed) as f64 / wall;
+    let mut t = tracer;
+    t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
+    drop(server);
+
+    // Burst: a fast server, many connections, 10 s.
+    let (port, server_child) = burst_server()?;
+    let mut burst_guard = BurstServer(server_child);
+    let mut watch = Watch::start(&["--pid", &burst_guard.0.id().to_string()]);
+    let b = wrk(&format!("http://127.0.0.1:{port}/"), 2, 32, 10)?;
+    // Afterwards: a slow request must still be seen and reported.
+    let mut c = Client::new(port, false);
+    let _ = c.request("GET", "/slow");
+    let caught_up = watch.wait_for(Duration::from_secs(10), |l| l.ty() == "request" && l.json["path"] == "/slow").is_some();
+    let lines = watch.stop();
+    let bs = lines.iter().rev().find(|l| l.ty() == "summary").map(|l| l.json.clone()).unwrap_or(Value::Null);
+    let _ = burst_guard.0.kill();
+    let _ = burst_guard.0.wait();
+
+    let bench = json!({
+        "date": date,
+        "machine": machine,
+        "rounds": ROUNDS,
+        "run_seconds": RUN_SECONDS,
+        "throughput": results,
+        "bpf_per_request": per_prog.iter().map(|(p, runs, us)| json!({"program": p, "runs": runs, "us": us})).collect::<Vec<_>>(),
+        "bpf_us_per_request": bpf_total_us,
+        "alert_latency_ms": {"p50": alert_p50, "p99": alert_p99, "samples": delays.len()},
+        "tracer_at_2k_rps": {"achieved_rps": rate_2k, "tracer_cpu_pct": tracer_2k_pct},
+        "burst": {"wrk_rps": b.rps, "wrk_requests": b.requests, "seen": bs["requests"], "dropped_events": bs["dropped_events"], "losses": bs["losses"], "caught_up": caught_up, "tracer_peak_rss_kib": bs["agent"]["max_rss_kib"]},
+    });
+    fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&bench)? + "\n")?;
+
+    println!("introspect overhead — {machine}, {date} (medians of {ROUNDS} alternating {RUN_SECONDS} s runs; wrk -t1 -c4; gunicorn sync 2 workers + Flask)\n");
+    println!("| endpoint | configuration | req/s | req/s ratio | p50 ratio | p99 ratio | added CPU µs/req | tracer CPU % | tracer peak RSS MiB | events/s | dropped |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for row in &table {
+        println!("{row}");
+    }
+    println!("\nBPF run time per hello-world request (kernel stats): {bpf_total_us:.2} µs");
+    for (p, runs, us) in &per_prog {
+        println!("  {p:<28} {runs:>6.2} runs/req {us:>7.3} µs/req");
+    }
+    println!("\nAlert latency (threshold crossed → inflight line): p50 {alert_p50:.1} ms, p99 {alert_p99:.1} ms ({} requests)", delays.len());
+    println!("Tracer CPU at {rate_2k:.0} hello-world requests/s: {tracer_2k_pct:.2}% of one core");
+    println!(
+        "Burst (keep-alive server, wrk -t2 -c32, 10 s): {:.0} req/s offered and served, {} requests seen, {} dropped events, caught up afterwards: {caught_up}",
+        b.rps, bs["requests"], bs["dropped_events"]
+    );
+    println!("\nwrote {}", out_dir.join("bench.json").display());
+    Ok(())
+}
+
+/// Kills the burst server however the bench ends.
+struct BurstServer(Child);
+
+impl Drop for BurstServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

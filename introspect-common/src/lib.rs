@@ -178,6 +178,10 @@ const _: () = assert!(size_of::<SysCtx>() == 16);
 /// `SysCtx::nr` when the thread was not in a hooked syscall (a page fault, preemption).
 pub const NO_SYSCALL: u32 = u32::MAX;
 
+/// `SysCtx::arg` of a read or write on the request's own client connection (the kernel knows it
+/// is a tracked connection, so userspace need not look the fd up).
+pub const CLIENT_CONN: u64 = u64::MAX;
+
 /// A thread serving a request was off the CPU: blocked from `out_ts` to `wake_ts`, then
 /// runnable until it ran again at `hdr.ts`. Preempted threads have `wake_ts == out_ts`.
 #[repr(C)]

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use introspect_common::{
     AcceptEvent, CloseEvent, ConnKey, ConnState, DataEvent, DataPayloadEvent, PAYLOAD_MAX, PeerKey,
-    SysCtx, SyscallEvent, counter, data_flag, kind, phase,
+    CLIENT_CONN, SysCtx, SyscallEvent, counter, data_flag, kind, phase,
 };
 
 use crate::{
@@ -180,6 +180,7 @@ fn data_enter(ctx: &TracePointContext, buf_kind: u8, dir: u16) -> u32 {
                 count(counter::MAP_FULL);
             }
             let buf = if buf_kind == buf_kind::NONE { 0 } else { arg(ctx, 1) };
+            let sys = SysCtx { arg: CLIENT_CONN, ..sys };
             Pending { kind: dir, buf_kind, first: first as u8, fd, buf, enter_ts, sys }
         }
         None if is_serving(tid) => Pending { kind: kind::SYSCALL, buf_kind: buf_kind::NONE, first: 0, fd, buf: 0, enter_ts, sys },

@@ -17,13 +17,14 @@ const BPF_NOEXIST: u64 = 1;
 #[tracepoint]
 pub fn tcp_tcp_probe(ctx: TracePointContext) -> u32 {
     let off = OFFSETS.load();
+    // Pure ACKs first: most segments carry no data, and this test is cheaper than the map lookup.
     // SAFETY: offsets come from this kernel's tcp_probe format file.
-    let Ok(sport) = (unsafe { ctx.read_at::<u16>(off.tcp_probe_sport as usize) }) else { return 0 };
-    if PORTS.get_ptr(sport).is_none() {
-        return 0;
-    }
     let data_len = unsafe { ctx.read_at::<u16>(off.tcp_probe_data_len as usize) }.unwrap_or(0);
     if data_len == 0 {
+        return 0;
+    }
+    let Ok(sport) = (unsafe { ctx.read_at::<u16>(off.tcp_probe_sport as usize) }) else { return 0 };
+    if PORTS.get_ptr(sport).is_none() {
         return 0;
     }
     let family = unsafe { ctx.read_at::<u16>(off.tcp_probe_family as usize) }.unwrap_or(0);

@@ -8,12 +8,20 @@ use crate::{
     python, target,
 };
 
+const TABLE_REFRESH: std::time::Duration = std::time::Duration::from_millis(200);
+/// Forget remembered sockets past this many (connections come and go).
+const MAX_PEERS: usize = 65536;
+
 #[derive(Default)]
 pub struct Enricher {
     /// GIL address range per process; `None` once discovery failed (not CPython, unknown build).
     gil: HashMap<u32, Option<(u64, u64)>>,
-    /// Remote endpoint of sockets by inode ("ip:port" for TCP, "unix:PATH" or "unix").
-    peers: HashMap<u64, String>,
+    /// Remote endpoint of sockets by inode ("ip:port" for TCP, "unix:PATH" or "unix"); `None`
+    /// for a socket that was in no table when looked for.
+    peers: HashMap<u64, Option<String>>,
+    /// When the socket tables were last read: a busy server has thousands of sockets (TIME_WAIT
+    /// included), so they are re-read at most every `TABLE_REFRESH`.
+    tables_read: Option<std::time::Instant>,
     /// Warnings for the user, drained by the caller.
     pub warnings: Vec<String>,
 }
@@ -42,16 +50,21 @@ impl Enricher {
         let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
         let link = link.to_string_lossy();
         Some(if let Some(inode) = link.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) {
-            if !self.peers.contains_key(&inode) {
+            if !self.peers.contains_key(&inode) && self.tables_read.is_none_or(|t| t.elapsed() >= TABLE_REFRESH) {
                 // A socket not seen before: refresh the tables (the process's network namespace).
+                self.tables_read = Some(std::time::Instant::now());
+                if self.peers.len() > MAX_PEERS {
+                    self.peers.clear();
+                }
                 for s in target::tcp_sockets(pid) {
-                    self.peers.insert(s.inode, s.remote.to_string());
+                    self.peers.insert(s.inode, Some(s.remote.to_string()));
                 }
                 for (ino, path) in target::unix_sockets(pid) {
-                    self.peers.insert(ino, if path.is_empty() { "unix".to_string() } else { format!("unix:{path}") });
+                    self.peers.insert(ino, Some(if path.is_empty() { "unix".to_string() } else { format!("unix:{path}") }));
                 }
+                self.peers.entry(inode).or_insert(None);
             }
-            FdKind::Socket { peer: self.peers.get(&inode).cloned() }
+            FdKind::Socket { peer: self.peers.get(&inode).cloned().flatten() }
         } else if link.starts_with("pipe:[") {
             FdKind::Pipe
         } else if link.starts_with('/') {
@@ -64,7 +77,10 @@ impl Enricher {
     pub fn enrich(&mut self, ev: &mut Event) {
         match ev {
             Event::OffCpu { hdr, sys: Some(sys), facts, .. } => {
-                *facts = if sys.nr == crate::breakdown::nr::FUTEX {
+                *facts = if sys.arg == introspect_common::CLIENT_CONN {
+                    // The request's own connection: the kernel already knows it is a socket.
+                    WaitFacts { fd: Some(FdKind::Socket { peer: Some("client".into()) }), gil: false }
+                } else if sys.nr == crate::breakdown::nr::FUTEX {
                     let gil = self.gil_of(hdr.tgid).is_some_and(|(lo, hi)| (lo..hi).contains(&sys.arg));
                     WaitFacts { fd: None, gil }
                 } else {

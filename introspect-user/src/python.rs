@@ -107,7 +107,13 @@ fn elf_info(pid: u32, path: &str) -> Result<ElfInfo, PyError> {
     }
     // Through /proc/PID/root so paths resolve inside containers too.
     let file = PathBuf::from(format!("/proc/{pid}/root{path}"));
-    let data = fs::read(&file).map_err(|source| PyError::Io { path: file.display().to_string(), source })?;
+    // Mapped, not read: libpython with debug info is tens of MiB, of which the symbol tables
+    // are all that is touched.
+    let io_err = |source| PyError::Io { path: file.display().to_string(), source };
+    let f = fs::File::open(&file).map_err(io_err)?;
+    // SAFETY: a read-only private mapping of a library file; a concurrent truncation could fault,
+    // which system libraries are not subject to.
+    let data = unsafe { memmap2::Mmap::map(&f) }.map_err(io_err)?;
     let elf = object::File::parse(&*data).map_err(|source| PyError::Elf { path: path.to_string(), source })?;
     // Defined symbols only: extension modules import _PyRuntime (undefined, address 0).
     let sym = |name: &str| elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.is_definition() && s.name() == Ok(name)).map(|s| s.address());

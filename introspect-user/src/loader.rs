@@ -203,15 +203,19 @@ impl Probes {
         self.attach(PROCESS_PROGRAMS)
     }
 
-    pub fn attach_request_tracking(&mut self) -> Result<(), LoadError> {
-        self.attach(REQUEST_PROGRAMS)?;
-        // Loaded now, attached per thread when a request turns slow.
-        let prog: &mut PerfEvent = self
-            .ebpf
+    /// The on-CPU sampling program (attached per thread).
+    fn sampler(&mut self) -> Result<&mut PerfEvent, LoadError> {
+        self.ebpf
             .program_mut(SAMPLER)
             .ok_or(LoadError::MissingProgram(SAMPLER))?
             .try_into()
-            .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
+            .map_err(|source| LoadError::Program { name: SAMPLER, source })
+    }
+
+    pub fn attach_request_tracking(&mut self) -> Result<(), LoadError> {
+        self.attach(REQUEST_PROGRAMS)?;
+        // Loaded now, attached per thread when a request turns slow.
+        let prog = self.sampler()?;
         prog.load().map_err(|source| LoadError::Program { name: SAMPLER, source })?;
         // The first attach pays for aya's one-time probing (~20 ms here): pay it now, on this
         // thread, rather than when the first slow request is being armed.
@@ -233,12 +237,7 @@ impl Probes {
             .insert(tid, armed, 0)
             .map_err(|source| LoadError::Map { name: names::ARMED, source })?;
         if hz > 0 && !self.samplers.contains_key(&tid) {
-            let prog: &mut PerfEvent = self
-                .ebpf
-                .program_mut(SAMPLER)
-                .ok_or(LoadError::MissingProgram(SAMPLER))?
-                .try_into()
-                .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
+            let prog = self.sampler()?;
             // A per-thread event counts that thread's CPU time only: it fires only while it runs.
             let link = prog
                 .attach(
@@ -260,7 +259,7 @@ impl Probes {
             let _ = armed.remove(&tid);
         }
         if let Some(link) = self.samplers.remove(&tid)
-            && let Some(Ok(prog)) = self.ebpf.program_mut(SAMPLER).map(<&mut PerfEvent>::try_from)
+            && let Ok(prog) = self.sampler()
         {
             let _ = prog.detach(link);
         }

@@ -27,7 +27,7 @@ use introspect_tests::{
 };
 use serde_json::{Value, json};
 
-use crate::{build, root, setup};
+use crate::{prepare, root};
 
 const ROUNDS: usize = 5;
 const RUN_SECONDS: u64 = 5;
@@ -292,13 +292,8 @@ fn fmt_ratio(v: f64) -> String {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    let env = setup::setup()?;
-    let bin = build()?;
-    // SAFETY: single-threaded at this point.
-    unsafe {
-        std::env::set_var("INTROSPECT_BIN", &bin);
-        std::env::set_var("INTROSPECT_VENV", &env.venv);
-    }
+    let env = prepare()?;
+    let bin = introspect_tests::introspect_bin();
     let out_dir = root().join("bench-out");
     fs::create_dir_all(&out_dir)?;
     let machine = format!(

@@ -14,7 +14,7 @@ use std::{
 use introspect_tests::{client::Client, introspect::Watch, server::Gunicorn};
 use serde_json::Value;
 
-use crate::{build, root, setup};
+use crate::{prepare, root};
 
 const LOAD_SECONDS: u64 = 40;
 const CLIENTS: usize = 4;
@@ -59,14 +59,7 @@ fn show(line: &Value) {
 }
 
 pub fn run() -> anyhow::Result<()> {
-    let env = setup::setup()?;
-    let bin = build()?;
-    // The harness finds the binary and the virtualenv through these.
-    // SAFETY: single-threaded at this point.
-    unsafe {
-        std::env::set_var("INTROSPECT_BIN", &bin);
-        std::env::set_var("INTROSPECT_VENV", &env.venv);
-    }
+    prepare()?;
     let out_dir = root().join("demo-out");
     fs::create_dir_all(&out_dir)?;
 

@@ -62,6 +62,19 @@ fn cargo() -> Command {
     c
 }
 
+/// Set-up and a release build, with the harness pointed at both (for demo and bench).
+pub fn prepare() -> anyhow::Result<setup::Env> {
+    let env = setup::setup()?;
+    let bin = build()?;
+    // The harness finds the binary and the virtualenv through these.
+    // SAFETY: single-threaded at this point.
+    unsafe {
+        std::env::set_var("INTROSPECT_BIN", &bin);
+        std::env::set_var("INTROSPECT_VENV", &env.venv);
+    }
+    Ok(env)
+}
+
 pub fn build() -> anyhow::Result<PathBuf> {
     eprintln!("xtask: building introspect (release)");
     run(cargo().args(["build", "--release", "--package", "introspect-user"]))?;

@@ -32,26 +32,49 @@ fn path_for(n: u64) -> String {
     }
 }
 
+/// "sleep 499.2 ms" for the largest part of a breakdown.
+fn dominant(line: &Value) -> String {
+    let Some(parts) = line["breakdown_ms"].as_object() else { return String::new() };
+    parts
+        .iter()
+        .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(k, v)| format!("mostly {k} {v:.0} ms"))
+        .unwrap_or_default()
+}
+
+/// The innermost Python frame of a stack: where the request was.
+fn where_(line: &Value) -> String {
+    line["stack"]
+        .as_array()
+        .and_then(|s| s.iter().find(|f| f["kind"] == "python"))
+        .map(|f| {
+            let file = f["file"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
+            format!(" in {} ({file}:{})", f["function"].as_str().unwrap_or("?"), f["line"])
+        })
+        .unwrap_or_default()
+}
+
 fn show(line: &Value) {
     let s = |k: &str| line[k].as_str().unwrap_or("?").to_string();
     match line["type"].as_str() {
         Some("inflight") => eprintln!(
-            "  STILL RUNNING  {:>8.1} ms  {} {}  (pid {} tid {})",
+            "  STILL RUNNING  {:>8.1} ms  {} {}{}  (pid {} tid {})",
             line["elapsed_ms"].as_f64().unwrap_or(0.0),
             s("method"),
             s("path"),
+            where_(line),
             line["pid"],
             line["tid"]
         ),
         Some("request") => eprintln!(
-            "  SLOW REQUEST   {:>8.1} ms  {} {} -> {}  (queued {:.1} ms, pid {} tid {})",
+            "  SLOW REQUEST   {:>8.1} ms  {} {} -> {}  ({}, queued {:.1} ms)",
             line["duration_ms"].as_f64().unwrap_or(0.0),
             s("method"),
             s("path"),
             line["status"],
+            dominant(line),
             line["queue_ms"].as_f64().unwrap_or(0.0),
-            line["pid"],
-            line["tid"]
         ),
         Some("warning") => eprintln!("  WARNING        {}", s("message")),
         _ => {}
@@ -67,7 +90,17 @@ pub fn run() -> anyhow::Result<()> {
     let server = Gunicorn::start("flaskapp:app", 2, &["--worker-class", "gthread", "--threads", "4"]);
     let port = server.port.to_string();
     let recording = out_dir.join("events.recording");
-    let mut watch = Watch::start(&["--port", &port, "--threshold", "300ms", "--record", recording.to_str().unwrap_or("events.recording")]);
+    let flamegraph = out_dir.join("slow.svg");
+    let mut watch = Watch::start(&[
+        "--port",
+        &port,
+        "--threshold",
+        "300ms",
+        "--record",
+        recording.to_str().unwrap_or("events.recording"),
+        "--flamegraph",
+        flamegraph.to_str().unwrap_or("slow.svg"),
+    ]);
     eprintln!("demo: introspect watch --port {port} --threshold 300ms   ({CLIENTS} clients for {LOAD_SECONDS} s)\n");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,7 +170,9 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     eprintln!("\ndemo: outputs in {}:", out_dir.display());
-    eprintln!("  events.jsonl       the JSON lines introspect printed (slow requests, inflight alerts, summary)");
+    eprintln!("  events.jsonl       the JSON lines introspect printed (slow requests with their breakdown, stack and profile;");
+    eprintln!("                     inflight alerts; summary)");
+    eprintln!("  slow.svg           flame graph of the slow requests, on-CPU and off-CPU (open it in a browser)");
     eprintln!("  events.recording   every kernel event, for `introspect replay demo-out/events.recording --all`");
     eprintln!("  introspect.stderr  introspect's diagnostics");
     Ok(())

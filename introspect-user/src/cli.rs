@@ -165,6 +165,10 @@ pub struct WatchArgs {
     /// (`agent.bpf`); adds two clock reads per program run.
     #[arg(long)]
     pub bpf_stats: bool,
+    /// Leave these eBPF programs unattached (comma-separated names, as in the summary's
+    /// agent.bpf): for measuring what each costs. What they measure goes missing.
+    #[arg(long, value_delimiter = ',', hide = true)]
+    pub without: Vec<String>,
     /// At exit, write a flame graph (SVG) of the slow requests' profiles, on-CPU and off-CPU.
     #[arg(long, value_name = "FILE")]
     pub flamegraph: Option<PathBuf>,

@@ -156,6 +156,8 @@ fn offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsError> {
 
 pub struct Probes {
     ebpf: Ebpf,
+    /// Programs left unattached (`--without`, for overhead diagnosis).
+    without: Vec<String>,
     /// Held while the kernel keeps per-program run-time statistics (`--bpf-stats`).
     stats: Option<std::os::fd::OwnedFd>,
     /// Per-thread CPU-clock perf events of armed threads.
@@ -178,11 +180,14 @@ impl Probes {
         let ebpf = EbpfLoader::new()
             .override_global(names::G_OFFSETS, &offsets, true)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/introspect")))?;
-        Ok(Self { ebpf, stats: None, samplers: StdHashMap::new() })
+        Ok(Self { ebpf, without: Vec::new(), stats: None, samplers: StdHashMap::new() })
     }
 
     fn attach(&mut self, table: &[(&'static str, &[(&str, &str)])]) -> Result<(), LoadError> {
         for (name, points) in table {
+            if self.without.iter().any(|w| w == name) {
+                continue;
+            }
             let prog: &mut TracePoint = self
                 .ebpf
                 .program_mut(name)
@@ -195,6 +200,11 @@ impl Probes {
             }
         }
         Ok(())
+    }
+
+    /// Leaves these programs unattached (what they measure is then missing).
+    pub fn without(&mut self, programs: &[String]) {
+        self.without = programs.to_vec();
     }
 
     /// Fork and exit tracking: attached before the process tree is scanned, so no child born in

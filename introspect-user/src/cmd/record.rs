@@ -47,6 +47,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         record: None,
         flamegraph: None,
         bpf_stats: false,
+        without: Vec::new(),
         poll_interval: Duration::from_millis(10),
     };
     let flames = watch::watch(&wargs, Box::new(BufWriter::new(events)), true)?.unwrap_or_default();

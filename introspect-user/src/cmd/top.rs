@@ -184,6 +184,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         record: None,
         flamegraph: None,
         bpf_stats: false,
+        without: Vec::new(),
         poll_interval: Duration::from_millis(10),
     };
     let mut ui = Top { interval: args.interval, last: None, sort: SortBy::Total, tty, dirty: false };

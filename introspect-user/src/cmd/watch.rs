@@ -77,6 +77,7 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
     let tracefs = Tracefs::new(root);
 
     let mut probes = Probes::load(&tracefs).context("loading eBPF programs")?;
+    probes.without(&args.without);
     // Roots first, then fork tracking, then the scan: a child born at any point is either seen by
     // the scan or tracked by the fork probe.
     probes.track(&roots.iter().copied().collect())?;

@@ -146,6 +146,7 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
         let mut reported_losses = KernelLosses::default();
         let mut decode_errors = 0u64;
         let mut events = 0u64;
+        let mut warned = std::collections::HashSet::new();
         let mut last_loss_check = Instant::now();
         loop {
             tokio::select! {
@@ -161,7 +162,10 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
             pipeline.tick(now, &mut host)?;
             let warnings: Vec<String> = host.warnings.drain(..).chain(host.enricher.warnings.drain(..)).collect();
             for w in warnings {
-                pipeline.warning(now, &w)?;
+                // Once per kind: 32 workers of a server that is not CPython say the same thing.
+                if warned.insert(w.chars().filter(|c| !c.is_ascii_digit()).collect::<String>()) {
+                    pipeline.warning(now, &w)?;
+                }
             }
             if last_loss_check.elapsed() >= Duration::from_secs(1) {
                 last_loss_check = Instant::now();

@@ -171,7 +171,7 @@ impl<W: Write> Pipeline<W> {
     }
 
     /// Time passes: requests that crossed the threshold while running are reported now, with
-    /// what their time went to so far. `open_wait` tells a wait still going on (from the kernel).
+    /// what their time went to so far; `live` tells a wait still going on and captures stacks.
     pub fn tick(&mut self, now_ns: u64, live: &mut dyn Live) -> io::Result<()> {
         self.asm.tick(now_ns, &mut self.inflight);
         let mut crossed = std::mem::take(&mut self.inflight);

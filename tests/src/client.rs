@@ -57,7 +57,8 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 /// Gives the calling thread a real-time priority (SCHED_FIFO), so that when the last byte of a
 /// response lands it runs at once and stamps `received` then, not after a busy CPU frees up: the
-/// ground truth must not include the client's own scheduling delay. Best effort (needs root).
+/// ground truth must not include the client's own scheduling delay. Best effort: only a
+/// privileged process may raise its priority (the suites run as root).
 pub fn measure_precisely() {
     let param = libc::sched_param { sched_priority: 10 };
     // SAFETY: valid pointer; affects only the calling thread.

@@ -151,7 +151,7 @@ impl Live for Host {
             }
             Err(e) => self.warnings.push(format!("thread {}: cannot sample its stacks: {e}", r.tid)),
         }
-        let Some(interp) = self.interps.get_mut(&r.pid).and_then(Option::as_mut) else { return None };
+        let interp = self.interps.get_mut(&r.pid).and_then(Option::as_mut)?;
         let stack = snapshot::thread_stack(interp, &self.symbols, tstate, r.tid);
         let still_off = off.is_some() && self.probes.offcpu(r.tid).map(|st| st.out_ts) == off;
         Some(SlowStart { stack, off_cpu_since: if still_off { off } else { None } })

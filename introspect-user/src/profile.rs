@@ -70,10 +70,10 @@ impl Profiles {
             }
             Event::OffCpu { hdr, out_ts, .. } => {
                 let Some(acc) = self.threads.get_mut(&hdr.tid) else { return };
-                if let Some((ts, frames)) = acc.off.take() {
-                    if ts == *out_ts {
-                        acc.by_stack.entry(frames).or_default().1 += hdr.ts.saturating_sub(*out_ts);
-                    }
+                if let Some((ts, frames)) = acc.off.take()
+                    && ts == *out_ts
+                {
+                    acc.by_stack.entry(frames).or_default().1 += hdr.ts.saturating_sub(*out_ts);
                 }
             }
             _ => {}

@@ -53,8 +53,7 @@ impl Guard {
             }
         };
         signal_group(child.id(), libc::SIGKILL);
-        let status = status.or_else(|| child.wait().ok());
-        status
+        status.or_else(|| child.wait().ok())
     }
 }
 

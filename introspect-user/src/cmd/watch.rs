@@ -69,7 +69,7 @@ pub trait Ui {
 
 pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: bool, mut ui: Option<&mut dyn Ui>) -> anyhow::Result<Option<Flames>> {
     require_root()?;
-    let roots = roots(&args)?;
+    let roots = roots(args)?;
     let (root, mounted) = tracefs::ensure_mounted()?;
     if mounted {
         eprintln!("introspect: mounted tracefs at {}", root.display());

@@ -19,6 +19,17 @@ pub struct Exchange {
     pub keep_alive: bool,
     /// The response head (status line and headers).
     pub head: String,
+    /// CPU time the hypervisor stole from the VM while this exchange ran (/proc/stat), in ms:
+    /// time the client's clock saw pass with nobody running, a slack for timing checks.
+    pub stolen_ms: f64,
+}
+
+/// The VM's steal time so far (/proc/stat `steal`, all CPUs), in ms.
+pub fn steal_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: f64 = stat.lines().next().and_then(|l| l.split_whitespace().nth(8)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: no preconditions.
+    ticks * 1000.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 impl Exchange {
@@ -87,6 +98,14 @@ impl Client {
 
     /// Sends one request and reads its whole response (Content-Length or chunked).
     pub fn request(&mut self, method: &str, path: &str) -> io::Result<Exchange> {
+        // Read outside the timed part.
+        let steal_before = steal_ms();
+        let mut ex = self.exchange(method, path)?;
+        ex.stolen_ms = steal_ms() - steal_before;
+        Ok(ex)
+    }
+
+    fn exchange(&mut self, method: &str, path: &str) -> io::Result<Exchange> {
         let conn_header = if self.keep_alive { "keep-alive" } else { "close" };
         let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: introspect-tests\r\nConnection: {conn_header}\r\n\r\n", self.port);
         let conn = self.connect()?;
@@ -97,7 +116,7 @@ impl Client {
             if !self.keep_alive {
                 return Err(e);
             }
-            return self.request(method, path);
+            return self.exchange(method, path);
         }
         let mut buf = Vec::with_capacity(4096);
         let mut chunk = [0u8; 16384];
@@ -106,7 +125,7 @@ impl Client {
             if n == 0 {
                 self.conn = None;
                 if buf.is_empty() && self.keep_alive {
-                    return self.request(method, path);
+                    return self.exchange(method, path);
                 }
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the response head"));
             }
@@ -158,6 +177,7 @@ impl Client {
             server_tid: header(&head, "x-tid").and_then(|v| v.parse().ok()),
             keep_alive: self.keep_alive,
             head,
+            stolen_ms: 0.0,
         })
     }
 }

@@ -38,15 +38,6 @@ fn within(got: f64, want: f64) -> bool {
     (got - want).abs() <= (want * 0.10).max(5.0)
 }
 
-/// CPU time the hypervisor took from this VM so far (/proc/stat `steal`), in ms. While the VM is
-/// not running, a thread in the middle of its work looks on-CPU to the guest's scheduler but its
-/// CPU clock does not advance, so the app's "wall minus CPU" truth grows by it.
-fn steal_ms() -> f64 {
-    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: f64 = stat.lines().next().and_then(|l| l.split_whitespace().nth(8)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: no preconditions.
-    ticks * 1000.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
 
 /// `dominant` holds `want_ms` (max(5 ms, 10%)), the other waits are near zero, the thread's CPU
 /// matches what the app measured, and the parts add up. `stolen` is the hypervisor's steal time
@@ -106,13 +97,7 @@ fn each_cause_lands_in_its_category() {
     let watch = Watch::start(&["--pid", &pid, "--all"]);
     client::measure_precisely();
     let mut c = Client::new(server.port, false);
-    let mut stolen: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
-    let mut get = |p: &str| {
-        let s0 = steal_ms();
-        let ex = c.request("GET", p).unwrap_or_else(|e| panic!("GET {p}: {e}"));
-        stolen.insert(p.to_string(), steal_ms() - s0);
-        ex
-    };
+    let mut get = |p: &str| c.request("GET", p).unwrap_or_else(|e| panic!("GET {p}: {e}"));
     // Warm-up: the first database request imports psycopg2 and connects (disk and network
     // time of its own), which would blur the measured ones.
     get("/db/sleep/1/warm");
@@ -133,7 +118,7 @@ fn each_cause_lands_in_its_category() {
     let lines = watch.stop();
     let spent = |ex: &Exchange| ex.header_f64("X-Spent-Ms").expect("X-Spent-Ms");
 
-    let st = |ex: &Exchange| stolen.get(&ex.path).copied().unwrap_or(0.0);
+    let st = |ex: &Exchange| ex.stolen_ms;
     check_cause(by_path(&lines, &cpu.path), &cpu, "on_cpu", cpu.header_f64("X-Cpu-Ms").unwrap(), st(&cpu));
     check_cause(by_path(&lines, &sleep.path), &sleep, "sleep", spent(&sleep), st(&sleep));
     // The app's off-CPU time in its reads also includes waking up after each IO (run queue).

@@ -55,6 +55,7 @@ pub fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: b
     }
     assert_eq!(reqs.len(), exchanges.len(), "reported {} requests for {} sent", reqs.len(), exchanges.len());
     let mut worst_ms: f64 = 0.0;
+    let mut excess_ms: f64 = 0.0;
     for ex in exchanges {
         let got = by_path.get(ex.path.as_str()).unwrap_or_else(|| panic!("{} was not reported", ex.path));
         assert_eq!(got.len(), 1, "{} reported {} times", ex.path, got.len());
@@ -66,14 +67,18 @@ pub fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: b
         }
         let client_ms = ex.duration_ms();
         let ours = r["duration_ms"].as_f64().expect("duration_ms");
-        // duration_ms is printed to the microsecond.
-        assert!(ours <= client_ms + 0.001, "{}: {ours} ms reported, above the client's {client_ms:.3} ms", ex.path);
+        // Never above the client's time, up to the server's own syscall return: on loopback the
+        // last byte reaches the client while the server's write() is still returning (the
+        // softirq that delivers it runs first), and a real-time client can read it a few µs
+        // before that return is stamped. 10 µs covers it; duration_ms is printed to the µs.
+        assert!(ours <= client_ms + 0.011, "{}: {ours} ms reported, above the client's {client_ms:.3} ms", ex.path);
         // Hypervisor steal while the client waited is time it saw pass that no one ran.
         let tolerance = (client_ms * 0.02).max(1.0) + ex.stolen_ms;
         assert!(client_ms - ours <= tolerance, "{}: {ours} ms reported, client measured {client_ms:.3} ms", ex.path);
         worst_ms = worst_ms.max(client_ms - ours);
+        excess_ms = excess_ms.max(ours - client_ms);
     }
-    eprintln!("{} requests matched; largest shortfall against the client: {worst_ms:.3} ms", exchanges.len());
+    eprintln!("{} requests matched; largest shortfall against the client: {worst_ms:.3} ms; largest excess: {excess_ms:.3} ms", exchanges.len());
     let s = summary(lines);
     assert_eq!(s["requests"], exchanges.len(), "summary: {s}");
     assert_eq!(s["dropped_events"], 0, "summary: {s}");

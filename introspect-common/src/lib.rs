@@ -27,6 +27,39 @@ pub mod names {
     pub const G_OFFSETS: &str = "OFFSETS";
 }
 
+/// x86_64 syscall numbers of the hooked syscalls (arch/x86/entry/syscalls/syscall_64.tbl), for
+/// the kernel side's decoding and userspace's classification alike.
+pub mod nr {
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const POLL: u32 = 7;
+    pub const PREAD64: u32 = 17;
+    pub const PWRITE64: u32 = 18;
+    pub const READV: u32 = 19;
+    pub const WRITEV: u32 = 20;
+    pub const SELECT: u32 = 23;
+    pub const NANOSLEEP: u32 = 35;
+    pub const SENDFILE: u32 = 40;
+    pub const CONNECT: u32 = 42;
+    pub const ACCEPT: u32 = 43;
+    pub const SENDTO: u32 = 44;
+    pub const RECVFROM: u32 = 45;
+    pub const SENDMSG: u32 = 46;
+    pub const RECVMSG: u32 = 47;
+    pub const FSYNC: u32 = 74;
+    pub const FDATASYNC: u32 = 75;
+    pub const FUTEX: u32 = 202;
+    pub const CLOCK_NANOSLEEP: u32 = 230;
+    pub const EPOLL_WAIT: u32 = 232;
+    pub const OPENAT: u32 = 257;
+    pub const PSELECT6: u32 = 270;
+    pub const PPOLL: u32 = 271;
+    pub const EPOLL_PWAIT: u32 = 281;
+    pub const ACCEPT4: u32 = 288;
+    pub const PREADV: u32 = 295;
+    pub const PWRITEV: u32 = 296;
+}
+
 /// Event kinds, with fixed numeric ids (recorded streams depend on them).
 pub mod kind {
     pub const ACCEPT: u16 = 1;

@@ -23,12 +23,8 @@ use crate::{
     maps::{ARRIVALS, CONNS, EVENTS, PENDING, Pending, SERVING, buf_kind, count, is_serving, is_tracked},
 };
 
-/// x86_64 syscall numbers whose arguments need decoding (arch/x86/entry/syscalls/syscall_64.tbl).
-const NR_POLL: u32 = 7;
-const NR_SELECT: u32 = 23;
-const NR_FUTEX: u32 = 202;
-const NR_PSELECT6: u32 = 270;
-const NR_PPOLL: u32 = 271;
+// Syscalls whose arguments need decoding.
+use introspect_common::nr::{FUTEX as NR_FUTEX, POLL as NR_POLL, PPOLL as NR_PPOLL, PSELECT6 as NR_PSELECT6, SELECT as NR_SELECT};
 
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;

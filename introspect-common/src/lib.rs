@@ -16,6 +16,7 @@ pub const PAYLOAD_MAX: usize = 512;
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const TRACKED: &str = "TRACKED";
+    pub const THREADS: &str = "THREADS";
     pub const CONNS: &str = "CONNS";
     pub const PORTS: &str = "PORTS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -324,6 +325,9 @@ pub mod phase {
     pub const IDLE: u8 = 0;
     pub const READING: u8 = 1;
     pub const WRITING: u8 = 2;
+    /// Closed. The entry stays, to be reused in place by the next connection on the same fd (an
+    /// in-place update costs a fraction of an LRU delete plus insert).
+    pub const CLOSED: u8 = 3;
 }
 
 /// Value of the `CONNS` map.

@@ -5,6 +5,7 @@
 #![no_main]
 
 mod emit;
+mod field;
 mod maps;
 mod process;
 mod python;

@@ -2,7 +2,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, SysCtx, TracepointOffsets, counter};
 
@@ -11,34 +11,57 @@ use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk,
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Processes (tgids) being watched. Userspace seeds it; fork and exit keep it current.
+/// Processes being watched: 1 at index tgid. Userspace seeds it; fork and exit keep it current.
+///
+/// An array indexed by pid (sized to pid_max at load) rather than a hash: every hooked syscall
+/// and context switch on the host asks "is this one of ours?", and an array lookup is a bounds
+/// check and a load the verifier inlines, where a hash lookup is a call, a hash and a bucket
+/// walk. The same reason makes [`THREADS`] an array.
 #[map(name = "TRACKED")]
-pub static TRACKED: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+pub static TRACKED: Array<u8> = Array::with_max_entries(1, 0);
+
+/// Per-thread state bits (see [`thread`]), at index tid. Every write to a thread's byte happens
+/// in that thread's own context or while it is being switched in (when it cannot run anywhere
+/// else), so plain read-modify-write is safe.
+#[map(name = "THREADS")]
+pub static THREADS: Array<u8> = Array::with_max_entries(1, 0);
+
+/// Bits of a [`THREADS`] byte.
+pub mod thread {
+    /// Serving a request: from the first read of a request until its connection closes (or the
+    /// thread's next request). Only these threads are followed through the scheduler.
+    pub const SERVING: u8 = 1 << 0;
+    /// Off the CPU while serving: its `OFFCPU` entry is current.
+    pub const OFF_CPU: u8 = 1 << 1;
+    /// Inside a hooked syscall: its `PENDING` entry is current.
+    pub const PENDING: u8 = 1 << 2;
+}
 
 /// Accepted connections of tracked processes. LRU, so fds whose close was never seen (close_range,
 /// dup2 over them, a process killed) age out instead of filling the map.
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
-/// Local TCP ports of the watched servers, for tcp_probe (which runs in softirq context, where the
-/// current task says nothing about whose socket it is).
+/// Local TCP ports of the watched servers (1 at index port), for tcp_probe (which runs in softirq
+/// context, where the current task says nothing about whose socket it is).
 #[map(name = "PORTS")]
-pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 
-/// When the first bytes of the next request reached each watched connection, keyed by peer.
+/// When the first bytes of the next request reached each watched connection, keyed by peer; 0
+/// once a read consumed them. Entries are reused in place (an update is far cheaper than a delete
+/// and an insert); the LRU ages out peers that are gone.
 #[map(name = "ARRIVALS")]
 pub static ARRIVALS: LruHashMap<PeerKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// A syscall of interest between its enter and exit, by thread id.
+/// A syscall of interest between its enter and exit, by thread id; current while the thread's
+/// `thread::PENDING` bit is set. A thread's entry is overwritten in place by its next syscall and
+/// removed when the thread exits, so the hot path never inserts or deletes.
 #[map(name = "PENDING")]
 pub static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(16384, 0);
 
-/// Threads serving a request: from the first read of a request until their connection closes
-/// (or their next request). Only these threads are followed through the scheduler.
-#[map(name = "SERVING")]
-pub static SERVING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
-
-/// Serving threads that are off the CPU right now: since when, why, and since when runnable.
+/// Serving threads that are off the CPU: since when, why, and since when runnable. Current while
+/// the thread's `thread::OFF_CPU` bit is set (and `out_ts` is non-zero, for userspace); reused in
+/// place like `PENDING`.
 #[map(name = "OFFCPU")]
 pub static OFFCPU: HashMap<u32, OffCpuState> = HashMap::with_max_entries(16384, 0);
 
@@ -112,11 +135,37 @@ pub fn count(index: u32) {
 }
 
 #[inline(always)]
-pub fn is_serving(tid: u32) -> bool {
-    SERVING.get_ptr(tid).is_some()
+pub fn is_tracked(tgid: u32) -> bool {
+    TRACKED.get(tgid).is_some_and(|t| *t != 0)
+}
+
+/// The thread's state bits (0 for a tid beyond the array, which only a pid_max raised after
+/// start can produce).
+#[inline(always)]
+pub fn thread_bits(tid: u32) -> u8 {
+    THREADS.get(tid).copied().unwrap_or(0)
 }
 
 #[inline(always)]
-pub fn is_tracked(tgid: u32) -> bool {
-    TRACKED.get_ptr(tgid).is_some()
+pub fn set_thread_bits(tid: u32, set: u8, clear: u8) {
+    match THREADS.get_ptr_mut(tid) {
+        // SAFETY: array slot of this thread; see `THREADS` for why no other CPU writes it now.
+        Some(b) => unsafe { *b = (*b & !clear) | set },
+        // Beyond the array: pid_max was raised after the watch started.
+        None => count(counter::MAP_FULL),
+    }
+}
+
+/// Overwrites `map[key]` in place when present (no allocation, no bucket lock), else inserts.
+#[inline(always)]
+pub fn upsert<K, V>(map: &HashMap<K, V>, key: K, value: V) {
+    match map.get_ptr_mut(&key) {
+        // SAFETY: map value pointer from a successful lookup; the callers' keys are per-thread.
+        Some(slot) => unsafe { *slot = value },
+        None => {
+            if map.insert(key, value, 0).is_err() {
+                count(counter::MAP_FULL);
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ use introspect_common::{ProcEvent, counter, kind};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header},
-    maps::{EVENTS, OFFCPU, OFFSETS, PENDING, SERVING, TRACKED, count, is_tracked},
+    maps::{EVENTS, OFFCPU, OFFSETS, PENDING, THREADS, TRACKED, count, is_tracked, thread_bits},
 };
 
 /// include/uapi/linux/sched.h
@@ -31,8 +31,11 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
     }
     let Ok(child) = (unsafe { ctx.read_at::<i32>(off.newtask_pid as usize) }) else { return 0 };
     let child = child as u32;
-    if TRACKED.insert(child, 1u8, 0).is_err() {
-        count(counter::MAP_FULL);
+    match TRACKED.get_ptr_mut(child) {
+        // SAFETY: array slot of a pid that is not running yet.
+        Some(t) => unsafe { *t = 1 },
+        // Beyond the array: pid_max was raised after the watch started.
+        None => count(counter::MAP_FULL),
     }
     emit(kind::FORK, pid_tgid, child);
     0
@@ -47,15 +50,23 @@ pub fn sched_sched_process_exit(_ctx: TracePointContext) -> u32 {
     if !is_tracked(tgid) {
         return 0;
     }
-    // Per-thread state dies with the thread.
+    // Per-thread state dies with the thread (its tid will be reused).
     let tid = pid_tgid as u32;
-    let _ = SERVING.remove(tid);
+    if thread_bits(tid) != 0 {
+        if let Some(b) = THREADS.get_ptr_mut(tid) {
+            // SAFETY: this thread's own slot, in its own context.
+            unsafe { *b = 0 };
+        }
+    }
     let _ = OFFCPU.remove(tid);
     let _ = PENDING.remove(tid);
     if tgid != tid {
         return 0;
     }
-    let _ = TRACKED.remove(tgid);
+    if let Some(t) = TRACKED.get_ptr_mut(tgid) {
+        // SAFETY: array slot of the exiting process.
+        unsafe { *t = 0 };
+    }
     emit(kind::EXIT, pid_tgid, tgid);
     0
 }

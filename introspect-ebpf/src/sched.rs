@@ -1,6 +1,6 @@
 //! The scheduler, for threads serving a request only: when they leave the CPU (blocked or
-//! preempted), when they become runnable again, and when they run. One hash lookup per switch
-//! and per wakeup is all that unrelated threads pay.
+//! preempted), when they become runnable again, and when they run. Two array loads per switch
+//! and one per wakeup are all that unrelated threads pay.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
@@ -9,8 +9,9 @@ use aya_ebpf::{
 use introspect_common::{NO_SYSCALL, OffCpuEvent, OffCpuState, SysCtx, counter, kind, stack_flag};
 
 use crate::{
+    field,
     emit::{SUBMIT_FLAGS, header},
-    maps::{EVENTS, OFFCPU, OFFSETS, PENDING, count, is_serving},
+    maps::{EVENTS, OFFCPU, OFFSETS, PENDING, count, set_thread_bits, thread, thread_bits, upsert},
     python::capture,
 };
 
@@ -18,66 +19,84 @@ use crate::{
 /// TASK_REPORT_MAX (0x100) marks preemption (include/trace/events/sched.h).
 const STATE_MASK: u64 = 0xff;
 
+/// Where sched_switch records have had `next_pid`, and sched_wakeup records `pid`, for years.
+const USUAL_SWITCH_NEXT_PID: u16 = 56;
+const USUAL_WAKEUP_PID: u16 = 24;
+
 #[tracepoint]
 pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
+    // sched_switch runs in the context of the task leaving the CPU.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let prev = pid_tgid as u32;
     let off = OFFSETS.load();
-    // SAFETY: offsets come from this kernel's sched_switch format file.
-    let prev = unsafe { ctx.read_at::<i32>(off.switch_prev_pid as usize) }.unwrap_or(0) as u32;
-    let next = unsafe { ctx.read_at::<i32>(off.switch_next_pid as usize) }.unwrap_or(0) as u32;
+    let next = field::at::<i32>(&ctx, off.switch_next_pid, USUAL_SWITCH_NEXT_PID) as u32;
+    let prev_bits = if prev != 0 { thread_bits(prev) } else { 0 };
+    let next_bits = thread_bits(next);
+    // The common case, by far: neither thread is ours.
+    if prev_bits & thread::SERVING == 0 && next_bits & thread::OFF_CPU == 0 {
+        return 0;
+    }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if prev != 0 && is_serving(prev) {
+    if prev_bits & thread::SERVING != 0 {
+        // SAFETY: offset from this kernel's sched_switch format file.
         let state = unsafe { ctx.read_at::<i64>(off.switch_prev_state as usize) }.unwrap_or(0) as u64 & STATE_MASK;
         // The syscall it is blocking in, if it is one we hooked.
         let sys = match PENDING.get_ptr(prev) {
             // SAFETY: map value pointer from a successful lookup.
-            Some(p) => unsafe { (*p).sys },
-            None => SysCtx { nr: NO_SYSCALL, fd: -1, arg: 0 },
+            Some(p) if prev_bits & thread::PENDING != 0 => unsafe { (*p).sys },
+            _ => SysCtx { nr: NO_SYSCALL, fd: -1, arg: 0 },
         };
         let st = OffCpuState {
             out_ts: now,
             wake_ts: if state == 0 { now } else { 0 },
-            // sched_switch runs in the context of the task leaving the CPU.
-            tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+            tgid: (pid_tgid >> 32) as u32,
             state: state as u32,
             sys,
         };
-        if OFFCPU.insert(prev, st, 0).is_err() {
-            count(counter::MAP_FULL);
-        }
+        upsert(&OFFCPU, prev, st);
+        set_thread_bits(prev, thread::OFF_CPU, 0);
         // A thread of a slow request: its stack as it leaves the CPU, weighted later by how long
         // it stays off.
         capture(&ctx, stack_flag::OFF_CPU, now);
     }
-    if let Some(st) = OFFCPU.get_ptr(next) {
-        // SAFETY: map value pointer from a successful lookup.
-        let st = unsafe { *st };
-        let _ = OFFCPU.remove(next);
-        let Some(mut entry) = EVENTS.reserve::<OffCpuEvent>(0) else {
-            count(counter::RINGBUF_FULL);
-            return 0;
-        };
-        let mut hdr = header(kind::OFF_CPU, 0, ((st.tgid as u64) << 32) | next as u64);
-        hdr.ts = now;
-        entry.write(OffCpuEvent {
-            hdr,
-            out_ts: st.out_ts,
-            wake_ts: if st.wake_ts == 0 { now } else { st.wake_ts },
-            state: st.state,
-            _pad: 0,
-            sys: st.sys,
-        });
-        entry.submit(SUBMIT_FLAGS);
+    if next_bits & thread::OFF_CPU == 0 {
+        return 0;
     }
+    set_thread_bits(next, 0, thread::OFF_CPU);
+    let Some(st) = OFFCPU.get_ptr_mut(next) else { return 0 };
+    // SAFETY: map value pointer from a successful lookup; `next` is not running anywhere now.
+    let st = unsafe {
+        let copy = *st;
+        // On the CPU again: userspace's snapshot of a wait in progress must not see it.
+        (*st).out_ts = 0;
+        copy
+    };
+    let Some(mut entry) = EVENTS.reserve::<OffCpuEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return 0;
+    };
+    let mut hdr = header(kind::OFF_CPU, 0, ((st.tgid as u64) << 32) | next as u64);
+    hdr.ts = now;
+    entry.write(OffCpuEvent {
+        hdr,
+        out_ts: st.out_ts,
+        wake_ts: if st.wake_ts == 0 { now } else { st.wake_ts },
+        state: st.state,
+        _pad: 0,
+        sys: st.sys,
+    });
+    entry.submit(SUBMIT_FLAGS);
     0
 }
 
 /// A blocked serving thread became runnable: from here until it runs is run-queue time.
 #[tracepoint]
 pub fn sched_sched_wakeup(ctx: TracePointContext) -> u32 {
-    let off = OFFSETS.load();
-    // SAFETY: offset from this kernel's sched_wakeup format file.
-    let pid = unsafe { ctx.read_at::<i32>(off.wakeup_pid as usize) }.unwrap_or(0) as u32;
+    let pid = field::at::<i32>(&ctx, OFFSETS.load().wakeup_pid, USUAL_WAKEUP_PID) as u32;
+    if thread_bits(pid) & thread::OFF_CPU == 0 {
+        return 0;
+    }
     if let Some(st) = OFFCPU.get_ptr_mut(pid) {
         // SAFETY: map value pointer from a successful lookup; a racing wakeup writes the same.
         unsafe {

@@ -19,8 +19,9 @@ use introspect_common::{
 };
 
 use crate::{
+    field,
     emit::{SUBMIT_FLAGS, header},
-    maps::{ARRIVALS, CONNS, EVENTS, PENDING, Pending, SERVING, buf_kind, count, is_serving, is_tracked},
+    maps::{ARRIVALS, CONNS, EVENTS, PENDING, Pending, buf_kind, count, is_tracked, set_thread_bits, thread, thread_bits, upsert},
 };
 
 // Syscalls whose arguments need decoding.
@@ -32,20 +33,47 @@ const AF_INET6: u16 = 10;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    // SAFETY: the record has six u64 arguments after its 16-byte header.
+    // The record has six u64 arguments after its 16-byte header.
+    field::fixed::<u64>(ctx, 16 + 8 * i)
+}
+
+/// An argument some of the program's syscalls may not have: the kernel refuses to attach a
+/// program whose context loads reach past a record's end, so these go through the helper.
+#[inline(always)]
+fn arg_any(ctx: &TracePointContext, i: usize) -> u64 {
+    // SAFETY: reads the record within its buffer; a short record reads a neighbour's bytes,
+    // which only syscalls that do not have the argument would see (and they ignore it).
     unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
 }
 
 #[inline(always)]
 fn nr(ctx: &TracePointContext) -> u32 {
-    // SAFETY: sys_enter records carry `int __syscall_nr` at offset 8.
-    unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32
+    // sys_enter records carry `int __syscall_nr` at offset 8.
+    field::fixed::<i32>(ctx, 8) as u32
 }
 
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: sys_exit records carry `long ret` at offset 16.
-    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(-1)
+    // sys_exit records carry `long ret` at offset 16.
+    field::fixed::<i64>(ctx, 16)
+}
+
+/// Remembers a syscall of interest until its exit.
+#[inline(always)]
+fn remember(tid: u32, pending: Pending) {
+    upsert(&PENDING, tid, pending);
+    set_thread_bits(tid, thread::PENDING, 0);
+}
+
+/// The syscall this thread is returning from, if it was remembered; forgets it.
+#[inline(always)]
+fn recall(tid: u32) -> Option<Pending> {
+    if thread_bits(tid) & thread::PENDING == 0 {
+        return None;
+    }
+    set_thread_bits(tid, 0, thread::PENDING);
+    // SAFETY: the entry belongs to this thread, which is here and not in another syscall.
+    PENDING.get_ptr(tid).map(|p| unsafe { *p })
 }
 
 // ---- accept ------------------------------------------------------------------------------------
@@ -67,20 +95,14 @@ pub fn syscalls_enter_accept(ctx: TracePointContext) -> u32 {
         enter_ts: unsafe { bpf_ktime_get_ns() },
         sys: SysCtx { nr: nr(&ctx), fd, arg: 0 },
     };
-    if PENDING.insert(pid_tgid as u32, pending, 0).is_err() {
-        count(counter::MAP_FULL);
-    }
+    remember(pid_tgid as u32, pending);
     0
 }
 
 #[tracepoint]
 pub fn syscalls_exit_accept(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let Some(p) = PENDING.get_ptr(tid) else { return 0 };
-    // SAFETY: the entry belongs to this thread, which is here and not in another syscall.
-    let p = unsafe { *p };
-    let _ = PENDING.remove(tid);
+    let Some(p) = recall(pid_tgid as u32) else { return 0 };
     if p.kind != kind::ACCEPT {
         return 0;
     }
@@ -96,8 +118,15 @@ pub fn syscalls_exit_accept(ctx: TracePointContext) -> u32 {
         _pad: [0; 6],
     };
     let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd: fd as i32 };
-    if CONNS.insert(key, state, 0).is_err() {
-        count(counter::MAP_FULL);
+    match CONNS.get_ptr_mut(&key) {
+        // The entry of this fd's previous connection (see `phase::CLOSED`).
+        // SAFETY: map value pointer from a successful lookup; the fd is this process's.
+        Some(slot) => unsafe { *slot = state },
+        None => {
+            if CONNS.insert(&key, &state, 0).is_err() {
+                count(counter::MAP_FULL);
+            }
+        }
     }
     let Some(mut entry) = EVENTS.reserve::<AcceptEvent>(0) else {
         count(counter::RINGBUF_FULL);
@@ -124,20 +153,18 @@ fn read_sockaddr(addr: u64) -> (u16, PeerKey) {
         return (0, peer);
     }
     let base = addr as *const u8;
+    // The first 16 bytes in one read: a sockaddr_in whole, or the start of a sockaddr_in6 (the
+    // caller's buffer may be just a sockaddr_in, so no more is read unless the family says so).
     // SAFETY: user memory, read with the fault-tolerant helper.
-    let family = unsafe { bpf_probe_read_user(base as *const u16) }.unwrap_or(0);
+    let Ok(head) = (unsafe { bpf_probe_read_user(base as *const [u8; 16]) }) else { return (0, peer) };
+    let family = u16::from_ne_bytes([head[0], head[1]]);
     // sin_port / sin6_port: big-endian u16 at offset 2 in both layouts.
-    let port = unsafe { bpf_probe_read_user(base.wrapping_add(2) as *const u16) }.unwrap_or(0);
-    peer.port = u16::from_be(port);
+    peer.port = u16::from_be_bytes([head[2], head[3]]);
     match family {
         AF_INET => {
-            let a = unsafe { bpf_probe_read_user(base.wrapping_add(4) as *const [u8; 4]) }.unwrap_or([0; 4]);
             peer.addr[10] = 0xff;
             peer.addr[11] = 0xff;
-            peer.addr[12] = a[0];
-            peer.addr[13] = a[1];
-            peer.addr[14] = a[2];
-            peer.addr[15] = a[3];
+            peer.addr[12..16].copy_from_slice(&head[4..8]);
         }
         AF_INET6 => {
             peer.addr = unsafe { bpf_probe_read_user(base.wrapping_add(8) as *const [u8; 16]) }.unwrap_or([0; 16]);
@@ -165,26 +192,26 @@ fn data_enter(ctx: &TracePointContext, buf_kind: u8, dir: u16) -> u32 {
     let fd = arg(ctx, 0) as i32;
     let sys = SysCtx { nr: nr(ctx), fd, arg: 0 };
     // SAFETY: no preconditions.
-    let enter_ts = unsafe { bpf_ktime_get_ns() };
-    let pending = match CONNS.get_ptr(ConnKey { tgid, fd }) {
-        Some(conn) => {
-            // SAFETY: map value pointer from a successful lookup.
-            let conn_phase = unsafe { (*conn).phase };
+    let now = || unsafe { bpf_ktime_get_ns() };
+    // SAFETY: map value pointer from a successful lookup.
+    let conn_phase = CONNS.get_ptr(ConnKey { tgid, fd }).map(|c| unsafe { (*c).phase }).filter(|&p| p != phase::CLOSED);
+    let pending = match conn_phase {
+        Some(conn_phase) => {
             let want = if dir == kind::READ { phase::READING } else { phase::WRITING };
             let first = conn_phase != want;
-            if first && dir == kind::READ && SERVING.insert(tid, 1u8, 0).is_err() {
-                count(counter::MAP_FULL);
+            if first && dir == kind::READ {
+                set_thread_bits(tid, thread::SERVING, 0);
             }
             let buf = if buf_kind == buf_kind::NONE { 0 } else { arg(ctx, 1) };
             let sys = SysCtx { arg: CLIENT_CONN, ..sys };
-            Pending { kind: dir, buf_kind, first: first as u8, fd, buf, enter_ts, sys }
+            Pending { kind: dir, buf_kind, first: first as u8, fd, buf, enter_ts: now(), sys }
         }
-        None if is_serving(tid) => Pending { kind: kind::SYSCALL, buf_kind: buf_kind::NONE, first: 0, fd, buf: 0, enter_ts, sys },
+        None if thread_bits(tid) & thread::SERVING != 0 => {
+            Pending { kind: kind::SYSCALL, buf_kind: buf_kind::NONE, first: 0, fd, buf: 0, enter_ts: now(), sys }
+        }
         None => return 0,
     };
-    if PENDING.insert(tid, pending, 0).is_err() {
-        count(counter::MAP_FULL);
-    }
+    remember(tid, pending);
     0
 }
 
@@ -238,7 +265,7 @@ pub fn syscalls_enter_sendfile(ctx: TracePointContext) -> u32 {
 pub fn syscalls_enter_blocking(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    if !is_serving(tid) {
+    if thread_bits(tid) & thread::SERVING == 0 {
         return 0;
     }
     let nr = nr(&ctx);
@@ -246,7 +273,7 @@ pub fn syscalls_enter_blocking(ctx: TracePointContext) -> u32 {
     let sys = match nr {
         NR_FUTEX => SysCtx { nr, fd: -1, arg: a0 },
         NR_POLL | NR_PPOLL => {
-            let nfds = arg(&ctx, 1);
+            let nfds = arg_any(&ctx, 1);
             // struct pollfd { int fd; short events, revents; }: the first fd names the wait.
             // SAFETY: user memory, fault-tolerant read.
             let fd = if nfds > 0 { unsafe { bpf_probe_read_user(a0 as *const i32) }.unwrap_or(-1) } else { -1 };
@@ -255,7 +282,7 @@ pub fn syscalls_enter_blocking(ctx: TracePointContext) -> u32 {
         NR_SELECT | NR_PSELECT6 => {
             // The lowest fd set in readfds, else writefds (first 64 fds only).
             let mut fd = -1;
-            for set in [arg(&ctx, 1), arg(&ctx, 2)] {
+            for set in [arg_any(&ctx, 1), arg_any(&ctx, 2)] {
                 if fd < 0 && set != 0 {
                     // SAFETY: user memory, fault-tolerant read.
                     let word = unsafe { bpf_probe_read_user(set as *const u64) }.unwrap_or(0);
@@ -266,7 +293,7 @@ pub fn syscalls_enter_blocking(ctx: TracePointContext) -> u32 {
             }
             SysCtx { nr, fd, arg: a0 }
         }
-        _ => SysCtx { nr, fd: a0 as i32, arg: arg(&ctx, 3) },
+        _ => SysCtx { nr, fd: a0 as i32, arg: arg_any(&ctx, 3) },
     };
     let pending = Pending {
         kind: kind::SYSCALL,
@@ -278,9 +305,7 @@ pub fn syscalls_enter_blocking(ctx: TracePointContext) -> u32 {
         enter_ts: unsafe { bpf_ktime_get_ns() },
         sys,
     };
-    if PENDING.insert(tid, pending, 0).is_err() {
-        count(counter::MAP_FULL);
-    }
+    remember(tid, pending);
     0
 }
 
@@ -312,11 +337,7 @@ fn read_iovec(iov: u64) -> Option<(u64, u64)> {
 #[tracepoint]
 pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let Some(p) = PENDING.get_ptr(tid) else { return 0 };
-    // SAFETY: the entry belongs to this thread.
-    let p = unsafe { *p };
-    let _ = PENDING.remove(tid);
+    let Some(p) = recall(pid_tgid as u32) else { return 0 };
     let n = ret(&ctx);
     if p.kind == kind::SYSCALL {
         emit_syscall(&p, n, pid_tgid);
@@ -334,15 +355,22 @@ pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: map value pointer from a successful lookup; only this thread's syscall on this fd
     // updates the phase here, and a racing update is harmless (one extra or missing payload).
     let conn = unsafe { &mut *conn };
+    if conn.phase == phase::CLOSED {
+        return 0;
+    }
     let mut arrival_ts = 0u64;
     if p.kind == kind::READ && n > 0 {
         if conn.has_peer != 0 {
             // Whatever had arrived is consumed now: the next request's arrival is a later segment.
-            if p.first != 0 {
+            if let Some(a) = ARRIVALS.get_ptr_mut(conn.peer) {
                 // SAFETY: map value pointer from a successful lookup.
-                arrival_ts = ARRIVALS.get_ptr(conn.peer).map(|a| unsafe { *a }).unwrap_or(0);
+                unsafe {
+                    if p.first != 0 {
+                        arrival_ts = *a;
+                    }
+                    *a = 0;
+                }
             }
-            let _ = ARRIVALS.remove(conn.peer);
         }
         conn.phase = phase::READING;
     } else if p.kind == kind::WRITE {
@@ -434,12 +462,16 @@ pub fn syscalls_enter_close(ctx: TracePointContext) -> u32 {
     }
     let fd = arg(&ctx, 0) as i32;
     let key = ConnKey { tgid, fd };
-    if CONNS.get_ptr(key).is_none() {
-        return 0;
+    let Some(conn) = CONNS.get_ptr_mut(key) else { return 0 };
+    // SAFETY: map value pointer from a successful lookup.
+    unsafe {
+        if (*conn).phase == phase::CLOSED {
+            return 0;
+        }
+        (*conn).phase = phase::CLOSED;
     }
-    let _ = CONNS.remove(key);
     // The thread is done with this connection's request.
-    let _ = SERVING.remove(pid_tgid as u32);
+    set_thread_bits(pid_tgid as u32, 0, thread::SERVING);
     let Some(mut entry) = EVENTS.reserve::<CloseEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;

@@ -7,47 +7,69 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use introspect_common::PeerKey;
 
-use crate::maps::{ARRIVALS, OFFSETS, PORTS};
+use crate::{
+    field,
+    maps::{ARRIVALS, OFFSETS, PORTS},
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// Only insert when absent: the first segment of a request is its arrival.
 const BPF_NOEXIST: u64 = 1;
 
+/// Where tcp_probe records have had these fields since Linux 5.x (checked field by field against
+/// the format file: see `field::at`).
+const USUAL_DADDR: u16 = 36;
+const USUAL_SPORT: u16 = 64;
+const USUAL_DPORT: u16 = 66;
+const USUAL_FAMILY: u16 = 68;
+const USUAL_DATA_LEN: u16 = 76;
+
 #[tracepoint]
 pub fn tcp_tcp_probe(ctx: TracePointContext) -> u32 {
     let off = OFFSETS.load();
-    // Pure ACKs first: most segments carry no data, and this test is cheaper than the map lookup.
-    // SAFETY: offsets come from this kernel's tcp_probe format file.
-    let data_len = unsafe { ctx.read_at::<u16>(off.tcp_probe_data_len as usize) }.unwrap_or(0);
-    if data_len == 0 {
+    // Pure ACKs first: most segments carry no data, and this test is cheaper than the port's.
+    if field::at::<u16>(&ctx, off.tcp_probe_data_len, USUAL_DATA_LEN) == 0 {
         return 0;
     }
-    let Ok(sport) = (unsafe { ctx.read_at::<u16>(off.tcp_probe_sport as usize) }) else { return 0 };
-    if PORTS.get_ptr(sport).is_none() {
+    let sport = field::at::<u16>(&ctx, off.tcp_probe_sport, USUAL_SPORT);
+    if PORTS.get(sport as u32).is_none_or(|p| *p == 0) {
         return 0;
     }
-    let family = unsafe { ctx.read_at::<u16>(off.tcp_probe_family as usize) }.unwrap_or(0);
-    let dport = unsafe { ctx.read_at::<u16>(off.tcp_probe_dport as usize) }.unwrap_or(0);
-    let daddr = off.tcp_probe_daddr as usize;
+    let family = field::at::<u16>(&ctx, off.tcp_probe_family, USUAL_FAMILY);
+    let dport = field::at::<u16>(&ctx, off.tcp_probe_dport, USUAL_DPORT);
     let mut peer = PeerKey { port: dport, ..PeerKey::default() };
+    // daddr is a struct sockaddr_in (address at offset 4) or sockaddr_in6 (address at offset 8);
+    // read as aligned u32 words, in memory order.
+    let word = |i: u16| field::at::<u32>(&ctx, off.tcp_probe_daddr + i, USUAL_DADDR + i).to_ne_bytes();
     match family {
-        // daddr is a struct sockaddr_in: address at offset 4.
         AF_INET => {
-            let a = unsafe { ctx.read_at::<[u8; 4]>(daddr + 4) }.unwrap_or([0; 4]);
             peer.addr[10] = 0xff;
             peer.addr[11] = 0xff;
-            peer.addr[12] = a[0];
-            peer.addr[13] = a[1];
-            peer.addr[14] = a[2];
-            peer.addr[15] = a[3];
+            peer.addr[12..16].copy_from_slice(&word(4));
         }
-        // daddr is a struct sockaddr_in6: address at offset 8.
-        AF_INET6 => peer.addr = unsafe { ctx.read_at::<[u8; 16]>(daddr + 8) }.unwrap_or([0; 16]),
+        AF_INET6 => {
+            for k in 0..4u16 {
+                let b = word(8 + 4 * k);
+                let at = 4 * k as usize;
+                peer.addr[at..at + 4].copy_from_slice(&b);
+            }
+        }
         _ => return 0,
     }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = ARRIVALS.insert(peer, now, BPF_NOEXIST);
+    match ARRIVALS.get_ptr_mut(peer) {
+        // SAFETY: map value pointer from a successful lookup; a racing segment of the same
+        // connection writes a time just as good.
+        Some(a) => unsafe {
+            if *a == 0 {
+                *a = now;
+            }
+        },
+        None => {
+            let _ = ARRIVALS.insert(peer, now, BPF_NOEXIST);
+        }
+    }
     0
 }

@@ -7,7 +7,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         PerfEvent, TracePoint,
         perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -166,6 +166,17 @@ pub struct Probes {
 
 const SAMPLER: &str = "sample_oncpu";
 
+/// Slots of the pid-indexed maps: /proc/sys/kernel/pid_max (pids are below it), at least the
+/// kernel's default. A pid_max raised after the watch starts yields pids beyond the arrays; the
+/// kernel side counts those as map-full losses.
+fn pid_slots() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(1 << 22)
+        .clamp(32768, 1 << 22)
+}
+
 fn peer_key(addr: &SocketAddr) -> PeerKey {
     let v6 = match addr {
         SocketAddr::V4(a) => a.ip().to_ipv6_mapped(),
@@ -177,8 +188,12 @@ fn peer_key(addr: &SocketAddr) -> PeerKey {
 impl Probes {
     pub fn load(tracefs: &Tracefs) -> Result<Self, LoadError> {
         let offsets = offsets(tracefs)?;
+        // Pid-indexed arrays cover every pid the kernel can hand out now.
+        let pids = pid_slots();
         let ebpf = EbpfLoader::new()
             .override_global(names::G_OFFSETS, &offsets, true)
+            .map_max_entries(names::TRACKED, pids)
+            .map_max_entries(names::THREADS, pids)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/introspect")))?;
         Ok(Self { ebpf, without: Vec::new(), stats: None, samplers: StdHashMap::new() })
     }
@@ -290,18 +305,23 @@ impl Probes {
         HashMap::try_from(map).map_err(|source| LoadError::Map { name, source })
     }
 
+    fn array(&mut self, name: &'static str) -> Result<Array<&mut MapData, u8>, LoadError> {
+        let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
+        Array::try_from(map).map_err(|source| LoadError::Map { name, source })
+    }
+
     pub fn track(&mut self, pids: &BTreeSet<u32>) -> Result<(), LoadError> {
-        let mut tracked = self.hash::<u32, u8>(names::TRACKED)?;
+        let mut tracked = self.array(names::TRACKED)?;
         for &pid in pids {
-            tracked.insert(pid, 1, 0).map_err(|source| LoadError::Map { name: names::TRACKED, source })?;
+            tracked.set(pid, 1, 0).map_err(|source| LoadError::Map { name: names::TRACKED, source })?;
         }
         Ok(())
     }
 
     pub fn watch_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), LoadError> {
-        let mut map = self.hash::<u16, u8>(names::PORTS)?;
+        let mut map = self.array(names::PORTS)?;
         for &port in ports {
-            map.insert(port, 1, 0).map_err(|source| LoadError::Map { name: names::PORTS, source })?;
+            map.set(u32::from(port), 1, 0).map_err(|source| LoadError::Map { name: names::PORTS, source })?;
         }
         Ok(())
     }
@@ -330,7 +350,8 @@ impl Probes {
     pub fn offcpu(&self, tid: u32) -> Option<OffCpuState> {
         let map = self.ebpf.map(names::OFFCPU)?;
         let map: HashMap<&MapData, u32, OffCpuState> = HashMap::try_from(map).ok()?;
-        map.get(&tid, 0).ok()
+        // Entries are reused in place; out_ts is 0 while the thread is on the CPU.
+        map.get(&tid, 0).ok().filter(|st| st.out_ts != 0)
     }
 
     /// Asks the kernel to account each program's run time (costs two clock reads per run).

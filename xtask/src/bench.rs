@@ -88,7 +88,42 @@ fn parse_ms(v: &str) -> Option<f64> {
 }
 
 fn wrk(url: &str, threads: u32, conns: u32, seconds: u64) -> anyhow::Result<WrkResult> {
-    let mut child = Command::new("wrk")
+    wrk_on(None, url, threads, conns, seconds)
+}
+
+/// Pins a process (all its threads) to one CPU.
+fn pin(pid: u32, cpu: usize) {
+    let tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for tid in tids {
+        pin_thread(tid, cpu);
+    }
+}
+
+/// Pins one thread (0: the calling one) to one CPU.
+fn pin_thread(tid: u32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(tid as i32, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn wrk_on(cpu: Option<usize>, url: &str, threads: u32, conns: u32, seconds: u64) -> anyhow::Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    if let Some(cpu) = cpu {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: sched_setaffinity is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                pin_thread(0, cpu);
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .args(["-t", &threads.to_string(), "-c", &conns.to_string(), "-d", &format!("{seconds}s"), "--latency", url])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -413,6 +448,15 @@ pub fn run() -> anyhow::Result<()> {
     let alert_p50 = delays.get(delays.len() / 2).copied().unwrap_or(f64::NAN);
     let alert_p99 = delays.get(((delays.len() as f64 * 0.99).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN);
 
+    // Serial: one worker and one wrk connection on the same CPU, the tracer on the other. Every
+    // request's whole cost (worker, wrk, kernel, our programs) is then on that CPU, one request
+    // at a time, so time per request = 1/throughput, repeatable to about 1%: the precise view of
+    // the added cost per request. Then a pipe ping-pong in a process nobody watches: what every
+    // other process on the host pays for the hooks.
+    drop(server);
+    let serial = serial_and_unrelated(&bin, &env.venv)?;
+    let server = Gunicorn::start("flaskapp:app", 2, &[]);
+
     // Tracer CPU at a fixed 2k requests/s of hello-world.
     let tracer = start_tracer(Config::Default, server.master_pid(), "500ms", &bin, &env.venv, &[])?.context("tracer")?;
     let c0 = cpu_s(tracer.pid);
@@ -475,6 +519,7 @@ pub fn run() -> anyhow::Result<()> {
         "throughput": results,
         "bpf_per_request": per_prog.iter().map(|(p, runs, us)| json!({"program": p, "runs": runs, "us": us})).collect::<Vec<_>>(),
         "bpf_us_per_request": bpf_total_us,
+        "serial": serial.json(),
         "alert_latency_ms": {"p50": alert_p50, "p99": alert_p99, "samples": delays.len()},
         "tracer_at_2k_rps": {"achieved_rps": rate_2k, "tracer_cpu_pct": tracer_2k_pct},
         "burst": {"wrk_rps": b.rps, "wrk_requests": b.requests, "seen": bs["requests"], "dropped_events": bs["dropped_events"], "losses": bs["losses"], "caught_up": caught_up, "tracer_peak_rss_kib": bs["agent"]["max_rss_kib"]},
@@ -491,6 +536,7 @@ pub fn run() -> anyhow::Result<()> {
     for (p, runs, us) in &per_prog {
         println!("  {p:<28} {runs:>6.2} runs/req {us:>7.3} µs/req");
     }
+    serial.print();
     println!("\nAlert latency (threshold crossed → inflight line): p50 {alert_p50:.1} ms, p99 {alert_p99:.1} ms ({} requests)", delays.len());
     println!("Tracer CPU at {rate_2k:.0} hello-world requests/s: {tracer_2k_pct:.2}% of one core");
     println!(
@@ -509,4 +555,119 @@ impl Drop for BurstServer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Results of the serial and unrelated-process measurements.
+struct Serial {
+    base_us: f64,
+    traced_us: f64,
+    tracer_us: f64,
+    pipe_base_us: f64,
+    pipe_traced_us: f64,
+}
+
+impl Serial {
+    fn json(&self) -> Value {
+        json!({
+            "hello_world_us_per_request": {"no_tracer": self.base_us, "introspect": self.traced_us, "added": self.traced_us - self.base_us, "tracer_own_cpu": self.tracer_us},
+            "unrelated_pipe_round_trip_us": {"no_tracer": self.pipe_base_us, "introspect": self.pipe_traced_us, "added": self.pipe_traced_us - self.pipe_base_us},
+        })
+    }
+
+    fn print(&self) {
+        println!(
+            "\nSerial hello-world (1 worker, wrk -c1, both on CPU 1; tracer on CPU 0): {:.1} µs/request untraced, {:.1} traced: +{:.1} µs on the serving CPU, +{:.1} µs in the tracer, +{:.1} µs in all",
+            self.base_us,
+            self.traced_us,
+            self.traced_us - self.base_us,
+            self.tracer_us,
+            self.traced_us - self.base_us + self.tracer_us
+        );
+        println!(
+            "Unwatched process, pipe round trip (2 writes, 2 reads, 2 context switches): {:.2} µs untraced, {:.2} traced: +{:.2} µs",
+            self.pipe_base_us,
+            self.pipe_traced_us,
+            self.pipe_traced_us - self.pipe_base_us
+        );
+    }
+}
+
+const SERIAL_ROUNDS: usize = 5;
+
+fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow::Result<Serial> {
+    if thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        bail!("the serial measurement needs two CPUs");
+    }
+    let server = Gunicorn::start("flaskapp:app", 1, &[]);
+    pin(server.master_pid(), 1);
+    for w in server.workers() {
+        pin(w, 1);
+    }
+    let url = format!("http://127.0.0.1:{}/fast", server.port);
+    wrk_on(Some(1), &url, 1, 1, 2)?;
+    let (mut base, mut traced, mut tracer_cpu, mut pipe_base, mut pipe_traced) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..SERIAL_ROUNDS {
+        for with in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            let tracer = if with { start_tracer(Config::Default, server.master_pid(), "500ms", bin, venv, &[])? } else { None };
+            if let Some(t) = &tracer {
+                pin(t.pid, 0);
+            }
+            let t0 = tracer.as_ref().map_or(0.0, |t| cpu_s(t.pid));
+            let r = wrk_on(Some(1), &url, 1, 1, 4)?;
+            let pipe = pipe_round_trip_us(1, 100_000)?;
+            if let Some(mut t) = tracer {
+                tracer_cpu.push((cpu_s(t.pid) - t0) / r.requests.max(1.0) * 1e6);
+                t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
+                traced.push(1e6 / r.rps);
+                pipe_traced.push(pipe);
+            } else {
+                base.push(1e6 / r.rps);
+                pipe_base.push(pipe);
+            }
+            eprintln!("bench: serial round {round} {}: {:.1} µs/request, pipe round trip {pipe:.2} µs", if with { "introspect" } else { "no tracer" }, 1e6 / r.rps);
+        }
+    }
+    Ok(Serial { base_us: median(base), traced_us: median(traced), tracer_us: median(tracer_cpu), pipe_base_us: median(pipe_base), pipe_traced_us: median(pipe_traced) })
+}
+
+/// Two threads of this (unwatched) process on one CPU bounce a byte through two pipes; µs per
+/// round trip.
+fn pipe_round_trip_us(cpu: usize, rounds: u32) -> anyhow::Result<f64> {
+    let mut a = [0i32; 2];
+    let mut b = [0i32; 2];
+    // SAFETY: pipe fills the arrays.
+    if unsafe { libc::pipe(a.as_mut_ptr()) } != 0 || unsafe { libc::pipe(b.as_mut_ptr()) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    let echo = thread::spawn(move || {
+        pin_thread(0, cpu);
+        let mut byte = 0u8;
+        for _ in 0..rounds {
+            // SAFETY: valid fds and a one-byte buffer.
+            unsafe {
+                libc::read(a[0], (&raw mut byte).cast(), 1);
+                libc::write(b[1], (&raw const byte).cast(), 1);
+            }
+        }
+    });
+    let t = thread::spawn(move || {
+        pin_thread(0, cpu);
+        let start = Instant::now();
+        let mut byte = 1u8;
+        for _ in 0..rounds {
+            // SAFETY: as above.
+            unsafe {
+                libc::write(a[1], (&raw const byte).cast(), 1);
+                libc::read(b[0], (&raw mut byte).cast(), 1);
+            }
+        }
+        start.elapsed()
+    });
+    let elapsed = t.join().map_err(|_| anyhow::anyhow!("pipe thread panicked"))?;
+    echo.join().map_err(|_| anyhow::anyhow!("pipe thread panicked"))?;
+    for fd in a.into_iter().chain(b) {
+        // SAFETY: our fds.
+        unsafe { libc::close(fd) };
+    }
+    Ok(elapsed.as_secs_f64() * 1e6 / f64::from(rounds))
 }

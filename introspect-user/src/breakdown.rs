@@ -237,6 +237,25 @@ impl Timeline {
         }
     }
 
+    /// On-CPU milliseconds of `tid` in `[start, end]`: `detail(..).breakdown.on_cpu` without
+    /// classifying anything or allocating, for the summary of every request (most are never
+    /// reported, so their full breakdown would be built for nothing).
+    pub fn on_cpu_ms(&self, tid: u32, start: u64, end: u64) -> f64 {
+        let mut off_total = 0;
+        if let Some(log) = self.threads.get(&tid) {
+            for off in &log.offcpu {
+                if off.in_ts <= start || off.out_ts >= end {
+                    continue;
+                }
+                off_total += overlap(off.wake_ts, off.in_ts, start, end);
+                if off.state != STATE_RUNNING {
+                    off_total += overlap(off.out_ts, off.wake_ts, start, end);
+                }
+            }
+        }
+        ms(end.saturating_sub(start).saturating_sub(off_total))
+    }
+
     /// The breakdown of a request served by `tid` in `[start, end]` after `queue_ns` in the
     /// backlog. `open` is a wait still going on at `end` (for requests still running).
     pub fn detail(&self, tid: u32, start: u64, end: u64, queue_ns: u64, open: Option<&OffCpu>) -> Detail {
@@ -380,5 +399,18 @@ mod tests {
         assert_eq!(t.threads[&3].offcpu.len(), 1);
         t.forget_before(3, 100);
         assert!(!t.threads.contains_key(&3));
+    }
+    #[test]
+    fn on_cpu_alone_equals_the_breakdowns() {
+        let ms = 1_000_000;
+        let mut t = Timeline::default();
+        t.observe(&off(7, 100 * ms, 150 * ms, 160 * ms, 1, sys(nr::FUTEX, -1, 8), WaitFacts::default()));
+        t.observe(&off(7, 200 * ms, 200 * ms, 230 * ms, STATE_RUNNING, None, WaitFacts::default()));
+        t.observe(&off(7, 300 * ms, 390 * ms, 391 * ms, 1, sys(nr::POLL, 9, 1), sock("10.0.0.2:5432")));
+        t.observe(&off(7, 50 * ms, 60 * ms, 120 * ms, 2, None, WaitFacts::default()));
+        for (start, end) in [(0, 500 * ms), (110 * ms, 305 * ms), (155 * ms, 156 * ms), (400 * ms, 450 * ms)] {
+            assert_eq!(t.on_cpu_ms(7, start, end), t.detail(7, start, end, 0, None).breakdown.on_cpu, "window {start}..{end}");
+        }
+        assert_eq!(t.on_cpu_ms(8, 0, 10 * ms), 10.0);
     }
 }

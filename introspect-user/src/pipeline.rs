@@ -147,8 +147,15 @@ impl<W: Write> Pipeline<W> {
         self.asm.observe(ev, &mut self.requests);
         for r in self.requests.drain(..) {
             let slow = r.duration_ns() >= self.cfg.threshold_ns;
-            let detail = self.timeline.detail(r.tid, r.start_ns + r.queue_ns, r.end_ns, r.queue_ns, None);
-            self.summary.record(&r, slow, (detail.breakdown.on_cpu * 1e6) as u64);
+            let report = slow || self.cfg.all;
+            let on_cpu_ms = if report {
+                None
+            } else {
+                Some(self.timeline.on_cpu_ms(r.tid, r.start_ns + r.queue_ns, r.end_ns))
+            };
+            let detail = report.then(|| self.timeline.detail(r.tid, r.start_ns + r.queue_ns, r.end_ns, r.queue_ns, None));
+            let on_cpu_ms = on_cpu_ms.or(detail.as_ref().map(|d| d.breakdown.on_cpu)).unwrap_or(0.0);
+            self.summary.record(&r, slow, (on_cpu_ms * 1e6) as u64);
             self.counts.requests += 1;
             // A request that crossed the threshold while running: its stacks end with it.
             let (stack, profile) = match self.slow.remove(&r.tid) {
@@ -161,7 +168,7 @@ impl<W: Write> Pipeline<W> {
             if let (Some(flames), Some(p)) = (self.flames.as_mut(), profile.as_deref()) {
                 flames.add(&r.method, &route::normalize(&r.path), p);
             }
-            if slow || self.cfg.all {
+            if let Some(detail) = detail {
                 self.counts.reported += 1;
                 self.sink.request(&r, &detail, stack.as_deref(), profile.as_deref())?;
             }

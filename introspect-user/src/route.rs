@@ -4,13 +4,18 @@
 /// `{id}`.
 pub fn normalize(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
+    normalize_into(path, &mut out);
+    out
+}
+
+/// [`normalize`], appended to `out` (which callers reuse: this runs for every request).
+pub fn normalize_into(path: &str, out: &mut String) {
     for (i, seg) in path.split('/').enumerate() {
         if i > 0 {
             out.push('/');
         }
         out.push_str(if is_id(seg) { "{id}" } else { seg });
     }
-    out
 }
 
 fn is_id(seg: &str) -> bool {

@@ -564,6 +564,8 @@ struct Serial {
     tracer_us: f64,
     pipe_base_us: f64,
     pipe_traced_us: f64,
+    tcp_base_us: f64,
+    tcp_traced_us: f64,
 }
 
 impl Serial {
@@ -571,6 +573,7 @@ impl Serial {
         json!({
             "hello_world_us_per_request": {"no_tracer": self.base_us, "introspect": self.traced_us, "added": self.traced_us - self.base_us, "tracer_own_cpu": self.tracer_us},
             "unrelated_pipe_round_trip_us": {"no_tracer": self.pipe_base_us, "introspect": self.pipe_traced_us, "added": self.pipe_traced_us - self.pipe_base_us},
+            "unrelated_tcp_round_trip_us": {"no_tracer": self.tcp_base_us, "introspect": self.tcp_traced_us, "added": self.tcp_traced_us - self.tcp_base_us},
         })
     }
 
@@ -589,6 +592,12 @@ impl Serial {
             self.pipe_traced_us,
             self.pipe_traced_us - self.pipe_base_us
         );
+        println!(
+            "Unwatched process, loopback TCP round trip (2 writes, 2 reads, 2 segments, 2 context switches): {:.2} µs untraced, {:.2} traced: +{:.2} µs",
+            self.tcp_base_us,
+            self.tcp_traced_us,
+            self.tcp_traced_us - self.tcp_base_us
+        );
     }
 }
 
@@ -606,6 +615,7 @@ fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow
     let url = format!("http://127.0.0.1:{}/fast", server.port);
     wrk_on(Some(1), &url, 1, 1, 2)?;
     let (mut base, mut traced, mut tracer_cpu, mut pipe_base, mut pipe_traced) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut tcp_base, mut tcp_traced) = (Vec::new(), Vec::new());
     for round in 0..SERIAL_ROUNDS {
         for with in if round % 2 == 0 { [false, true] } else { [true, false] } {
             let tracer = if with { start_tracer(Config::Default, server.master_pid(), "500ms", bin, venv, &[])? } else { None };
@@ -615,19 +625,34 @@ fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow
             let t0 = tracer.as_ref().map_or(0.0, |t| cpu_s(t.pid));
             let r = wrk_on(Some(1), &url, 1, 1, 4)?;
             let pipe = pipe_round_trip_us(1, 100_000)?;
+            let tcp = tcp_round_trip_us(1, 50_000)?;
             if let Some(mut t) = tracer {
                 tracer_cpu.push((cpu_s(t.pid) - t0) / r.requests.max(1.0) * 1e6);
                 t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
                 traced.push(1e6 / r.rps);
                 pipe_traced.push(pipe);
+                tcp_traced.push(tcp);
             } else {
                 base.push(1e6 / r.rps);
                 pipe_base.push(pipe);
+                tcp_base.push(tcp);
             }
-            eprintln!("bench: serial round {round} {}: {:.1} µs/request, pipe round trip {pipe:.2} µs", if with { "introspect" } else { "no tracer" }, 1e6 / r.rps);
+            eprintln!(
+                "bench: serial round {round} {}: {:.1} µs/request, pipe round trip {pipe:.2} µs, TCP round trip {tcp:.2} µs",
+                if with { "introspect" } else { "no tracer" },
+                1e6 / r.rps
+            );
         }
     }
-    Ok(Serial { base_us: median(base), traced_us: median(traced), tracer_us: median(tracer_cpu), pipe_base_us: median(pipe_base), pipe_traced_us: median(pipe_traced) })
+    Ok(Serial {
+        base_us: median(base),
+        traced_us: median(traced),
+        tracer_us: median(tracer_cpu),
+        pipe_base_us: median(pipe_base),
+        pipe_traced_us: median(pipe_traced),
+        tcp_base_us: median(tcp_base),
+        tcp_traced_us: median(tcp_traced),
+    })
 }
 
 /// Two threads of this (unwatched) process on one CPU bounce a byte through two pipes; µs per
@@ -669,5 +694,38 @@ fn pipe_round_trip_us(cpu: usize, rounds: u32) -> anyhow::Result<f64> {
         // SAFETY: our fds.
         unsafe { libc::close(fd) };
     }
+    Ok(elapsed.as_secs_f64() * 1e6 / f64::from(rounds))
+}
+
+/// Two threads of this (unwatched) process on one CPU bounce a byte over a loopback TCP
+/// connection (no Nagle); µs per round trip.
+fn tcp_round_trip_us(cpu: usize, rounds: u32) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = thread::spawn(move || -> std::io::Result<()> {
+        pin_thread(0, cpu);
+        let (mut c, _) = listener.accept()?;
+        c.set_nodelay(true)?;
+        let mut byte = [0u8; 1];
+        for _ in 0..rounds {
+            c.read_exact(&mut byte)?;
+            c.write_all(&byte)?;
+        }
+        Ok(())
+    });
+    let t = thread::spawn(move || -> std::io::Result<Duration> {
+        pin_thread(0, cpu);
+        let mut c = TcpStream::connect(addr)?;
+        c.set_nodelay(true)?;
+        let mut byte = [1u8; 1];
+        let start = Instant::now();
+        for _ in 0..rounds {
+            c.write_all(&byte)?;
+            c.read_exact(&mut byte)?;
+        }
+        Ok(start.elapsed())
+    });
+    let elapsed = t.join().map_err(|_| anyhow::anyhow!("TCP thread panicked"))??;
+    echo.join().map_err(|_| anyhow::anyhow!("TCP thread panicked"))??;
     Ok(elapsed.as_secs_f64() * 1e6 / f64::from(rounds))
 }

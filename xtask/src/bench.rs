@@ -566,6 +566,9 @@ struct Serial {
     pipe_traced_us: f64,
     tcp_base_us: f64,
     tcp_traced_us: f64,
+    /// ns per call: (untraced, traced) for an unhooked syscall and for a hooked futex.
+    getppid_ns: (f64, f64),
+    futex_ns: (f64, f64),
 }
 
 impl Serial {
@@ -574,6 +577,8 @@ impl Serial {
             "hello_world_us_per_request": {"no_tracer": self.base_us, "introspect": self.traced_us, "added": self.traced_us - self.base_us, "tracer_own_cpu": self.tracer_us},
             "unrelated_pipe_round_trip_us": {"no_tracer": self.pipe_base_us, "introspect": self.pipe_traced_us, "added": self.pipe_traced_us - self.pipe_base_us},
             "unrelated_tcp_round_trip_us": {"no_tracer": self.tcp_base_us, "introspect": self.tcp_traced_us, "added": self.tcp_traced_us - self.tcp_base_us},
+            "unrelated_getppid_ns": {"no_tracer": self.getppid_ns.0, "introspect": self.getppid_ns.1, "added": self.getppid_ns.1 - self.getppid_ns.0},
+            "unrelated_futex_wake_ns": {"no_tracer": self.futex_ns.0, "introspect": self.futex_ns.1, "added": self.futex_ns.1 - self.futex_ns.0},
         })
     }
 
@@ -598,6 +603,18 @@ impl Serial {
             self.tcp_traced_us,
             self.tcp_traced_us - self.tcp_base_us
         );
+        println!(
+            "Unwatched process, a syscall no program hooks (getppid): {:.0} ns untraced, {:.0} traced: +{:.0} ns (every syscall of every process takes the tracing slow path while any syscall tracepoint is attached)",
+            self.getppid_ns.0,
+            self.getppid_ns.1,
+            self.getppid_ns.1 - self.getppid_ns.0
+        );
+        println!(
+            "Unwatched process, an uncontended futex wake (hooked, rejected by the programs): {:.0} ns untraced, {:.0} traced: +{:.0} ns",
+            self.futex_ns.0,
+            self.futex_ns.1,
+            self.futex_ns.1 - self.futex_ns.0
+        );
     }
 }
 
@@ -616,6 +633,7 @@ fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow
     wrk_on(Some(1), &url, 1, 1, 2)?;
     let (mut base, mut traced, mut tracer_cpu, mut pipe_base, mut pipe_traced) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut tcp_base, mut tcp_traced) = (Vec::new(), Vec::new());
+    let (mut ppid_base, mut ppid_traced, mut futex_base, mut futex_traced) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..SERIAL_ROUNDS {
         for with in if round % 2 == 0 { [false, true] } else { [true, false] } {
             let tracer = if with { start_tracer(Config::Default, server.master_pid(), "500ms", bin, venv, &[])? } else { None };
@@ -626,16 +644,21 @@ fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow
             let r = wrk_on(Some(1), &url, 1, 1, 4)?;
             let pipe = pipe_round_trip_us(1, 100_000)?;
             let tcp = tcp_round_trip_us(1, 50_000)?;
+            let (ppid, futex) = syscall_loops_ns(1, 1_000_000)?;
             if let Some(mut t) = tracer {
                 tracer_cpu.push((cpu_s(t.pid) - t0) / r.requests.max(1.0) * 1e6);
                 t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
                 traced.push(1e6 / r.rps);
                 pipe_traced.push(pipe);
                 tcp_traced.push(tcp);
+                ppid_traced.push(ppid);
+                futex_traced.push(futex);
             } else {
                 base.push(1e6 / r.rps);
                 pipe_base.push(pipe);
                 tcp_base.push(tcp);
+                ppid_base.push(ppid);
+                futex_base.push(futex);
             }
             eprintln!(
                 "bench: serial round {round} {}: {:.1} µs/request, pipe round trip {pipe:.2} µs, TCP round trip {tcp:.2} µs",
@@ -652,6 +675,8 @@ fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow
         pipe_traced_us: median(pipe_traced),
         tcp_base_us: median(tcp_base),
         tcp_traced_us: median(tcp_traced),
+        getppid_ns: (median(ppid_base), median(ppid_traced)),
+        futex_ns: (median(futex_base), median(futex_traced)),
     })
 }
 
@@ -728,4 +753,28 @@ fn tcp_round_trip_us(cpu: usize, rounds: u32) -> anyhow::Result<f64> {
     let elapsed = t.join().map_err(|_| anyhow::anyhow!("TCP thread panicked"))??;
     echo.join().map_err(|_| anyhow::anyhow!("TCP thread panicked"))??;
     Ok(elapsed.as_secs_f64() * 1e6 / f64::from(rounds))
+}
+
+/// ns per getppid (no program hooks it) and per uncontended FUTEX_WAKE (hooked), in a thread of
+/// this unwatched process pinned to `cpu`.
+fn syscall_loops_ns(cpu: usize, calls: u32) -> anyhow::Result<(f64, f64)> {
+    let t = thread::spawn(move || {
+        pin_thread(0, cpu);
+        let start = Instant::now();
+        for _ in 0..calls {
+            // SAFETY: getppid has no arguments and no side effects.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        let ppid = start.elapsed();
+        let word = 0u32;
+        let start = Instant::now();
+        for _ in 0..calls {
+            // SAFETY: a wake on a private word nobody waits on returns at once.
+            unsafe { libc::syscall(libc::SYS_futex, &raw const word, libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1, 0, 0, 0) };
+        }
+        (ppid, start.elapsed())
+    });
+    let (ppid, futex) = t.join().map_err(|_| anyhow::anyhow!("syscall loop panicked"))?;
+    let per = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(calls);
+    Ok((per(ppid), per(futex)))
 }

@@ -101,6 +101,7 @@ impl Host {
             }
             Event::Exit { pid, .. } => {
                 self.interps.remove(pid);
+                self.symbols.forget(*pid);
             }
             _ => {}
         }

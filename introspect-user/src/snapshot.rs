@@ -2,28 +2,51 @@
 //! the innermost native frame (the user PC /proc/PID/task/TID/syscall reports for a thread in a
 //! syscall) and the Python frames (`pystack`), innermost first. Used for the `inflight` stack
 //! (Dogslow's moment) and `introspect dump`.
-use std::fs;
+use std::{cell::RefCell, collections::HashMap, fs};
 
-use blazesym::{
-    Pid,
-    symbolize::{
-        Input, Symbolized, Symbolizer,
-        source::{Kernel, Process, Source},
-    },
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Elf, Kernel, Source},
 };
 
-use crate::pystack::{Frame, FrameKind, Interp};
+use crate::{
+    pystack::{Frame, FrameKind, Interp},
+    python::{Mapping, parse_maps},
+};
 
 /// Native and kernel symbolization (blazesym): ELF symbols and DWARF of the process's mappings,
 /// kallsyms for the kernel.
 pub struct Symbols {
     inner: Symbolizer,
+    /// Each process's file mappings and the prefix that opens its files from here. Read once and
+    /// again only when an address falls outside them (a library loaded since): reading
+    /// /proc/PID/maps of a Python process takes milliseconds of kernel time, and symbolizing
+    /// through blazesym's process source re-reads it on every call.
+    procs: RefCell<HashMap<u32, ProcMaps>>,
+}
+
+struct ProcMaps {
+    maps: Vec<Mapping>,
+    /// "" when the process sees the same root as this one (so the ELF files parsed for one
+    /// worker serve all of them), else /proc/PID/root (a container).
+    root: String,
 }
 
 impl Default for Symbols {
     fn default() -> Self {
-        Self { inner: Symbolizer::new() }
+        Self { inner: Symbolizer::new(), procs: RefCell::new(HashMap::new()) }
     }
+}
+
+fn hex_frame(addr: u64, kind: FrameKind) -> Frame {
+    Frame { function: format!("{addr:#x}"), file: String::new(), line: None, kind }
+}
+
+fn read_proc_maps(pid: u32) -> Option<ProcMaps> {
+    let maps = parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps")).ok()?);
+    let same_root = fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|p| p.as_os_str() == "/")
+        && fs::read_link("/proc/self/root").is_ok_and(|p| p.as_os_str() == "/");
+    Some(ProcMaps { maps: maps.into_iter().filter(|m| m.path.starts_with('/')).collect(), root: if same_root { String::new() } else { format!("/proc/{pid}/root") } })
 }
 
 fn native_frame(sym: &Symbolized<'_>, kind: FrameKind) -> Frame {
@@ -42,14 +65,36 @@ fn native_frame(sym: &Symbolized<'_>, kind: FrameKind) -> Frame {
 impl Symbols {
     /// Native frames for user addresses of process `pid`.
     pub fn user(&self, pid: u32, addrs: &[u64]) -> Vec<Frame> {
-        if addrs.is_empty() {
-            return Vec::new();
+        addrs.iter().map(|&a| self.user_one(pid, a)).collect()
+    }
+
+    /// The file and file offset `addr` maps to in process `pid`.
+    fn locate(&self, pid: u32, addr: u64) -> Option<(String, u64)> {
+        let find = |p: &ProcMaps| {
+            p.maps.iter().find(|m| (m.start..m.end).contains(&addr)).map(|m| (format!("{}{}", p.root, m.path), addr - m.start + m.offset))
+        };
+        let mut procs = self.procs.borrow_mut();
+        if let Some(found) = procs.get(&pid).and_then(find) {
+            return Some(found);
         }
-        let src = Source::Process(Process::new(Pid::from(pid)));
-        match self.inner.symbolize(&src, Input::AbsAddr(addrs)) {
-            Ok(syms) => syms.iter().map(|s| native_frame(s, FrameKind::Native)).collect(),
-            Err(_) => addrs.iter().map(|a| Frame { function: format!("{a:#x}"), file: String::new(), line: None, kind: FrameKind::Native }).collect(),
+        let fresh = read_proc_maps(pid)?;
+        let found = find(&fresh);
+        procs.insert(pid, fresh);
+        found
+    }
+
+    fn user_one(&self, pid: u32, addr: u64) -> Frame {
+        let Some((path, offset)) = self.locate(pid, addr) else { return hex_frame(addr, FrameKind::Native) };
+        let src = Source::Elf(Elf::new(path));
+        match self.inner.symbolize_single(&src, Input::FileOffset(offset)) {
+            Ok(s) => native_frame(&s, FrameKind::Native),
+            Err(_) => hex_frame(addr, FrameKind::Native),
         }
+    }
+
+    /// Forgets a process that exited (its pid will be reused).
+    pub fn forget(&self, pid: u32) {
+        self.procs.borrow_mut().remove(&pid);
     }
 
     /// Kernel frames for kernel addresses.
@@ -60,7 +105,7 @@ impl Symbols {
         let src = Source::Kernel(Kernel::default());
         match self.inner.symbolize(&src, Input::AbsAddr(addrs)) {
             Ok(syms) => syms.iter().map(|s| native_frame(s, FrameKind::Kernel)).collect(),
-            Err(_) => addrs.iter().map(|a| Frame { function: format!("{a:#x}"), file: String::new(), line: None, kind: FrameKind::Kernel }).collect(),
+            Err(_) => addrs.iter().map(|&a| hex_frame(a, FrameKind::Kernel)).collect(),
         }
     }
 }

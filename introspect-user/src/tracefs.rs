@@ -1,8 +1,11 @@
 //! tracefs: make sure it is mounted, and read tracepoint record layouts from its `format` files
 //! (there is no CO-RE from Rust, so field offsets are looked up on the running kernel).
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
+    rc::Rc,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -81,28 +84,36 @@ pub fn parse_format(text: &str) -> Vec<(String, Field)> {
 
 pub struct Tracefs {
     root: PathBuf,
+    /// Parsed format files: startup asks for several fields of the same tracepoints.
+    formats: RefCell<HashMap<(String, String), Rc<Vec<(String, Field)>>>>,
 }
 
 impl Tracefs {
     pub fn new(root: PathBuf) -> Self {
-        Self { root }
+        Self { root, formats: RefCell::new(HashMap::new()) }
     }
 
-    pub fn format(&self, category: &str, name: &str) -> Result<Vec<(String, Field)>, TracefsError> {
+    pub fn format(&self, category: &str, name: &str) -> Result<Rc<Vec<(String, Field)>>, TracefsError> {
+        let key = (category.to_string(), name.to_string());
+        if let Some(f) = self.formats.borrow().get(&key) {
+            return Ok(Rc::clone(f));
+        }
         let dir = self.root.join("events").join(category).join(name);
         if !dir.is_dir() {
             return Err(TracefsError::Missing(format!("{category}:{name}")));
         }
         let path = dir.join("format");
         let text = fs::read_to_string(&path).map_err(|source| TracefsError::Read { path, source })?;
-        Ok(parse_format(&text))
+        let parsed = Rc::new(parse_format(&text));
+        self.formats.borrow_mut().insert(key, Rc::clone(&parsed));
+        Ok(parsed)
     }
 
     pub fn field(&self, category: &str, name: &str, field: &str) -> Result<Field, TracefsError> {
         self.format(category, name)?
-            .into_iter()
+            .iter()
             .find(|(n, _)| n == field)
-            .map(|(_, f)| f)
+            .map(|(_, f)| *f)
             .ok_or_else(|| TracefsError::NoField { tracepoint: format!("{category}:{name}"), field: field.to_string() })
     }
 

@@ -27,11 +27,16 @@ pub struct Enricher {
 }
 
 impl Enricher {
-    fn gil_of(&mut self, pid: u32) -> Option<(u64, u64)> {
+    /// The GIL's address range in `pid`, found once from the runtime the host's Python reader
+    /// located (`None` when it could not read the process).
+    fn gil_of(&mut self, pid: u32, runtime: Option<&python::Runtime>) -> Option<(u64, u64)> {
         if let Some(g) = self.gil.get(&pid) {
             return *g;
         }
-        let found = python::find_runtime(pid).and_then(|rt| python::gil_range(pid, &rt));
+        let found = match runtime {
+            Some(rt) => python::gil_range(pid, rt).map_err(|e| e.to_string()),
+            None => Err("its interpreter could not be read".to_string()),
+        };
         let g = match found {
             Ok(range) => Some(range),
             Err(e) => {
@@ -41,6 +46,19 @@ impl Enricher {
         };
         self.gil.insert(pid, g);
         g
+    }
+
+    /// Whether enriching `ev` needs the process's Python runtime (a futex wait not yet
+    /// classified for that process).
+    pub fn needs_runtime(&self, ev: &Event) -> Option<u32> {
+        match ev {
+            Event::OffCpu { hdr, sys: Some(sys), .. }
+                if sys.arg != introspect_common::CLIENT_CONN && sys.nr == crate::breakdown::nr::FUTEX && !self.gil.contains_key(&hdr.tgid) =>
+            {
+                Some(hdr.tgid)
+            }
+            _ => None,
+        }
     }
 
     fn fd_kind(&mut self, pid: u32, fd: i32) -> Option<FdKind> {
@@ -74,14 +92,15 @@ impl Enricher {
         })
     }
 
-    pub fn enrich(&mut self, ev: &mut Event) {
+    /// `runtime`: the Python runtime of the event's process, when `needs_runtime` asked for it.
+    pub fn enrich(&mut self, ev: &mut Event, runtime: Option<&python::Runtime>) {
         match ev {
             Event::OffCpu { hdr, sys: Some(sys), facts, .. } => {
                 *facts = if sys.arg == introspect_common::CLIENT_CONN {
                     // The request's own connection: the kernel already knows it is a socket.
                     WaitFacts { fd: Some(FdKind::Socket { peer: Some("client".into()) }), gil: false }
                 } else if sys.nr == crate::breakdown::nr::FUTEX {
-                    let gil = self.gil_of(hdr.tgid).is_some_and(|(lo, hi)| (lo..hi).contains(&sys.arg));
+                    let gil = self.gil_of(hdr.tgid, runtime).is_some_and(|(lo, hi)| (lo..hi).contains(&sys.arg));
                     WaitFacts { fd: None, gil }
                 } else {
                     WaitFacts { fd: self.fd_kind(hdr.tgid, sys.fd), gil: false }

@@ -77,9 +77,20 @@ impl Host {
     }
 
 
+    /// Wait facts for `ev`, with the process's Python runtime from its reader when they need it
+    /// (one discovery of the runtime per process serves stacks and the GIL alike).
+    fn enrich_facts(&mut self, ev: &mut Event) {
+        let runtime = self
+            .enricher
+            .needs_runtime(ev)
+            .and_then(|pid| interp(&mut self.interps, &mut self.warnings, pid))
+            .map(|i| i.rt.clone());
+        self.enricher.enrich(ev, runtime.as_ref());
+    }
+
     /// Attaches what only this host can tell: wait facts, and symbolized stacks.
     pub fn enrich(&mut self, ev: &mut Event) {
-        self.enricher.enrich(ev);
+        self.enrich_facts(ev);
         match ev {
             Event::Stack { hdr, kstack, ustack, raw, frames, .. } => {
                 let mut out: Vec<Frame> = self.symbols.kernel(&self.probes.stack(*kstack));
@@ -121,7 +132,7 @@ impl Live for Host {
             sys,
             facts: WaitFacts::default(),
         };
-        self.enricher.enrich(&mut ev);
+        self.enrich_facts(&mut ev);
         let Event::OffCpu { out_ts, wake_ts, state, sys, facts, .. } = ev else { return None };
         Some(OffCpu { out_ts, wake_ts, in_ts: now, state, sys, facts })
     }

@@ -343,8 +343,9 @@ pub struct ConnState {
 const _: () = assert!(size_of::<ConnState>() == 32);
 
 /// Offsets of tracepoint fields, read from tracefs `format` files at load time (no CO-RE from
-/// Rust, so nothing about kernel layouts is compiled in). The syscall tracepoints' layout is
-/// fixed by the syscall ABI and checked by userspace instead.
+/// Rust). The programs compile in only the offsets kernels have used for years, as a fast path
+/// taken when these agree (see the eBPF crate's `field` module). The syscall tracepoints' layout
+/// is fixed by the syscall ABI and checked by userspace instead.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TracepointOffsets {
@@ -355,11 +356,10 @@ pub struct TracepointOffsets {
     pub tcp_probe_data_len: u16,
     pub newtask_pid: u16,
     pub newtask_clone_flags: u16,
-    pub switch_prev_pid: u16,
     pub switch_prev_state: u16,
     pub switch_next_pid: u16,
     pub wakeup_pid: u16,
-    pub _pad: [u16; 1],
+    pub _pad: [u16; 2],
 }
 const _: () = assert!(size_of::<TracepointOffsets>() == 24);
 

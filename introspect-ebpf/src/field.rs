@@ -3,9 +3,8 @@
 //! A context load at a constant offset is one instruction the verifier checks; a load at an
 //! offset only known at load time (from the format file) needs the probe-read helper, a call that
 //! costs more than the rest of a rejecting program. Fields are therefore read at the offset
-//! this code was written against when the format file agrees (the comparison is against a
-//! read-only global, so the verifier even drops the branch not taken), and through the helper
-//! otherwise.
+//! this code was written against when the format file agrees (one comparison against a
+//! load-time global), and through the helper otherwise.
 use aya_ebpf::{EbpfContext, programs::TracePointContext};
 
 /// The field of type `T` at constant offset `OFF`.

@@ -91,11 +91,10 @@ pub static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
     tcp_probe_data_len: 0,
     newtask_pid: 0,
     newtask_clone_flags: 0,
-    switch_prev_pid: 0,
     switch_prev_state: 0,
     switch_next_pid: 0,
     wakeup_pid: 0,
-    _pad: [0; 1],
+    _pad: [0; 2],
 });
 
 /// How a pending syscall names its buffer.

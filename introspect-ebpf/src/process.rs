@@ -9,7 +9,7 @@ use introspect_common::{ProcEvent, counter, kind};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header},
-    maps::{EVENTS, OFFCPU, OFFSETS, PENDING, THREADS, TRACKED, count, is_tracked, thread_bits},
+    maps::{EVENTS, OFFCPU, OFFSETS, PENDING, THREADS, TRACKED, count, is_tracked},
 };
 
 /// include/uapi/linux/sched.h
@@ -52,11 +52,9 @@ pub fn sched_sched_process_exit(_ctx: TracePointContext) -> u32 {
     }
     // Per-thread state dies with the thread (its tid will be reused).
     let tid = pid_tgid as u32;
-    if thread_bits(tid) != 0 {
-        if let Some(b) = THREADS.get_ptr_mut(tid) {
-            // SAFETY: this thread's own slot, in its own context.
-            unsafe { *b = 0 };
-        }
+    if let Some(b) = THREADS.get_ptr_mut(tid) {
+        // SAFETY: this thread's own slot, in its own context.
+        unsafe { *b = 0 };
     }
     let _ = OFFCPU.remove(tid);
     let _ = PENDING.remove(tid);

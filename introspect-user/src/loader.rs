@@ -146,11 +146,10 @@ fn offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsError> {
         tcp_probe_data_len: f("tcp", "tcp_probe", "data_len")?,
         newtask_pid: f("task", "task_newtask", "pid")?,
         newtask_clone_flags: f("task", "task_newtask", "clone_flags")?,
-        switch_prev_pid: f("sched", "sched_switch", "prev_pid")?,
         switch_prev_state: f("sched", "sched_switch", "prev_state")?,
         switch_next_pid: f("sched", "sched_switch", "next_pid")?,
         wakeup_pid: f("sched", "sched_wakeup", "pid")?,
-        _pad: [0; 1],
+        _pad: [0; 2],
     })
 }
 

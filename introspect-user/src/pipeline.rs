@@ -147,14 +147,13 @@ impl<W: Write> Pipeline<W> {
         self.asm.observe(ev, &mut self.requests);
         for r in self.requests.drain(..) {
             let slow = r.duration_ns() >= self.cfg.threshold_ns;
-            let report = slow || self.cfg.all;
-            let on_cpu_ms = if report {
-                None
-            } else {
-                Some(self.timeline.on_cpu_ms(r.tid, r.start_ns + r.queue_ns, r.end_ns))
+            let (from, to) = (r.start_ns + r.queue_ns, r.end_ns);
+            // Only reported requests need their whole breakdown; the summary needs on-CPU time.
+            let detail = (slow || self.cfg.all).then(|| self.timeline.detail(r.tid, from, to, r.queue_ns, None));
+            let on_cpu_ms = match &detail {
+                Some(d) => d.breakdown.on_cpu,
+                None => self.timeline.on_cpu_ms(r.tid, from, to),
             };
-            let detail = report.then(|| self.timeline.detail(r.tid, r.start_ns + r.queue_ns, r.end_ns, r.queue_ns, None));
-            let on_cpu_ms = on_cpu_ms.or(detail.as_ref().map(|d| d.breakdown.on_cpu)).unwrap_or(0.0);
             self.summary.record(&r, slow, (on_cpu_ms * 1e6) as u64);
             self.counts.requests += 1;
             // A request that crossed the threshold while running: its stacks end with it.

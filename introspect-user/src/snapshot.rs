@@ -2,7 +2,7 @@
 //! the innermost native frame (the user PC /proc/PID/task/TID/syscall reports for a thread in a
 //! syscall) and the Python frames (`pystack`), innermost first. Used for the `inflight` stack
 //! (Dogslow's moment) and `introspect dump`.
-use std::{cell::RefCell, collections::HashMap, fs};
+use std::{cell::RefCell, collections::HashMap, fs, os::unix::fs::MetadataExt as _};
 
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
@@ -44,8 +44,10 @@ fn hex_frame(addr: u64, kind: FrameKind) -> Frame {
 
 fn read_proc_maps(pid: u32) -> Option<ProcMaps> {
     let maps = parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps")).ok()?);
-    let same_root = fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|p| p.as_os_str() == "/")
-        && fs::read_link("/proc/self/root").is_ok_and(|p| p.as_os_str() == "/");
+    // The same root directory (device and inode through the magic links): a link's text says
+    // "/" for a container's root as well.
+    let root_id = |p: &str| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let same_root = root_id(&format!("/proc/{pid}/root")).is_some_and(|id| Some(id) == root_id("/proc/self/root"));
     Some(ProcMaps { maps: maps.into_iter().filter(|m| m.path.starts_with('/')).collect(), root: if same_root { String::new() } else { format!("/proc/{pid}/root") } })
 }
 

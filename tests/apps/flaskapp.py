@@ -139,11 +139,13 @@ def _spin_python(stop):
 def gil(ms, tag=None):
     """Do `ms` milliseconds of pure-Python CPU work while another thread spins in Python until
     it is done: the two take turns on the GIL. X-Spent-Ms is the wall time the handler did not
-    run (by the thread's own CPU clock): its GIL wait plus any run-queue wait."""
+    run (by the thread's own CPU clock): its GIL wait plus any run-queue wait. The clocks start
+    before the spinner does: getting the GIL back from it after `start()` is this request's GIL
+    wait too."""
     stop = threading.Event()
     spinner = threading.Thread(target=_spin_python, args=(stop,), daemon=True)
-    spinner.start()
     t0, c0 = time.monotonic(), time.thread_time()
+    spinner.start()
     while (time.thread_time() - c0) * 1e3 < ms and time.monotonic() - t0 < 10:
         sum(range(200))
     wall = (time.monotonic() - t0) * 1e3

@@ -557,64 +557,83 @@ impl Drop for BurstServer {
     }
 }
 
+/// One figure without and with the tracer (medians).
+#[derive(Clone, Copy)]
+struct Ab {
+    untraced: f64,
+    traced: f64,
+}
+
+impl Ab {
+    fn of(samples: &[Samples; 2], pick: fn(&Samples) -> &Vec<f64>) -> Self {
+        Self { untraced: median(pick(&samples[0]).clone()), traced: median(pick(&samples[1]).clone()) }
+    }
+
+    fn added(self) -> f64 {
+        self.traced - self.untraced
+    }
+
+    fn json(self) -> Value {
+        json!({"no_tracer": self.untraced, "introspect": self.traced, "added": self.added()})
+    }
+
+    /// "U unit untraced, T traced: +A unit" with `decimals` digits.
+    fn line(self, unit: &str, decimals: usize) -> String {
+        format!("{:.decimals$} {unit} untraced, {:.decimals$} traced: +{:.decimals$} {unit}", self.untraced, self.traced, self.added())
+    }
+}
+
+/// Per-run samples of one configuration (index 0 untraced, 1 traced).
+#[derive(Default)]
+struct Samples {
+    request_us: Vec<f64>,
+    pipe_us: Vec<f64>,
+    tcp_us: Vec<f64>,
+    getppid_ns: Vec<f64>,
+    futex_ns: Vec<f64>,
+}
+
 /// Results of the serial and unrelated-process measurements.
 struct Serial {
-    base_us: f64,
-    traced_us: f64,
+    request_us: Ab,
+    /// The tracer's own CPU per request.
     tracer_us: f64,
-    pipe_base_us: f64,
-    pipe_traced_us: f64,
-    tcp_base_us: f64,
-    tcp_traced_us: f64,
-    /// ns per call: (untraced, traced) for an unhooked syscall and for a hooked futex.
-    getppid_ns: (f64, f64),
-    futex_ns: (f64, f64),
+    pipe_us: Ab,
+    tcp_us: Ab,
+    /// ns per call of an unhooked syscall and of a hooked futex.
+    getppid_ns: Ab,
+    futex_ns: Ab,
 }
 
 impl Serial {
     fn json(&self) -> Value {
+        let mut hello = self.request_us.json();
+        hello["tracer_own_cpu"] = json!(self.tracer_us);
         json!({
-            "hello_world_us_per_request": {"no_tracer": self.base_us, "introspect": self.traced_us, "added": self.traced_us - self.base_us, "tracer_own_cpu": self.tracer_us},
-            "unrelated_pipe_round_trip_us": {"no_tracer": self.pipe_base_us, "introspect": self.pipe_traced_us, "added": self.pipe_traced_us - self.pipe_base_us},
-            "unrelated_tcp_round_trip_us": {"no_tracer": self.tcp_base_us, "introspect": self.tcp_traced_us, "added": self.tcp_traced_us - self.tcp_base_us},
-            "unrelated_getppid_ns": {"no_tracer": self.getppid_ns.0, "introspect": self.getppid_ns.1, "added": self.getppid_ns.1 - self.getppid_ns.0},
-            "unrelated_futex_wake_ns": {"no_tracer": self.futex_ns.0, "introspect": self.futex_ns.1, "added": self.futex_ns.1 - self.futex_ns.0},
+            "hello_world_us_per_request": hello,
+            "unrelated_pipe_round_trip_us": self.pipe_us.json(),
+            "unrelated_tcp_round_trip_us": self.tcp_us.json(),
+            "unrelated_getppid_ns": self.getppid_ns.json(),
+            "unrelated_futex_wake_ns": self.futex_ns.json(),
         })
     }
 
     fn print(&self) {
         println!(
             "\nSerial hello-world (1 worker, wrk -c1, both on CPU 1; tracer on CPU 0): {:.1} µs/request untraced, {:.1} traced: +{:.1} µs on the serving CPU, +{:.1} µs in the tracer, +{:.1} µs in all",
-            self.base_us,
-            self.traced_us,
-            self.traced_us - self.base_us,
+            self.request_us.untraced,
+            self.request_us.traced,
+            self.request_us.added(),
             self.tracer_us,
-            self.traced_us - self.base_us + self.tracer_us
+            self.request_us.added() + self.tracer_us
         );
+        println!("Unwatched process, pipe round trip (2 writes, 2 reads, 2 context switches): {}", self.pipe_us.line("µs", 2));
+        println!("Unwatched process, loopback TCP round trip (2 writes, 2 reads, 2 segments, 2 context switches): {}", self.tcp_us.line("µs", 2));
         println!(
-            "Unwatched process, pipe round trip (2 writes, 2 reads, 2 context switches): {:.2} µs untraced, {:.2} traced: +{:.2} µs",
-            self.pipe_base_us,
-            self.pipe_traced_us,
-            self.pipe_traced_us - self.pipe_base_us
+            "Unwatched process, a syscall no program hooks (getppid): {} (every syscall of every process takes the tracing slow path while any syscall tracepoint is attached)",
+            self.getppid_ns.line("ns", 0)
         );
-        println!(
-            "Unwatched process, loopback TCP round trip (2 writes, 2 reads, 2 segments, 2 context switches): {:.2} µs untraced, {:.2} traced: +{:.2} µs",
-            self.tcp_base_us,
-            self.tcp_traced_us,
-            self.tcp_traced_us - self.tcp_base_us
-        );
-        println!(
-            "Unwatched process, a syscall no program hooks (getppid): {:.0} ns untraced, {:.0} traced: +{:.0} ns (every syscall of every process takes the tracing slow path while any syscall tracepoint is attached)",
-            self.getppid_ns.0,
-            self.getppid_ns.1,
-            self.getppid_ns.1 - self.getppid_ns.0
-        );
-        println!(
-            "Unwatched process, an uncontended futex wake (hooked, rejected by the programs): {:.0} ns untraced, {:.0} traced: +{:.0} ns",
-            self.futex_ns.0,
-            self.futex_ns.1,
-            self.futex_ns.1 - self.futex_ns.0
-        );
+        println!("Unwatched process, an uncontended futex wake (hooked, rejected by the programs): {}", self.futex_ns.line("ns", 0));
     }
 }
 
@@ -631,9 +650,8 @@ fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow
     }
     let url = format!("http://127.0.0.1:{}/fast", server.port);
     wrk_on(Some(1), &url, 1, 1, 2)?;
-    let (mut base, mut traced, mut tracer_cpu, mut pipe_base, mut pipe_traced) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut tcp_base, mut tcp_traced) = (Vec::new(), Vec::new());
-    let (mut ppid_base, mut ppid_traced, mut futex_base, mut futex_traced) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut samples: [Samples; 2] = Default::default();
+    let mut tracer_cpu = Vec::new();
     for round in 0..SERIAL_ROUNDS {
         for with in if round % 2 == 0 { [false, true] } else { [true, false] } {
             let tracer = if with { start_tracer(Config::Default, server.master_pid(), "500ms", bin, venv, &[])? } else { None };
@@ -648,18 +666,13 @@ fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow
             if let Some(mut t) = tracer {
                 tracer_cpu.push((cpu_s(t.pid) - t0) / r.requests.max(1.0) * 1e6);
                 t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
-                traced.push(1e6 / r.rps);
-                pipe_traced.push(pipe);
-                tcp_traced.push(tcp);
-                ppid_traced.push(ppid);
-                futex_traced.push(futex);
-            } else {
-                base.push(1e6 / r.rps);
-                pipe_base.push(pipe);
-                tcp_base.push(tcp);
-                ppid_base.push(ppid);
-                futex_base.push(futex);
             }
+            let s = &mut samples[usize::from(with)];
+            s.request_us.push(1e6 / r.rps);
+            s.pipe_us.push(pipe);
+            s.tcp_us.push(tcp);
+            s.getppid_ns.push(ppid);
+            s.futex_ns.push(futex);
             eprintln!(
                 "bench: serial round {round} {}: {:.1} µs/request, pipe round trip {pipe:.2} µs, TCP round trip {tcp:.2} µs",
                 if with { "introspect" } else { "no tracer" },
@@ -668,15 +681,12 @@ fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow
         }
     }
     Ok(Serial {
-        base_us: median(base),
-        traced_us: median(traced),
+        request_us: Ab::of(&samples, |s| &s.request_us),
         tracer_us: median(tracer_cpu),
-        pipe_base_us: median(pipe_base),
-        pipe_traced_us: median(pipe_traced),
-        tcp_base_us: median(tcp_base),
-        tcp_traced_us: median(tcp_traced),
-        getppid_ns: (median(ppid_base), median(ppid_traced)),
-        futex_ns: (median(futex_base), median(futex_traced)),
+        pipe_us: Ab::of(&samples, |s| &s.pipe_us),
+        tcp_us: Ab::of(&samples, |s| &s.tcp_us),
+        getppid_ns: Ab::of(&samples, |s| &s.getppid_ns),
+        futex_ns: Ab::of(&samples, |s| &s.futex_ns),
     })
 }
 

@@ -286,7 +286,7 @@ mod tests {
     #[test]
     fn names_a_function_of_this_executable_from_its_symbol_table() {
         let s = Symbols::default();
-        let addr = marker_for_symbolization as usize as u64;
+        let addr = marker_for_symbolization as fn() -> u64 as usize as u64;
         let f = &s.user(std::process::id(), &[addr + 1])[0];
         assert!(f.function.contains("marker_for_symbolization"), "{f:?}");
         assert_eq!(f.line, None);
@@ -299,7 +299,7 @@ mod tests {
         // else from the exported symbols; either way `getppid` is named, and the frame carries
         // libc's path, not the debug file's.
         let s = Symbols::default();
-        let addr = libc::getppid as usize as u64;
+        let addr = libc::getppid as unsafe extern "C" fn() -> libc::pid_t as usize as u64;
         let f = &s.user(std::process::id(), &[addr])[0];
         assert!(f.function.contains("getppid"), "{f:?}");
         assert!(f.file.contains("libc"), "{f:?}");

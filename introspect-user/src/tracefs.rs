@@ -106,10 +106,14 @@ pub fn parse_format(text: &str) -> Vec<(String, Field)> {
     fields
 }
 
+/// A format file's fields by name, in record order.
+type Fields = Rc<Vec<(String, Field)>>;
+
 pub struct Tracefs {
     root: PathBuf,
-    /// Parsed format files: startup asks for several fields of the same tracepoints.
-    formats: RefCell<HashMap<(String, String), Rc<Vec<(String, Field)>>>>,
+    /// Parsed format files by (system, event): startup asks for several fields of the same
+    /// tracepoints.
+    formats: RefCell<HashMap<(String, String), Fields>>,
 }
 
 impl Tracefs {
@@ -124,7 +128,7 @@ impl Tracefs {
         &self,
         category: &str,
         name: &str,
-    ) -> Result<Rc<Vec<(String, Field)>>, TracefsError> {
+    ) -> Result<Fields, TracefsError> {
         let key = (category.to_string(), name.to_string());
         if let Some(f) = self.formats.borrow().get(&key) {
             return Ok(Rc::clone(f));

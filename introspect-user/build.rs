@@ -18,17 +18,9 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("introspect-ebpf manifest has no parent"))?;
     // The shared types change the programs too.
-    println!(
-        "cargo:rerun-if-changed={}",
-        root_dir.join("../introspect-common/src")
-    );
+    println!("cargo:rerun-if-changed={}", root_dir.join("../introspect-common/src"));
     aya_build::build_ebpf(
-        [Package {
-            name: "introspect-ebpf",
-            root_dir: root_dir.as_str(),
-            no_default_features: false,
-            features: &[],
-        }],
+        [Package { name: "introspect-ebpf", root_dir: root_dir.as_str(), no_default_features: false, features: &[] }],
         // The machine's `nightly` (LLVM 22) matches bpf-linker's LLVM; `rustup update` would break it.
         Toolchain::Nightly,
     )

@@ -4,9 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use introspect_common::{
-    Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, SysCtx, TracepointOffsets, counter,
-};
+use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, SysCtx, TracepointOffsets, counter};
 
 /// All events, in one ring buffer so their order is kept. 8 MiB holds over 100 ms of a 50k
 /// requests/s burst (the bench's) while userspace drains it every 10 ms.

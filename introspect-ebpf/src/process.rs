@@ -25,14 +25,11 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
     }
     let off = OFFSETS.load();
     // SAFETY: offsets come from this kernel's task_newtask format file.
-    let flags =
-        unsafe { ctx.read_at::<u64>(off.newtask_clone_flags as usize) }.unwrap_or(CLONE_THREAD);
+    let flags = unsafe { ctx.read_at::<u64>(off.newtask_clone_flags as usize) }.unwrap_or(CLONE_THREAD);
     if flags & CLONE_THREAD != 0 {
         return 0;
     }
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(off.newtask_pid as usize) }) else {
-        return 0;
-    };
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(off.newtask_pid as usize) }) else { return 0 };
     let child = child as u32;
     match TRACKED.get_ptr_mut(child) {
         // SAFETY: array slot of a pid that is not running yet.

@@ -31,14 +31,10 @@ fn read_ptr(addr: u64) -> u64 {
 pub fn capture<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(armed) = ARMED.get_ptr(tid) else {
-        return;
-    };
+    let Some(armed) = ARMED.get_ptr(tid) else { return };
     // SAFETY: map value pointer from a successful lookup.
     let armed: Armed = unsafe { *armed };
-    let Some(walk) = PY_WALK.get_ptr(armed.tgid) else {
-        return;
-    };
+    let Some(walk) = PY_WALK.get_ptr(armed.tgid) else { return };
     // SAFETY: as above.
     let walk = unsafe { *walk };
     let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
@@ -48,12 +44,8 @@ pub fn capture<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64) {
     let ev = entry.as_mut_ptr();
     let mut hdr = header(kind::STACK, flags, pid_tgid);
     hdr.ts = ts;
-    let kstack = ctx
-        .get_stackid(&STACKS, BPF_F_REUSE_STACKID)
-        .map_or(-1, |id| id as i32);
-    let ustack = ctx
-        .get_stackid(&STACKS, BPF_F_USER_STACK | BPF_F_REUSE_STACKID)
-        .map_or(-1, |id| id as i32);
+    let kstack = ctx.get_stackid(&STACKS, BPF_F_REUSE_STACKID).map_or(-1, |id| id as i32);
+    let ustack = ctx.get_stackid(&STACKS, BPF_F_USER_STACK | BPF_F_REUSE_STACKID).map_or(-1, |id| id as i32);
     let mut frame = read_ptr(armed.tstate + walk.tstate_frame as u64);
     if walk.cframe_frame != NO_OFFSET && frame != 0 {
         frame = read_ptr(frame + walk.cframe_frame as u64);
@@ -68,10 +60,7 @@ pub fn capture<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64) {
                 break;
             }
             let Some(slot) = frames.get_mut(i) else { break };
-            *slot = PyRawFrame {
-                code: read_ptr(frame + walk.frame_code as u64),
-                lasti: read_ptr(frame + walk.frame_lasti as u64),
-            };
+            *slot = PyRawFrame { code: read_ptr(frame + walk.frame_code as u64), lasti: read_ptr(frame + walk.frame_lasti as u64) };
             n += 1;
             frame = read_ptr(frame + walk.frame_back as u64);
         }

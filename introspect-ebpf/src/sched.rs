@@ -9,8 +9,8 @@ use aya_ebpf::{
 use introspect_common::{NO_SYSCALL, OffCpuEvent, OffCpuState, SysCtx, counter, kind, stack_flag};
 
 use crate::{
-    emit::{SUBMIT_FLAGS, header},
     field,
+    emit::{SUBMIT_FLAGS, header},
     maps::{EVENTS, OFFCPU, OFFSETS, PENDING, count, set_thread_bits, thread, thread_bits, upsert},
     python::capture,
 };
@@ -40,18 +40,12 @@ pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     if prev_bits & thread::SERVING != 0 {
         // SAFETY: offset from this kernel's sched_switch format file.
-        let state = unsafe { ctx.read_at::<i64>(off.switch_prev_state as usize) }.unwrap_or(0)
-            as u64
-            & STATE_MASK;
+        let state = unsafe { ctx.read_at::<i64>(off.switch_prev_state as usize) }.unwrap_or(0) as u64 & STATE_MASK;
         // The syscall it is blocking in, if it is one we hooked.
         let sys = match PENDING.get_ptr(prev) {
             // SAFETY: map value pointer from a successful lookup.
             Some(p) if prev_bits & thread::PENDING != 0 => unsafe { (*p).sys },
-            _ => SysCtx {
-                nr: NO_SYSCALL,
-                fd: -1,
-                arg: 0,
-            },
+            _ => SysCtx { nr: NO_SYSCALL, fd: -1, arg: 0 },
         };
         let st = OffCpuState {
             out_ts: now,
@@ -70,9 +64,7 @@ pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
         return 0;
     }
     set_thread_bits(next, 0, thread::OFF_CPU);
-    let Some(st) = OFFCPU.get_ptr_mut(next) else {
-        return 0;
-    };
+    let Some(st) = OFFCPU.get_ptr_mut(next) else { return 0 };
     // SAFETY: map value pointer from a successful lookup; `next` is not running anywhere now.
     let st = unsafe {
         let copy = *st;

@@ -9,32 +9,23 @@
 //! the return value at 16 (see /sys/kernel/tracing/events/syscalls/*/format; userspace checks it
 //! before loading).
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        bpf_probe_read_user_buf,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use introspect_common::{
-    AcceptEvent, CLIENT_CONN, CloseEvent, ConnKey, ConnState, DataEvent, DataPayloadEvent,
-    PAYLOAD_MAX, PeerKey, SysCtx, SyscallEvent, counter, data_flag, kind, phase,
+    AcceptEvent, CloseEvent, ConnKey, ConnState, DataEvent, DataPayloadEvent, PAYLOAD_MAX, PeerKey,
+    CLIENT_CONN, SysCtx, SyscallEvent, counter, data_flag, kind, phase,
 };
 
 use crate::{
-    emit::{SUBMIT_FLAGS, header},
     field,
-    maps::{
-        ARRIVALS, CONNS, EVENTS, PENDING, Pending, buf_kind, count, is_tracked, set_thread_bits,
-        thread, thread_bits, upsert,
-    },
+    emit::{SUBMIT_FLAGS, header},
+    maps::{ARRIVALS, CONNS, EVENTS, PENDING, Pending, buf_kind, count, is_tracked, set_thread_bits, thread, thread_bits, upsert},
 };
 
 // Syscalls whose arguments need decoding.
-use introspect_common::nr::{
-    FUTEX as NR_FUTEX, POLL as NR_POLL, PPOLL as NR_PPOLL, PSELECT6 as NR_PSELECT6,
-    SELECT as NR_SELECT,
-};
+use introspect_common::nr::{FUTEX as NR_FUTEX, POLL as NR_POLL, PPOLL as NR_PPOLL, PSELECT6 as NR_PSELECT6, SELECT as NR_SELECT};
 
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
@@ -102,11 +93,7 @@ pub fn syscalls_enter_accept(ctx: TracePointContext) -> u32 {
         buf: arg(&ctx, 1),
         // SAFETY: no preconditions.
         enter_ts: unsafe { bpf_ktime_get_ns() },
-        sys: SysCtx {
-            nr: nr(&ctx),
-            fd,
-            arg: 0,
-        },
+        sys: SysCtx { nr: nr(&ctx), fd, arg: 0 },
     };
     remember(pid_tgid as u32, pending);
     0
@@ -115,9 +102,7 @@ pub fn syscalls_enter_accept(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn syscalls_exit_accept(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(p) = recall(pid_tgid as u32) else {
-        return 0;
-    };
+    let Some(p) = recall(pid_tgid as u32) else { return 0 };
     if p.kind != kind::ACCEPT {
         return 0;
     }
@@ -132,10 +117,7 @@ pub fn syscalls_exit_accept(ctx: TracePointContext) -> u32 {
         has_peer: (family == AF_INET || family == AF_INET6) as u8,
         _pad: [0; 6],
     };
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd: fd as i32,
-    };
+    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd: fd as i32 };
     match CONNS.get_ptr_mut(&key) {
         // The entry of this fd's previous connection (see `phase::CLOSED`).
         // SAFETY: map value pointer from a successful lookup; the fd is this process's.
@@ -174,9 +156,7 @@ fn read_sockaddr(addr: u64) -> (u16, PeerKey) {
     // The first 16 bytes in one read: a sockaddr_in whole, or the start of a sockaddr_in6 (the
     // caller's buffer may be just a sockaddr_in, so no more is read unless the family says so).
     // SAFETY: user memory, read with the fault-tolerant helper.
-    let Ok(head) = (unsafe { bpf_probe_read_user(base as *const [u8; 16]) }) else {
-        return (0, peer);
-    };
+    let Ok(head) = (unsafe { bpf_probe_read_user(base as *const [u8; 16]) }) else { return (0, peer) };
     let family = u16::from_ne_bytes([head[0], head[1]]);
     // sin_port / sin6_port: big-endian u16 at offset 2 in both layouts.
     peer.port = u16::from_be_bytes([head[2], head[3]]);
@@ -187,8 +167,7 @@ fn read_sockaddr(addr: u64) -> (u16, PeerKey) {
             peer.addr[12..16].copy_from_slice(&head[4..8]);
         }
         AF_INET6 => {
-            peer.addr = unsafe { bpf_probe_read_user(base.wrapping_add(8) as *const [u8; 16]) }
-                .unwrap_or([0; 16]);
+            peer.addr = unsafe { bpf_probe_read_user(base.wrapping_add(8) as *const [u8; 16]) }.unwrap_or([0; 16]);
         }
         AF_UNIX => peer.port = 0,
         _ => {}
@@ -211,57 +190,25 @@ fn data_enter(ctx: &TracePointContext, buf_kind: u8, dir: u16) -> u32 {
     }
     let tid = pid_tgid as u32;
     let fd = arg(ctx, 0) as i32;
-    let sys = SysCtx {
-        nr: nr(ctx),
-        fd,
-        arg: 0,
-    };
+    let sys = SysCtx { nr: nr(ctx), fd, arg: 0 };
     // SAFETY: no preconditions.
     let now = || unsafe { bpf_ktime_get_ns() };
     // SAFETY: map value pointer from a successful lookup.
-    let conn_phase = CONNS
-        .get_ptr(ConnKey { tgid, fd })
-        .map(|c| unsafe { (*c).phase })
-        .filter(|&p| p != phase::CLOSED);
+    let conn_phase = CONNS.get_ptr(ConnKey { tgid, fd }).map(|c| unsafe { (*c).phase }).filter(|&p| p != phase::CLOSED);
     let pending = match conn_phase {
         Some(conn_phase) => {
-            let want = if dir == kind::READ {
-                phase::READING
-            } else {
-                phase::WRITING
-            };
+            let want = if dir == kind::READ { phase::READING } else { phase::WRITING };
             let first = conn_phase != want;
             if first && dir == kind::READ {
                 set_thread_bits(tid, thread::SERVING, 0);
             }
-            let buf = if buf_kind == buf_kind::NONE {
-                0
-            } else {
-                arg(ctx, 1)
-            };
-            let sys = SysCtx {
-                arg: CLIENT_CONN,
-                ..sys
-            };
-            Pending {
-                kind: dir,
-                buf_kind,
-                first: first as u8,
-                fd,
-                buf,
-                enter_ts: now(),
-                sys,
-            }
+            let buf = if buf_kind == buf_kind::NONE { 0 } else { arg(ctx, 1) };
+            let sys = SysCtx { arg: CLIENT_CONN, ..sys };
+            Pending { kind: dir, buf_kind, first: first as u8, fd, buf, enter_ts: now(), sys }
         }
-        None if thread_bits(tid) & thread::SERVING != 0 => Pending {
-            kind: kind::SYSCALL,
-            buf_kind: buf_kind::NONE,
-            first: 0,
-            fd,
-            buf: 0,
-            enter_ts: now(),
-            sys,
-        },
+        None if thread_bits(tid) & thread::SERVING != 0 => {
+            Pending { kind: kind::SYSCALL, buf_kind: buf_kind::NONE, first: 0, fd, buf: 0, enter_ts: now(), sys }
+        }
         None => return 0,
     };
     remember(tid, pending);
@@ -324,20 +271,12 @@ pub fn syscalls_enter_blocking(ctx: TracePointContext) -> u32 {
     let nr = nr(&ctx);
     let a0 = arg(&ctx, 0);
     let sys = match nr {
-        NR_FUTEX => SysCtx {
-            nr,
-            fd: -1,
-            arg: a0,
-        },
+        NR_FUTEX => SysCtx { nr, fd: -1, arg: a0 },
         NR_POLL | NR_PPOLL => {
             let nfds = arg_any(&ctx, 1);
             // struct pollfd { int fd; short events, revents; }: the first fd names the wait.
             // SAFETY: user memory, fault-tolerant read.
-            let fd = if nfds > 0 {
-                unsafe { bpf_probe_read_user(a0 as *const i32) }.unwrap_or(-1)
-            } else {
-                -1
-            };
+            let fd = if nfds > 0 { unsafe { bpf_probe_read_user(a0 as *const i32) }.unwrap_or(-1) } else { -1 };
             SysCtx { nr, fd, arg: nfds }
         }
         NR_SELECT | NR_PSELECT6 => {
@@ -354,11 +293,7 @@ pub fn syscalls_enter_blocking(ctx: TracePointContext) -> u32 {
             }
             SysCtx { nr, fd, arg: a0 }
         }
-        _ => SysCtx {
-            nr,
-            fd: a0 as i32,
-            arg: arg_any(&ctx, 3),
-        },
+        _ => SysCtx { nr, fd: a0 as i32, arg: arg_any(&ctx, 3) },
     };
     let pending = Pending {
         kind: kind::SYSCALL,
@@ -402,9 +337,7 @@ fn read_iovec(iov: u64) -> Option<(u64, u64)> {
 #[tracepoint]
 pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(p) = recall(pid_tgid as u32) else {
-        return 0;
-    };
+    let Some(p) = recall(pid_tgid as u32) else { return 0 };
     let n = ret(&ctx);
     if p.kind == kind::SYSCALL {
         emit_syscall(&p, n, pid_tgid);
@@ -417,13 +350,8 @@ pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     if n < 0 || (n == 0 && p.kind == kind::WRITE) {
         return 0;
     }
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd: p.fd,
-    };
-    let Some(conn) = CONNS.get_ptr_mut(key) else {
-        return 0;
-    };
+    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd: p.fd };
+    let Some(conn) = CONNS.get_ptr_mut(key) else { return 0 };
     // SAFETY: map value pointer from a successful lookup; only this thread's syscall on this fd
     // updates the phase here, and a racing update is harmless (one extra or missing payload).
     let conn = unsafe { &mut *conn };
@@ -450,15 +378,7 @@ pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     }
 
     let base = DataEvent {
-        hdr: header(
-            p.kind,
-            if p.buf_kind == buf_kind::NONE {
-                data_flag::NO_BUFFER
-            } else {
-                0
-            },
-            pid_tgid,
-        ),
+        hdr: header(p.kind, if p.buf_kind == buf_kind::NONE { data_flag::NO_BUFFER } else { 0 }, pid_tgid),
         fd: p.fd,
         payload_len: 0,
         ret: n,
@@ -489,20 +409,13 @@ fn emit_syscall(p: &Pending, ret: i64, pid_tgid: u64) {
         count(counter::RINGBUF_FULL);
         return;
     };
-    entry.write(SyscallEvent {
-        hdr: header(kind::SYSCALL, 0, pid_tgid),
-        sys: p.sys,
-        enter_ts: p.enter_ts,
-        ret,
-    });
+    entry.write(SyscallEvent { hdr: header(kind::SYSCALL, 0, pid_tgid), sys: p.sys, enter_ts: p.enter_ts, ret });
     entry.submit(SUBMIT_FLAGS);
 }
 
 #[inline(always)]
 fn starts_response(p: &Pending) -> bool {
-    let Some((addr, _)) = first_buffer(p) else {
-        return false;
-    };
+    let Some((addr, _)) = first_buffer(p) else { return false };
     // SAFETY: user memory, fault-tolerant read.
     unsafe { bpf_probe_read_user(addr as *const [u8; 7]) }.is_ok_and(|b| &b == b"HTTP/1.")
 }
@@ -549,9 +462,7 @@ pub fn syscalls_enter_close(ctx: TracePointContext) -> u32 {
     }
     let fd = arg(&ctx, 0) as i32;
     let key = ConnKey { tgid, fd };
-    let Some(conn) = CONNS.get_ptr_mut(key) else {
-        return 0;
-    };
+    let Some(conn) = CONNS.get_ptr_mut(key) else { return 0 };
     // SAFETY: map value pointer from a successful lookup.
     unsafe {
         if (*conn).phase == phase::CLOSED {
@@ -565,11 +476,7 @@ pub fn syscalls_enter_close(ctx: TracePointContext) -> u32 {
         count(counter::RINGBUF_FULL);
         return 0;
     };
-    entry.write(CloseEvent {
-        hdr: header(kind::CLOSE, 0, pid_tgid),
-        fd,
-        _pad: 0,
-    });
+    entry.write(CloseEvent { hdr: header(kind::CLOSE, 0, pid_tgid), fd, _pad: 0 });
     entry.submit(SUBMIT_FLAGS);
     0
 }

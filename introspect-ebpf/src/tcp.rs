@@ -38,14 +38,10 @@ pub fn tcp_tcp_probe(ctx: TracePointContext) -> u32 {
     }
     let family = field::at::<u16>(&ctx, off.tcp_probe_family, USUAL_FAMILY);
     let dport = field::at::<u16>(&ctx, off.tcp_probe_dport, USUAL_DPORT);
-    let mut peer = PeerKey {
-        port: dport,
-        ..PeerKey::default()
-    };
+    let mut peer = PeerKey { port: dport, ..PeerKey::default() };
     // daddr is a struct sockaddr_in (address at offset 4) or sockaddr_in6 (address at offset 8);
     // read as aligned u32 words, in memory order.
-    let word =
-        |i: u16| field::at::<u32>(&ctx, off.tcp_probe_daddr + i, USUAL_DADDR + i).to_ne_bytes();
+    let word = |i: u16| field::at::<u32>(&ctx, off.tcp_probe_daddr + i, USUAL_DADDR + i).to_ne_bytes();
     match family {
         AF_INET => {
             peer.addr[10] = 0xff;

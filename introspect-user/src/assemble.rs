@@ -114,22 +114,12 @@ pub struct Assembler {
 
 impl Assembler {
     pub fn new(threshold_ns: u64) -> Self {
-        Self {
-            conns: HashMap::new(),
-            threshold_ns,
-            stats: AssemblerStats::default(),
-        }
+        Self { conns: HashMap::new(), threshold_ns, stats: AssemblerStats::default() }
     }
 
     /// A connection that was already open when watching started.
     pub fn seed_conn(&mut self, tgid: u32, fd: i32, peer: Option<SocketAddr>) {
-        self.conns.insert(
-            (tgid, fd),
-            Conn {
-                peer,
-                ..Conn::default()
-            },
-        );
+        self.conns.insert((tgid, fd), Conn { peer, ..Conn::default() });
     }
 
     pub fn open_requests(&self) -> usize {
@@ -143,65 +133,26 @@ impl Assembler {
                     // The fd was reused without a close we saw: whatever was open there ended.
                     self.end(hdr.tgid, old, hdr.ts, EndReason::Delimited, out);
                 }
-                self.conns.insert(
-                    (hdr.tgid, *fd),
-                    Conn {
-                        peer: *peer,
-                        ..Conn::default()
-                    },
-                );
+                self.conns.insert((hdr.tgid, *fd), Conn { peer: *peer, ..Conn::default() });
             }
-            Event::Data {
-                hdr,
-                dir: Dir::Read,
-                fd,
-                bytes,
-                enter_ts,
-                arrival_ts,
-                head,
-                comm,
-                ..
-            } => self.on_read(
-                hdr,
-                *fd,
-                *bytes,
-                *enter_ts,
-                *arrival_ts,
-                head.as_ref(),
-                comm.as_deref(),
-                out,
-            ),
-            Event::Data {
-                hdr,
-                dir: Dir::Write,
-                fd,
-                bytes,
-                head,
-                ..
-            } => self.on_write(hdr, *fd, *bytes, head.as_ref(), out),
+            Event::Data { hdr, dir: Dir::Read, fd, bytes, enter_ts, arrival_ts, head, comm, .. } => {
+                self.on_read(hdr, *fd, *bytes, *enter_ts, *arrival_ts, head.as_ref(), comm.as_deref(), out)
+            }
+            Event::Data { hdr, dir: Dir::Write, fd, bytes, head, .. } => self.on_write(hdr, *fd, *bytes, head.as_ref(), out),
             Event::Close { hdr, fd } => {
                 if let Some(conn) = self.conns.remove(&(hdr.tgid, *fd)) {
                     self.end(hdr.tgid, conn, hdr.ts, EndReason::Delimited, out);
                 }
             }
             Event::Exit { hdr, pid } => {
-                let keys: Vec<_> = self
-                    .conns
-                    .keys()
-                    .filter(|(tgid, _)| tgid == pid)
-                    .copied()
-                    .collect();
+                let keys: Vec<_> = self.conns.keys().filter(|(tgid, _)| tgid == pid).copied().collect();
                 for key in keys {
                     if let Some(conn) = self.conns.remove(&key) {
                         self.end(*pid, conn, hdr.ts, EndReason::ProcessExit, out);
                     }
                 }
             }
-            Event::Fork { .. }
-            | Event::OffCpu { .. }
-            | Event::Syscall { .. }
-            | Event::Stack { .. }
-            | Event::Slow { .. } => {}
+            Event::Fork { .. } | Event::OffCpu { .. } | Event::Syscall { .. } | Event::Stack { .. } | Event::Slow { .. } => {}
         }
     }
 
@@ -224,15 +175,7 @@ impl Assembler {
             if conn.open.as_ref().is_some_and(|o| o.wrote)
                 && let Some(open) = conn.open.take()
             {
-                Self::finish(
-                    hdr.tgid,
-                    conn,
-                    open,
-                    EndReason::Delimited,
-                    None,
-                    &mut self.stats,
-                    out,
-                );
+                Self::finish(hdr.tgid, conn, open, EndReason::Delimited, None, &mut self.stats, out);
             }
             return;
         }
@@ -240,15 +183,7 @@ impl Assembler {
             Some(Head::Request(req)) => {
                 if let Some(prev) = conn.open.take() {
                     // The next request on a keep-alive connection delimits the previous one.
-                    Self::finish(
-                        hdr.tgid,
-                        conn,
-                        prev,
-                        EndReason::Delimited,
-                        Some(hdr.ts),
-                        &mut self.stats,
-                        out,
-                    );
+                    Self::finish(hdr.tgid, conn, prev, EndReason::Delimited, Some(hdr.ts), &mut self.stats, out);
                 }
                 // The arrival belongs to this request only if it came after the previous one ended.
                 let arrival = arrival_ts.filter(|&a| a >= conn.last_end_ns && a <= hdr.ts);
@@ -280,20 +215,9 @@ impl Assembler {
         }
     }
 
-    fn on_write(
-        &mut self,
-        hdr: &Hdr,
-        fd: i32,
-        bytes: u64,
-        head: Option<&Head>,
-        out: &mut Vec<Request>,
-    ) {
-        let Some(conn) = self.conns.get_mut(&(hdr.tgid, fd)) else {
-            return;
-        };
-        let Some(open) = conn.open.as_mut() else {
-            return;
-        };
+    fn on_write(&mut self, hdr: &Hdr, fd: i32, bytes: u64, head: Option<&Head>, out: &mut Vec<Request>) {
+        let Some(conn) = self.conns.get_mut(&(hdr.tgid, fd)) else { return };
+        let Some(open) = conn.open.as_mut() else { return };
         open.bytes_out += bytes;
         open.last_write_ns = hdr.ts;
         open.wrote = true;
@@ -314,37 +238,14 @@ impl Assembler {
             .and_then(|r| r.total_len(head_request))
             .is_some_and(|total| open.response_bytes >= total);
         if done && let Some(open) = conn.open.take() {
-            Self::finish(
-                hdr.tgid,
-                conn,
-                open,
-                EndReason::Complete,
-                None,
-                &mut self.stats,
-                out,
-            );
+            Self::finish(hdr.tgid, conn, open, EndReason::Complete, None, &mut self.stats, out);
         }
     }
 
     /// Ends what is open on a connection that is going away at `ts`.
-    fn end(
-        &mut self,
-        tgid: u32,
-        mut conn: Conn,
-        ts: u64,
-        reason: EndReason,
-        out: &mut Vec<Request>,
-    ) {
+    fn end(&mut self, tgid: u32, mut conn: Conn, ts: u64, reason: EndReason, out: &mut Vec<Request>) {
         if let Some(open) = conn.open.take() {
-            Self::finish(
-                tgid,
-                &mut conn,
-                open,
-                reason,
-                Some(ts),
-                &mut self.stats,
-                out,
-            );
+            Self::finish(tgid, &mut conn, open, reason, Some(ts), &mut self.stats, out);
         }
     }
 
@@ -385,9 +286,7 @@ impl Assembler {
     /// Requests that crossed the threshold since the last tick, once each.
     pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Inflight>) {
         for (&(tgid, _), conn) in &mut self.conns {
-            let Some(open) = conn.open.as_mut() else {
-                continue;
-            };
+            let Some(open) = conn.open.as_mut() else { continue };
             if open.inflight_sent || now_ns.saturating_sub(open.start_ns) < self.threshold_ns {
                 continue;
             }
@@ -425,13 +324,7 @@ mod tests {
     }
 
     fn accept(fd: i32, ts: u64) -> Event {
-        Event::Accept {
-            hdr: h(T, ts),
-            fd,
-            listen_fd: 3,
-            peer: Some("10.0.0.9:4242".parse().unwrap()),
-            enter_ts: ts - 1,
-        }
+        Event::Accept { hdr: h(T, ts), fd, listen_fd: 3, peer: Some("10.0.0.9:4242".parse().unwrap()), enter_ts: ts - 1 }
     }
 
     fn req(tid: u32, fd: i32, ts: u64, arrival: Option<u64>, method: &str, path: &str) -> Event {
@@ -442,24 +335,13 @@ mod tests {
             bytes: 80,
             enter_ts: ts - 5,
             arrival_ts: arrival,
-            head: Some(Head::Request(RequestHead {
-                method: method.into(),
-                target: path.into(),
-            })),
+            head: Some(Head::Request(RequestHead { method: method.into(), target: path.into() })),
             comm: Some("gunicorn".into()),
             nr: 0,
         }
     }
 
-    fn resp(
-        tid: u32,
-        fd: i32,
-        ts: u64,
-        status: u16,
-        head_len: u64,
-        body: BodyLen,
-        bytes: u64,
-    ) -> Event {
+    fn resp(tid: u32, fd: i32, ts: u64, status: u16, head_len: u64, body: BodyLen, bytes: u64) -> Event {
         Event::Data {
             hdr: h(tid, ts),
             dir: Dir::Write,
@@ -467,28 +349,14 @@ mod tests {
             bytes,
             enter_ts: ts - 5,
             arrival_ts: None,
-            head: Some(Head::Response(ResponseHead {
-                status,
-                head_len: Some(head_len),
-                body,
-            })),
+            head: Some(Head::Response(ResponseHead { status, head_len: Some(head_len), body })),
             comm: Some("gunicorn".into()),
             nr: 0,
         }
     }
 
     fn write(tid: u32, fd: i32, ts: u64, bytes: u64) -> Event {
-        Event::Data {
-            hdr: h(tid, ts),
-            dir: Dir::Write,
-            fd,
-            bytes,
-            enter_ts: ts - 5,
-            arrival_ts: None,
-            head: None,
-            comm: None,
-            nr: 1,
-        }
+        Event::Data { hdr: h(tid, ts), dir: Dir::Write, fd, bytes, enter_ts: ts - 5, arrival_ts: None, head: None, comm: None, nr: 1 }
     }
 
     fn run(events: &[Event]) -> (Vec<Request>, Assembler) {
@@ -507,21 +375,12 @@ mod tests {
             req(101, 7, 2_000, Some(1_500), "GET", "/a"),
             resp(102, 7, 3_000, 200, 100, BodyLen::Length(50), 100),
             write(102, 7, 4_000, 50),
-            Event::Close {
-                hdr: h(102, 9_000),
-                fd: 7,
-            },
+            Event::Close { hdr: h(102, 9_000), fd: 7 },
         ]);
         assert_eq!(out.len(), 1);
         let r = &out[0];
-        assert_eq!(
-            (r.start_ns, r.end_ns, r.queue_ns, r.tid, r.status),
-            (1_500, 4_000, 1_995 - 1_500, 102, Some(200))
-        );
-        assert_eq!(
-            (r.bytes_in, r.bytes_out, r.end),
-            (80, 150, EndReason::Complete)
-        );
+        assert_eq!((r.start_ns, r.end_ns, r.queue_ns, r.tid, r.status), (1_500, 4_000, 1_995 - 1_500, 102, Some(200)));
+        assert_eq!((r.bytes_in, r.bytes_out, r.end), (80, 150, EndReason::Complete));
     }
 
     #[test]
@@ -552,16 +411,10 @@ mod tests {
             accept(7, 1_000),
             req(101, 7, 2_000, None, "POST", "/slow"),
             accept(8, 2_500),
-            Event::Exit {
-                hdr: h(T, 50_000),
-                pid: T,
-            },
+            Event::Exit { hdr: h(T, 50_000), pid: T },
         ]);
         assert_eq!(out.len(), 1);
-        assert_eq!(
-            (out[0].status, out[0].start_ns, out[0].end_ns, out[0].end),
-            (None, 2_000, 50_000, EndReason::ProcessExit)
-        );
+        assert_eq!((out[0].status, out[0].start_ns, out[0].end_ns, out[0].end), (None, 2_000, 50_000, EndReason::ProcessExit));
         assert_eq!(a.open_requests(), 0);
     }
 
@@ -574,10 +427,7 @@ mod tests {
             resp(101, 7, 4_000, 200, 90, BodyLen::Length(1_000), 90),
         ]);
         assert_eq!(out.len(), 1);
-        assert_eq!(
-            (out[0].status, out[0].end_ns, out[0].bytes_out),
-            (Some(200), 4_000, 115)
-        );
+        assert_eq!((out[0].status, out[0].end_ns, out[0].bytes_out), (Some(200), 4_000, 115));
     }
 
     #[test]
@@ -593,14 +443,7 @@ mod tests {
             comm: None,
             nr: 0,
         };
-        let (out, a) = run(&[
-            accept(7, 1_000),
-            other,
-            Event::Close {
-                hdr: h(101, 3_000),
-                fd: 7,
-            },
-        ]);
+        let (out, a) = run(&[accept(7, 1_000), other, Event::Close { hdr: h(101, 3_000), fd: 7 }]);
         assert!(out.is_empty());
         assert_eq!(a.stats.non_http_phases, 1);
     }

@@ -110,13 +110,7 @@ fn overlap(a0: u64, a1: u64, b0: u64, b1: u64) -> u64 {
 /// Classifies the blocked part of an interval; `ret` is the return value of the syscall it was in,
 /// when known (a poll that returned 0 timed out with no fd ready: a sleep).
 pub fn classify(off: &OffCpu, ret: Option<i64>) -> Category {
-    let disk_if_d = || {
-        if off.state == STATE_UNINTERRUPTIBLE {
-            Category::Disk
-        } else {
-            Category::Other
-        }
-    };
+    let disk_if_d = || if off.state == STATE_UNINTERRUPTIBLE { Category::Disk } else { Category::Other };
     let by_fd = || match &off.facts.fd {
         Some(FdKind::Socket { peer }) => Category::Net { peer: peer.clone() },
         Some(FdKind::File) => Category::Disk,
@@ -130,26 +124,13 @@ pub fn classify(off: &OffCpu, ret: Option<i64>) -> Category {
         nr::FUTEX if off.facts.gil => Category::Gil,
         nr::FUTEX => Category::Lock,
         nr::NANOSLEEP | nr::CLOCK_NANOSLEEP => Category::Sleep,
-        nr::POLL | nr::PPOLL | nr::SELECT | nr::PSELECT6 if sys.arg == 0 || ret == Some(0) => {
-            Category::Sleep
-        }
+        nr::POLL | nr::PPOLL | nr::SELECT | nr::PSELECT6 if sys.arg == 0 || ret == Some(0) => Category::Sleep,
         nr::POLL | nr::PPOLL | nr::SELECT | nr::PSELECT6 => by_fd(),
         nr::EPOLL_WAIT | nr::EPOLL_PWAIT if ret == Some(0) => Category::Sleep,
         nr::FSYNC | nr::FDATASYNC => Category::Disk,
         nr::CONNECT | nr::ACCEPT | nr::ACCEPT4 => by_fd(),
-        nr::READ
-        | nr::WRITE
-        | nr::PREAD64
-        | nr::PWRITE64
-        | nr::READV
-        | nr::WRITEV
-        | nr::PREADV
-        | nr::PWRITEV
-        | nr::SENDFILE
-        | nr::SENDTO
-        | nr::RECVFROM
-        | nr::SENDMSG
-        | nr::RECVMSG => by_fd(),
+        nr::READ | nr::WRITE | nr::PREAD64 | nr::PWRITE64 | nr::READV | nr::WRITEV | nr::PREADV | nr::PWRITEV
+        | nr::SENDFILE | nr::SENDTO | nr::RECVFROM | nr::SENDMSG | nr::RECVMSG => by_fd(),
         _ => disk_if_d(),
     }
 }
@@ -201,64 +182,24 @@ const TOP_SYSCALLS: usize = 8;
 impl Timeline {
     pub fn observe(&mut self, ev: &Event) {
         let (tid, entry) = match ev {
-            Event::OffCpu {
-                hdr,
-                out_ts,
-                wake_ts,
-                state,
-                sys,
-                facts,
-            } => {
-                let off = OffCpu {
-                    out_ts: *out_ts,
-                    wake_ts: *wake_ts,
-                    in_ts: hdr.ts,
-                    state: *state,
-                    sys: *sys,
-                    facts: facts.clone(),
-                };
+            Event::OffCpu { hdr, out_ts, wake_ts, state, sys, facts } => {
+                let off = OffCpu { out_ts: *out_ts, wake_ts: *wake_ts, in_ts: hdr.ts, state: *state, sys: *sys, facts: facts.clone() };
                 let log = self.threads.entry(hdr.tid).or_default();
                 log.offcpu.push_back(off);
                 (hdr.tid, log.offcpu.len())
             }
-            Event::Syscall {
-                hdr,
-                sys,
-                enter_ts,
-                ret,
-            } => {
+            Event::Syscall { hdr, sys, enter_ts, ret } => {
                 let log = self.threads.entry(hdr.tid).or_default();
-                log.syscalls.push_back(SysRec {
-                    nr: sys.nr,
-                    enter_ts: *enter_ts,
-                    exit_ts: hdr.ts,
-                    ret: *ret,
-                });
+                log.syscalls.push_back(SysRec { nr: sys.nr, enter_ts: *enter_ts, exit_ts: hdr.ts, ret: *ret });
                 (hdr.tid, log.syscalls.len())
             }
             // Reads and writes on the client connection are syscalls of the request too.
-            Event::Data {
-                hdr,
-                enter_ts,
-                bytes,
-                nr,
-                ..
-            } => {
+            Event::Data { hdr, enter_ts, bytes, nr, .. } => {
                 let log = self.threads.entry(hdr.tid).or_default();
-                log.syscalls.push_back(SysRec {
-                    nr: *nr,
-                    enter_ts: *enter_ts,
-                    exit_ts: hdr.ts,
-                    ret: *bytes as i64,
-                });
+                log.syscalls.push_back(SysRec { nr: *nr, enter_ts: *enter_ts, exit_ts: hdr.ts, ret: *bytes as i64 });
                 (hdr.tid, log.syscalls.len())
             }
-            Event::Exit { .. }
-            | Event::Accept { .. }
-            | Event::Close { .. }
-            | Event::Fork { .. }
-            | Event::Stack { .. }
-            | Event::Slow { .. } => {
+            Event::Exit { .. } | Event::Accept { .. } | Event::Close { .. } | Event::Fork { .. } | Event::Stack { .. } | Event::Slow { .. } => {
                 return;
             }
         };
@@ -317,14 +258,7 @@ impl Timeline {
 
     /// The breakdown of a request served by `tid` in `[start, end]` after `queue_ns` in the
     /// backlog. `open` is a wait still going on at `end` (for requests still running).
-    pub fn detail(
-        &self,
-        tid: u32,
-        start: u64,
-        end: u64,
-        queue_ns: u64,
-        open: Option<&OffCpu>,
-    ) -> Detail {
+    pub fn detail(&self, tid: u32, start: u64, end: u64, queue_ns: u64, open: Option<&OffCpu>) -> Detail {
         let empty = ThreadLog::default();
         let log = self.threads.get(&tid).unwrap_or(&empty);
         let mut ns: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -343,17 +277,12 @@ impl Timeline {
                 continue;
             }
             let ret = off.sys.and_then(|sys| {
-                log.syscalls
-                    .iter()
-                    .find(|s| s.nr == sys.nr && s.enter_ts <= off.out_ts && s.exit_ts >= off.in_ts)
-                    .map(|s| s.ret)
+                log.syscalls.iter().find(|s| s.nr == sys.nr && s.enter_ts <= off.out_ts && s.exit_ts >= off.in_ts).map(|s| s.ret)
             });
             let key = match classify(off, ret) {
                 Category::Disk => "disk_io",
                 Category::Net { peer } => {
-                    let p = peers
-                        .entry(peer.unwrap_or_else(|| "unknown".into()))
-                        .or_default();
+                    let p = peers.entry(peer.unwrap_or_else(|| "unknown".into())).or_default();
                     p.0 += blocked;
                     p.1 += 1;
                     "net_io"
@@ -379,14 +308,8 @@ impl Timeline {
             sleep: get("sleep"),
             other: get("other"),
         };
-        let mut net_peers: Vec<PeerWait> = peers
-            .into_iter()
-            .map(|(peer, (t, n))| PeerWait {
-                peer,
-                ms: ms(t),
-                round_trips: n,
-            })
-            .collect();
+        let mut net_peers: Vec<PeerWait> =
+            peers.into_iter().map(|(peer, (t, n))| PeerWait { peer, ms: ms(t), round_trips: n }).collect();
         net_peers.sort_by(|a, b| b.ms.total_cmp(&a.ms));
 
         let mut by_nr: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
@@ -398,21 +321,11 @@ impl Timeline {
                 e.1 += t;
             }
         }
-        let mut syscalls: Vec<SyscallStat> = by_nr
-            .into_iter()
-            .map(|(n, (count, t))| SyscallStat {
-                name: nr::name(n),
-                count,
-                ms: ms(t),
-            })
-            .collect();
+        let mut syscalls: Vec<SyscallStat> =
+            by_nr.into_iter().map(|(n, (count, t))| SyscallStat { name: nr::name(n), count, ms: ms(t) }).collect();
         syscalls.sort_by(|a, b| b.ms.total_cmp(&a.ms).then(b.count.cmp(&a.count)));
         syscalls.truncate(TOP_SYSCALLS);
-        Detail {
-            breakdown,
-            net_peers,
-            syscalls,
-        }
+        Detail { breakdown, net_peers, syscalls }
     }
 }
 
@@ -421,27 +334,8 @@ mod tests {
     use super::*;
     use crate::event::Hdr;
 
-    fn off(
-        tid: u32,
-        out: u64,
-        wake: u64,
-        inn: u64,
-        state: u32,
-        sys: Option<Sys>,
-        facts: WaitFacts,
-    ) -> Event {
-        Event::OffCpu {
-            hdr: Hdr {
-                tgid: 1,
-                tid,
-                ts: inn,
-            },
-            out_ts: out,
-            wake_ts: wake,
-            state,
-            sys,
-            facts,
-        }
+    fn off(tid: u32, out: u64, wake: u64, inn: u64, state: u32, sys: Option<Sys>, facts: WaitFacts) -> Event {
+        Event::OffCpu { hdr: Hdr { tgid: 1, tid, ts: inn }, out_ts: out, wake_ts: wake, state, sys, facts }
     }
 
     fn sys(nr: u32, fd: i32, arg: u64) -> Option<Sys> {
@@ -449,12 +343,7 @@ mod tests {
     }
 
     fn sock(peer: &str) -> WaitFacts {
-        WaitFacts {
-            fd: Some(FdKind::Socket {
-                peer: Some(peer.into()),
-            }),
-            gil: false,
-        }
+        WaitFacts { fd: Some(FdKind::Socket { peer: Some(peer.into()) }), gil: false }
     }
 
     #[test]
@@ -462,160 +351,32 @@ mod tests {
         let mut t = Timeline::default();
         let ms = 1_000_000;
         // Request window [100 ms, 1000 ms] after 20 ms of queue.
-        t.observe(&off(
-            7,
-            150 * ms,
-            350 * ms,
-            352 * ms,
-            1,
-            sys(nr::CLOCK_NANOSLEEP, -1, 0),
-            WaitFacts::default(),
-        ));
-        t.observe(&off(
-            7,
-            400 * ms,
-            600 * ms,
-            601 * ms,
-            1,
-            sys(nr::POLL, 9, 1),
-            sock("127.0.0.1:5432"),
-        ));
-        t.observe(&Event::Syscall {
-            hdr: Hdr {
-                tgid: 1,
-                tid: 7,
-                ts: 601 * ms,
-            },
-            sys: Sys {
-                nr: nr::POLL,
-                fd: 9,
-                arg: 1,
-            },
-            enter_ts: 399 * ms,
-            ret: 1,
-        });
-        t.observe(&off(
-            7,
-            650 * ms,
-            700 * ms,
-            710 * ms,
-            1,
-            sys(nr::FUTEX, -1, 0x1000),
-            WaitFacts {
-                fd: None,
-                gil: true,
-            },
-        ));
-        t.observe(&off(
-            7,
-            720 * ms,
-            730 * ms,
-            731 * ms,
-            1,
-            sys(nr::FUTEX, -1, 0x2000),
-            WaitFacts::default(),
-        ));
-        t.observe(&off(
-            7,
-            800 * ms,
-            800 * ms,
-            850 * ms,
-            0,
-            None,
-            WaitFacts::default(),
-        ));
-        t.observe(&off(
-            7,
-            860 * ms,
-            900 * ms,
-            900 * ms,
-            2,
-            None,
-            WaitFacts::default(),
-        ));
+        t.observe(&off(7, 150 * ms, 350 * ms, 352 * ms, 1, sys(nr::CLOCK_NANOSLEEP, -1, 0), WaitFacts::default()));
+        t.observe(&off(7, 400 * ms, 600 * ms, 601 * ms, 1, sys(nr::POLL, 9, 1), sock("127.0.0.1:5432")));
+        t.observe(&Event::Syscall { hdr: Hdr { tgid: 1, tid: 7, ts: 601 * ms }, sys: Sys { nr: nr::POLL, fd: 9, arg: 1 }, enter_ts: 399 * ms, ret: 1 });
+        t.observe(&off(7, 650 * ms, 700 * ms, 710 * ms, 1, sys(nr::FUTEX, -1, 0x1000), WaitFacts { fd: None, gil: true }));
+        t.observe(&off(7, 720 * ms, 730 * ms, 731 * ms, 1, sys(nr::FUTEX, -1, 0x2000), WaitFacts::default()));
+        t.observe(&off(7, 800 * ms, 800 * ms, 850 * ms, 0, None, WaitFacts::default()));
+        t.observe(&off(7, 860 * ms, 900 * ms, 900 * ms, 2, None, WaitFacts::default()));
         // Outside the window: ignored.
-        t.observe(&off(
-            7,
-            10 * ms,
-            50 * ms,
-            60 * ms,
-            1,
-            None,
-            WaitFacts::default(),
-        ));
+        t.observe(&off(7, 10 * ms, 50 * ms, 60 * ms, 1, None, WaitFacts::default()));
         let d = t.detail(7, 100 * ms, 1000 * ms, 20 * ms, None);
         let b = d.breakdown;
-        assert_eq!(
-            (
-                b.queue, b.sleep, b.net_io, b.gil, b.lock, b.disk_io, b.other
-            ),
-            (20.0, 200.0, 200.0, 50.0, 10.0, 40.0, 0.0)
-        );
+        assert_eq!((b.queue, b.sleep, b.net_io, b.gil, b.lock, b.disk_io, b.other), (20.0, 200.0, 200.0, 50.0, 10.0, 40.0, 0.0));
         assert_eq!(b.runqueue, 2.0 + 1.0 + 10.0 + 1.0 + 50.0);
-        let total = b.queue
-            + b.on_cpu
-            + b.runqueue
-            + b.disk_io
-            + b.net_io
-            + b.lock
-            + b.gil
-            + b.sleep
-            + b.other;
+        let total = b.queue + b.on_cpu + b.runqueue + b.disk_io + b.net_io + b.lock + b.gil + b.sleep + b.other;
         assert!((total - 920.0).abs() < 1e-6, "{b:?}");
-        assert_eq!(
-            d.net_peers,
-            vec![PeerWait {
-                peer: "127.0.0.1:5432".into(),
-                ms: 200.0,
-                round_trips: 1
-            }]
-        );
-        assert_eq!(
-            d.syscalls[0],
-            SyscallStat {
-                name: "poll".into(),
-                count: 1,
-                ms: 202.0
-            }
-        );
+        assert_eq!(d.net_peers, vec![PeerWait { peer: "127.0.0.1:5432".into(), ms: 200.0, round_trips: 1 }]);
+        assert_eq!(d.syscalls[0], SyscallStat { name: "poll".into(), count: 1, ms: 202.0 });
     }
 
     #[test]
     fn poll_timeouts_and_fdless_selects_are_sleep() {
         let mut t = Timeline::default();
         let ms = 1_000_000;
-        t.observe(&off(
-            3,
-            10 * ms,
-            20 * ms,
-            21 * ms,
-            1,
-            sys(nr::SELECT, -1, 0),
-            WaitFacts::default(),
-        ));
-        t.observe(&off(
-            3,
-            30 * ms,
-            40 * ms,
-            41 * ms,
-            1,
-            sys(nr::POLL, 5, 1),
-            sock("10.0.0.1:80"),
-        ));
-        t.observe(&Event::Syscall {
-            hdr: Hdr {
-                tgid: 1,
-                tid: 3,
-                ts: 41 * ms,
-            },
-            sys: Sys {
-                nr: nr::POLL,
-                fd: 5,
-                arg: 1,
-            },
-            enter_ts: 29 * ms,
-            ret: 0,
-        });
+        t.observe(&off(3, 10 * ms, 20 * ms, 21 * ms, 1, sys(nr::SELECT, -1, 0), WaitFacts::default()));
+        t.observe(&off(3, 30 * ms, 40 * ms, 41 * ms, 1, sys(nr::POLL, 5, 1), sock("10.0.0.1:80")));
+        t.observe(&Event::Syscall { hdr: Hdr { tgid: 1, tid: 3, ts: 41 * ms }, sys: Sys { nr: nr::POLL, fd: 5, arg: 1 }, enter_ts: 29 * ms, ret: 0 });
         let d = t.detail(3, 0, 100 * ms, 0, None);
         assert_eq!(d.breakdown.sleep, 20.0);
         assert!(d.net_peers.is_empty());
@@ -624,17 +385,7 @@ mod tests {
     #[test]
     fn open_waits_count_for_requests_still_running() {
         let t = Timeline::default();
-        let open = OffCpu {
-            out_ts: 500,
-            wake_ts: 1_000_000,
-            in_ts: 1_000_000,
-            state: 2,
-            sys: sys(nr::READ, 4, 0),
-            facts: WaitFacts {
-                fd: Some(FdKind::File),
-                gil: false,
-            },
-        };
+        let open = OffCpu { out_ts: 500, wake_ts: 1_000_000, in_ts: 1_000_000, state: 2, sys: sys(nr::READ, 4, 0), facts: WaitFacts { fd: Some(FdKind::File), gil: false } };
         let d = t.detail(9, 0, 1_000_000, 0, Some(&open));
         assert_eq!(d.breakdown.disk_io, super::ms(1_000_000 - 500));
     }
@@ -653,53 +404,12 @@ mod tests {
     fn on_cpu_alone_equals_the_breakdowns() {
         let ms = 1_000_000;
         let mut t = Timeline::default();
-        t.observe(&off(
-            7,
-            100 * ms,
-            150 * ms,
-            160 * ms,
-            1,
-            sys(nr::FUTEX, -1, 8),
-            WaitFacts::default(),
-        ));
-        t.observe(&off(
-            7,
-            200 * ms,
-            200 * ms,
-            230 * ms,
-            STATE_RUNNING,
-            None,
-            WaitFacts::default(),
-        ));
-        t.observe(&off(
-            7,
-            300 * ms,
-            390 * ms,
-            391 * ms,
-            1,
-            sys(nr::POLL, 9, 1),
-            sock("10.0.0.2:5432"),
-        ));
-        t.observe(&off(
-            7,
-            50 * ms,
-            60 * ms,
-            120 * ms,
-            2,
-            None,
-            WaitFacts::default(),
-        ));
-        for (start, end) in [
-            (0, 500 * ms),
-            (110 * ms, 305 * ms),
-            (155 * ms, 156 * ms),
-            (400 * ms, 450 * ms),
-        ] {
-            assert_eq!(
-                t.on_cpu_ms(7, start, end),
-                t.detail(7, start, end, 0, None).breakdown.on_cpu,
-                "window {start}..{end}"
-            );
+        t.observe(&off(7, 100 * ms, 150 * ms, 160 * ms, 1, sys(nr::FUTEX, -1, 8), WaitFacts::default()));
+        t.observe(&off(7, 200 * ms, 200 * ms, 230 * ms, STATE_RUNNING, None, WaitFacts::default()));
+        t.observe(&off(7, 300 * ms, 390 * ms, 391 * ms, 1, sys(nr::POLL, 9, 1), sock("10.0.0.2:5432")));
+        t.observe(&off(7, 50 * ms, 60 * ms, 120 * ms, 2, None, WaitFacts::default()));
+        for (start, end) in [(0, 500 * ms), (110 * ms, 305 * ms), (155 * ms, 156 * ms), (400 * ms, 450 * ms)] {
+            assert_eq!(t.on_cpu_ms(7, start, end), t.detail(7, start, end, 0, None).breakdown.on_cpu, "window {start}..{end}");
         }
         assert_eq!(t.on_cpu_ms(8, 0, 10 * ms), 10.0);
     }

@@ -4,11 +4,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "introspect",
-    version,
-    about = "Which requests of a Python web app are slow, and why — seen from outside, with eBPF."
-)]
+#[command(name = "introspect", version, about = "Which requests of a Python web app are slow, and why — seen from outside, with eBPF.")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

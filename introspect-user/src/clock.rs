@@ -2,10 +2,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn now(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -35,16 +32,12 @@ impl Clock {
                 best = (b - a, r as i128 - ((a + b) / 2) as i128);
             }
         }
-        Self {
-            realtime_minus_mono: best.1,
-        }
+        Self { realtime_minus_mono: best.1 }
     }
 
     /// A fixed offset, for replays and tests.
     pub fn with_offset(realtime_minus_mono: i128) -> Self {
-        Self {
-            realtime_minus_mono,
-        }
+        Self { realtime_minus_mono }
     }
 
     pub fn wall(&self, mono_ns: u64) -> SystemTime {

@@ -40,9 +40,7 @@ impl Enricher {
         let g = match found {
             Ok(range) => Some(range),
             Err(e) => {
-                self.warnings.push(format!(
-                    "process {pid}: GIL waits cannot be told from other lock waits: {e}"
-                ));
+                self.warnings.push(format!("process {pid}: GIL waits cannot be told from other lock waits: {e}"));
                 None
             }
         };
@@ -54,13 +52,8 @@ impl Enricher {
     /// classified for that process).
     pub fn needs_runtime(&self, ev: &Event) -> Option<u32> {
         match ev {
-            Event::OffCpu {
-                hdr,
-                sys: Some(sys),
-                ..
-            } if sys.arg != introspect_common::CLIENT_CONN
-                && sys.nr == crate::breakdown::nr::FUTEX
-                && !self.gil.contains_key(&hdr.tgid) =>
+            Event::OffCpu { hdr, sys: Some(sys), .. }
+                if sys.arg != introspect_common::CLIENT_CONN && sys.nr == crate::breakdown::nr::FUTEX && !self.gil.contains_key(&hdr.tgid) =>
             {
                 Some(hdr.tgid)
             }
@@ -74,77 +67,43 @@ impl Enricher {
         }
         let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
         let link = link.to_string_lossy();
-        Some(
-            if let Some(inode) = link
-                .strip_prefix("socket:[")
-                .and_then(|r| r.strip_suffix(']'))
-                .and_then(|i| i.parse::<u64>().ok())
-            {
-                if !self.peers.contains_key(&inode)
-                    && self
-                        .tables_read
-                        .is_none_or(|t| t.elapsed() >= TABLE_REFRESH)
-                {
-                    // A socket not seen before: refresh the tables (the process's network namespace).
-                    self.tables_read = Some(std::time::Instant::now());
-                    if self.peers.len() > MAX_PEERS {
-                        self.peers.clear();
-                    }
-                    for s in target::tcp_sockets(pid) {
-                        self.peers.insert(s.inode, Some(s.remote.to_string()));
-                    }
-                    for (ino, path) in target::unix_sockets(pid) {
-                        self.peers.insert(
-                            ino,
-                            Some(if path.is_empty() {
-                                "unix".to_string()
-                            } else {
-                                format!("unix:{path}")
-                            }),
-                        );
-                    }
-                    self.peers.entry(inode).or_insert(None);
+        Some(if let Some(inode) = link.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')).and_then(|i| i.parse::<u64>().ok()) {
+            if !self.peers.contains_key(&inode) && self.tables_read.is_none_or(|t| t.elapsed() >= TABLE_REFRESH) {
+                // A socket not seen before: refresh the tables (the process's network namespace).
+                self.tables_read = Some(std::time::Instant::now());
+                if self.peers.len() > MAX_PEERS {
+                    self.peers.clear();
                 }
-                FdKind::Socket {
-                    peer: self.peers.get(&inode).cloned().flatten(),
+                for s in target::tcp_sockets(pid) {
+                    self.peers.insert(s.inode, Some(s.remote.to_string()));
                 }
-            } else if link.starts_with("pipe:[") {
-                FdKind::Pipe
-            } else if link.starts_with('/') {
-                FdKind::File
-            } else {
-                FdKind::Other
-            },
-        )
+                for (ino, path) in target::unix_sockets(pid) {
+                    self.peers.insert(ino, Some(if path.is_empty() { "unix".to_string() } else { format!("unix:{path}") }));
+                }
+                self.peers.entry(inode).or_insert(None);
+            }
+            FdKind::Socket { peer: self.peers.get(&inode).cloned().flatten() }
+        } else if link.starts_with("pipe:[") {
+            FdKind::Pipe
+        } else if link.starts_with('/') {
+            FdKind::File
+        } else {
+            FdKind::Other
+        })
     }
 
     /// `runtime`: the Python runtime of the event's process, when `needs_runtime` asked for it.
     pub fn enrich(&mut self, ev: &mut Event, runtime: Option<&python::Runtime>) {
         match ev {
-            Event::OffCpu {
-                hdr,
-                sys: Some(sys),
-                facts,
-                ..
-            } => {
+            Event::OffCpu { hdr, sys: Some(sys), facts, .. } => {
                 *facts = if sys.arg == introspect_common::CLIENT_CONN {
                     // The request's own connection: the kernel already knows it is a socket.
-                    WaitFacts {
-                        fd: Some(FdKind::Socket {
-                            peer: Some("client".into()),
-                        }),
-                        gil: false,
-                    }
+                    WaitFacts { fd: Some(FdKind::Socket { peer: Some("client".into()) }), gil: false }
                 } else if sys.nr == crate::breakdown::nr::FUTEX {
-                    let gil = self
-                        .gil_of(hdr.tgid, runtime)
-                        .is_some_and(|(lo, hi)| (lo..hi).contains(&sys.arg));
+                    let gil = self.gil_of(hdr.tgid, runtime).is_some_and(|(lo, hi)| (lo..hi).contains(&sys.arg));
                     WaitFacts { fd: None, gil }
                 } else {
-                    WaitFacts {
-                        fd: self.fd_kind(hdr.tgid, sys.fd),
-                        gil: false,
-                    }
+                    WaitFacts { fd: self.fd_kind(hdr.tgid, sys.fd), gil: false }
                 };
             }
             // A forked worker has its parent's address space: the same GIL address.

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use introspect_common::{
     AcceptEvent, CloseEvent, DataEvent, DataPayloadEvent, EventHeader, NO_SYSCALL, OffCpuEvent,
-    PAYLOAD_MAX, PY_FRAMES_MAX, PeerKey, ProcEvent, StackEvent, SysCtx, SyscallEvent, data_flag,
-    kind, stack_flag,
+    PAYLOAD_MAX, PY_FRAMES_MAX, PeerKey, ProcEvent, StackEvent, SysCtx, SyscallEvent, data_flag, kind,
+    stack_flag,
 };
 use serde::{Deserialize, Serialize};
 
@@ -60,11 +60,7 @@ pub struct Sys {
 
 impl Sys {
     fn from_ctx(c: &SysCtx) -> Option<Self> {
-        (c.nr != NO_SYSCALL).then_some(Sys {
-            nr: c.nr,
-            fd: c.fd,
-            arg: c.arg,
-        })
+        (c.nr != NO_SYSCALL).then_some(Sys { nr: c.nr, fd: c.fd, arg: c.arg })
     }
 }
 
@@ -73,9 +69,7 @@ impl Sys {
 #[serde(rename_all = "snake_case")]
 pub enum FdKind {
     /// A socket, with its remote endpoint when it is TCP.
-    Socket {
-        peer: Option<String>,
-    },
+    Socket { peer: Option<String> },
     File,
     Pipe,
     Other,
@@ -93,13 +87,7 @@ pub struct WaitFacts {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 pub enum Event {
-    Accept {
-        hdr: Hdr,
-        fd: i32,
-        listen_fd: i32,
-        peer: Option<SocketAddr>,
-        enter_ts: u64,
-    },
+    Accept { hdr: Hdr, fd: i32, listen_fd: i32, peer: Option<SocketAddr>, enter_ts: u64 },
     Data {
         hdr: Hdr,
         dir: Dir,
@@ -115,10 +103,7 @@ pub enum Event {
         #[serde(default)]
         nr: u32,
     },
-    Close {
-        hdr: Hdr,
-        fd: i32,
-    },
+    Close { hdr: Hdr, fd: i32 },
     /// A serving thread was off the CPU: blocked from `out_ts` to `wake_ts`, runnable until
     /// `hdr.ts`.
     OffCpu {
@@ -132,12 +117,7 @@ pub enum Event {
         facts: WaitFacts,
     },
     /// A hooked syscall of a serving thread; `hdr.ts` is its return.
-    Syscall {
-        hdr: Hdr,
-        sys: Sys,
-        enter_ts: u64,
-        ret: i64,
-    },
+    Syscall { hdr: Hdr, sys: Sys, enter_ts: u64, ret: i64 },
     /// A stack of a thread serving a slow request: a CPU-clock sample (`on_cpu`), or taken as it
     /// left the CPU (`hdr.ts` is then that off-CPU interval's `out_ts`). The kernel's ids and raw
     /// Python frames are symbolized into `frames` by the live agent (and not recorded).
@@ -155,19 +135,9 @@ pub enum Event {
     /// A request on `hdr.tid` crossed the threshold and its stacks started being captured: the
     /// stack then, and since when it was off the CPU if it was. Written to recordings by the
     /// live agent, so replays reproduce stacks and profiles.
-    Slow {
-        hdr: Hdr,
-        stack: Vec<Frame>,
-        off_cpu_since: Option<u64>,
-    },
-    Fork {
-        hdr: Hdr,
-        child: u32,
-    },
-    Exit {
-        hdr: Hdr,
-        pid: u32,
-    },
+    Slow { hdr: Hdr, stack: Vec<Frame>, off_cpu_since: Option<u64> },
+    Fork { hdr: Hdr, child: u32 },
+    Exit { hdr: Hdr, pid: u32 },
 }
 
 impl Event {
@@ -188,21 +158,14 @@ impl Event {
 
 fn read<T: Copy>(buf: &[u8], kind: u16) -> Result<T, DecodeError> {
     if buf.len() < size_of::<T>() {
-        return Err(DecodeError::Short {
-            kind,
-            len: buf.len(),
-        });
+        return Err(DecodeError::Short { kind, len: buf.len() });
     }
     // SAFETY: length checked; T is a plain repr(C) type valid for any bit pattern.
     Ok(unsafe { std::ptr::read_unaligned(buf.as_ptr().cast::<T>()) })
 }
 
 fn hdr(h: &EventHeader) -> Hdr {
-    Hdr {
-        tgid: h.tgid,
-        tid: h.tid,
-        ts: h.ts,
-    }
+    Hdr { tgid: h.tgid, tid: h.tid, ts: h.ts }
 }
 
 pub fn peer_addr(family: u16, peer: &PeerKey) -> Option<SocketAddr> {
@@ -240,20 +203,14 @@ pub fn decode(buf: &[u8], keep_query: bool) -> Result<Event, DecodeError> {
         }
         kind::READ | kind::WRITE => {
             let d: DataEvent = read(buf, h.kind)?;
-            let dir = if h.kind == kind::READ {
-                Dir::Read
-            } else {
-                Dir::Write
-            };
+            let dir = if h.kind == kind::READ { Dir::Read } else { Dir::Write };
             let (head, comm) = if h.flags & data_flag::FIRST != 0 {
                 let p: DataPayloadEvent = read(buf, h.kind)?;
                 let len = (p.data.payload_len as usize).min(PAYLOAD_MAX);
                 let bytes = &p.payload[..len];
                 let head = match dir {
                     _ if len == 0 => Head::Other,
-                    Dir::Read => {
-                        http::parse_request(bytes, keep_query).map_or(Head::Other, Head::Request)
-                    }
+                    Dir::Read => http::parse_request(bytes, keep_query).map_or(Head::Other, Head::Request),
                     Dir::Write => http::parse_response(bytes).map_or(Head::Other, Head::Response),
                 };
                 (Some(head), Some(self::comm(&p.comm)))
@@ -287,11 +244,7 @@ pub fn decode(buf: &[u8], keep_query: bool) -> Result<Event, DecodeError> {
             let e: SyscallEvent = read(buf, h.kind)?;
             Event::Syscall {
                 hdr: hdr(&e.hdr),
-                sys: Sys {
-                    nr: e.sys.nr,
-                    fd: e.sys.fd,
-                    arg: e.sys.arg,
-                },
+                sys: Sys { nr: e.sys.nr, fd: e.sys.fd, arg: e.sys.arg },
                 enter_ts: e.enter_ts,
                 ret: e.ret,
             }
@@ -304,36 +257,21 @@ pub fn decode(buf: &[u8], keep_query: bool) -> Result<Event, DecodeError> {
                 on_cpu: e.hdr.flags & stack_flag::ON_CPU != 0,
                 kstack: e.kstack,
                 ustack: e.ustack,
-                raw: e.frames[..n]
-                    .iter()
-                    .map(|f| RawFrame {
-                        code: f.code,
-                        lasti: f.lasti,
-                    })
-                    .collect(),
+                raw: e.frames[..n].iter().map(|f| RawFrame { code: f.code, lasti: f.lasti }).collect(),
                 frames: Vec::new(),
             }
         }
         kind::CLOSE => {
             let e: CloseEvent = read(buf, h.kind)?;
-            Event::Close {
-                hdr: hdr(&e.hdr),
-                fd: e.fd,
-            }
+            Event::Close { hdr: hdr(&e.hdr), fd: e.fd }
         }
         kind::FORK => {
             let e: ProcEvent = read(buf, h.kind)?;
-            Event::Fork {
-                hdr: hdr(&e.hdr),
-                child: e.pid,
-            }
+            Event::Fork { hdr: hdr(&e.hdr), child: e.pid }
         }
         kind::EXIT => {
             let e: ProcEvent = read(buf, h.kind)?;
-            Event::Exit {
-                hdr: hdr(&e.hdr),
-                pid: e.pid,
-            }
+            Event::Exit { hdr: hdr(&e.hdr), pid: e.pid }
         }
         k => return Err(DecodeError::UnknownKind(k)),
     })
@@ -357,14 +295,7 @@ mod tests {
         comm[..8].copy_from_slice(b"gunicorn");
         let ev = DataPayloadEvent {
             data: DataEvent {
-                hdr: EventHeader {
-                    kind: kind::READ,
-                    flags: data_flag::FIRST,
-                    tgid: 10,
-                    tid: 11,
-                    _pad: 0,
-                    ts: 500,
-                },
+                hdr: EventHeader { kind: kind::READ, flags: data_flag::FIRST, tgid: 10, tid: 11, _pad: 0, ts: 500 },
                 fd: 7,
                 payload_len: req.len() as u32,
                 ret: req.len() as i64,
@@ -377,58 +308,25 @@ mod tests {
             payload,
         };
         let e = decode(&bytes_of(&ev), false).unwrap();
-        let Event::Data {
-            head: Some(Head::Request(r)),
-            comm,
-            arrival_ts,
-            bytes,
-            ..
-        } = &e
-        else {
-            panic!("{e:?}")
-        };
-        assert_eq!(
-            (r.method.as_str(), r.target.as_str()),
-            ("GET", "/sleep/200")
-        );
-        assert_eq!(
-            (comm.as_deref(), *arrival_ts, *bytes),
-            (Some("gunicorn"), Some(300), req.len() as u64)
-        );
+        let Event::Data { head: Some(Head::Request(r)), comm, arrival_ts, bytes, .. } = &e else { panic!("{e:?}") };
+        assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", "/sleep/200"));
+        assert_eq!((comm.as_deref(), *arrival_ts, *bytes), (Some("gunicorn"), Some(300), req.len() as u64));
         // Nothing of the headers survives decoding.
         assert!(!serde_json::to_string(&e).unwrap().contains("hunter2"));
     }
 
     #[test]
     fn short_and_unknown_records_are_errors() {
-        assert_eq!(
-            decode(&[1, 0, 0], false),
-            Err(DecodeError::Short { kind: 0, len: 3 })
-        );
-        let h = EventHeader {
-            kind: 99,
-            ..Default::default()
-        };
-        assert_eq!(
-            decode(&bytes_of(&h), false),
-            Err(DecodeError::UnknownKind(99))
-        );
-        let h = EventHeader {
-            kind: kind::ACCEPT,
-            ..Default::default()
-        };
-        assert!(matches!(
-            decode(&bytes_of(&h), false),
-            Err(DecodeError::Short { kind: 1, .. })
-        ));
+        assert_eq!(decode(&[1, 0, 0], false), Err(DecodeError::Short { kind: 0, len: 3 }));
+        let h = EventHeader { kind: 99, ..Default::default() };
+        assert_eq!(decode(&bytes_of(&h), false), Err(DecodeError::UnknownKind(99)));
+        let h = EventHeader { kind: kind::ACCEPT, ..Default::default() };
+        assert!(matches!(decode(&bytes_of(&h), false), Err(DecodeError::Short { kind: 1, .. })));
     }
 
     #[test]
     fn ipv4_mapped_peers_print_as_ipv4() {
-        let mut p = PeerKey {
-            port: 5432,
-            ..Default::default()
-        };
+        let mut p = PeerKey { port: 5432, ..Default::default() };
         p.addr[10] = 0xff;
         p.addr[11] = 0xff;
         p.addr[12..].copy_from_slice(&[127, 0, 0, 1]);

@@ -48,8 +48,7 @@ pub struct Flames {
 impl Flames {
     pub fn add(&mut self, method: &str, route: &str, profile: &[ProfileEntry]) {
         let label = format!("{method} {route}");
-        self.entries
-            .extend(profile.iter().map(|p| (label.clone(), p.clone())));
+        self.entries.extend(profile.iter().map(|p| (label.clone(), p.clone())));
     }
 
     /// Route labels that have profiles.
@@ -63,36 +62,22 @@ impl Flames {
     /// Folded lines (sorted, identical stacks merged), for one route or all.
     pub fn folded(&self, kind: Kind, route: Option<&str>) -> Vec<String> {
         let mut acc: BTreeMap<String, u64> = BTreeMap::new();
-        for (label, p) in self
-            .entries
-            .iter()
-            .filter(|(l, _)| route.is_none_or(|r| l == r || l.ends_with(&format!(" {r}"))))
-        {
+        for (label, p) in self.entries.iter().filter(|(l, _)| route.is_none_or(|r| l == r || l.ends_with(&format!(" {r}")))) {
             let on = (p.on_cpu_ms * 1000.0).round() as u64;
             let off = (p.off_cpu_ms * 1000.0).round() as u64;
-            let root_first =
-                || std::iter::once(label.clone()).chain(p.stack.iter().rev().map(frame_label));
+            let root_first = || std::iter::once(label.clone()).chain(p.stack.iter().rev().map(frame_label));
             if on > 0 && kind != Kind::Offcpu {
-                *acc.entry(root_first().collect::<Vec<_>>().join(";"))
-                    .or_default() += on;
+                *acc.entry(root_first().collect::<Vec<_>>().join(";")).or_default() += on;
             }
             if off > 0 && kind != Kind::Cpu {
                 let frames: Vec<String> = root_first()
                     .enumerate()
-                    .map(|(i, f)| {
-                        if i == 0 || kind == Kind::Offcpu {
-                            f
-                        } else {
-                            format!("{f}{OFF_CPU_SUFFIX}")
-                        }
-                    })
+                    .map(|(i, f)| if i == 0 || kind == Kind::Offcpu { f } else { format!("{f}{OFF_CPU_SUFFIX}") })
                     .collect();
                 *acc.entry(frames.join(";")).or_default() += off;
             }
         }
-        acc.into_iter()
-            .map(|(stack, n)| format!("{stack} {n}"))
-            .collect()
+        acc.into_iter().map(|(stack, n)| format!("{stack} {n}")).collect()
     }
 }
 
@@ -114,10 +99,7 @@ pub fn svg(folded: &[String], title: &str) -> anyhow::Result<Vec<u8>> {
 
 /// A file-name-safe form of a route label ("GET /users/{id}" → "GET_users_id").
 pub fn slug(label: &str) -> String {
-    let s: String = label
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
+    let s: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     let mut out = String::new();
     for part in s.split('_').filter(|p| !p.is_empty()) {
         if !out.is_empty() {
@@ -133,45 +115,19 @@ mod tests {
     use super::*;
 
     fn py(f: &str, line: u32) -> Frame {
-        Frame {
-            function: f.into(),
-            file: "app.py".into(),
-            line: Some(line),
-            kind: FrameKind::Python,
-        }
+        Frame { function: f.into(), file: "app.py".into(), line: Some(line), kind: FrameKind::Python }
     }
 
     #[test]
     fn folds_root_first_and_marks_off_cpu() {
         let mut fl = Flames::default();
-        let burn = ProfileEntry {
-            stack: vec![py("helper;cpu", 3), py("view", 9)],
-            on_cpu_ms: 12.5,
-            off_cpu_ms: 0.0,
-            samples: 1,
-        };
-        let k = Frame {
-            function: "schedule".into(),
-            file: String::new(),
-            line: None,
-            kind: FrameKind::Kernel,
-        };
-        let sleep = ProfileEntry {
-            stack: vec![k, py("sleep", 5), py("view", 9)],
-            on_cpu_ms: 0.0,
-            off_cpu_ms: 300.0,
-            samples: 0,
-        };
+        let burn = ProfileEntry { stack: vec![py("helper;cpu", 3), py("view", 9)], on_cpu_ms: 12.5, off_cpu_ms: 0.0, samples: 1 };
+        let k = Frame { function: "schedule".into(), file: String::new(), line: None, kind: FrameKind::Kernel };
+        let sleep = ProfileEntry { stack: vec![k, py("sleep", 5), py("view", 9)], on_cpu_ms: 0.0, off_cpu_ms: 300.0, samples: 0 };
         fl.add("GET", "/x/{id}", &[burn.clone(), sleep]);
         fl.add("GET", "/x/{id}", &[burn]);
-        assert_eq!(
-            fl.folded(Kind::Cpu, None),
-            vec!["GET /x/{id};view (app.py:9);helper:cpu (app.py:3) 25000"]
-        );
-        assert_eq!(
-            fl.folded(Kind::Offcpu, None),
-            vec!["GET /x/{id};view (app.py:9);sleep (app.py:5);schedule_[k] 300000"]
-        );
+        assert_eq!(fl.folded(Kind::Cpu, None), vec!["GET /x/{id};view (app.py:9);helper:cpu (app.py:3) 25000"]);
+        assert_eq!(fl.folded(Kind::Offcpu, None), vec!["GET /x/{id};view (app.py:9);sleep (app.py:5);schedule_[k] 300000"]);
         let wall = fl.folded(Kind::Wall, Some("/x/{id}"));
         assert_eq!(wall.len(), 2);
         assert!(wall.contains(&"GET /x/{id};view (app.py:9) [off-cpu];sleep (app.py:5) [off-cpu];schedule_[k] [off-cpu] 300000".to_string()));

@@ -31,19 +31,13 @@ pub struct Host {
 }
 
 /// The Python reader of a process, attached on first use.
-fn interp<'a>(
-    interps: &'a mut HashMap<u32, Option<Interp>>,
-    warnings: &mut Vec<String>,
-    pid: u32,
-) -> Option<&'a mut Interp> {
+fn interp<'a>(interps: &'a mut HashMap<u32, Option<Interp>>, warnings: &mut Vec<String>, pid: u32) -> Option<&'a mut Interp> {
     interps
         .entry(pid)
         .or_insert_with(|| match Interp::attach(pid) {
             Ok(i) => Some(i),
             Err(e) => {
-                warnings.push(format!(
-                    "process {pid}: no Python frames in its stacks: {e}"
-                ));
+                warnings.push(format!("process {pid}: no Python frames in its stacks: {e}"));
                 None
             }
         })
@@ -52,9 +46,7 @@ fn interp<'a>(
 
 /// Kernel frames that are the capture machinery itself, not what the thread was doing.
 fn is_capture_frame(f: &Frame) -> bool {
-    ["bpf_", "__bpf_", "__traceiter_", "perf_", "__perf_"]
-        .iter()
-        .any(|p| f.function.starts_with(p))
+    ["bpf_", "__bpf_", "__traceiter_", "perf_", "__perf_"].iter().any(|p| f.function.starts_with(p))
 }
 
 impl Host {
@@ -84,6 +76,7 @@ impl Host {
         self.now_ns = now_ns;
     }
 
+
     /// Wait facts for `ev`, with the process's Python runtime from its reader when they need it
     /// (one discovery of the runtime per process serves stacks and the GIL alike).
     fn enrich_facts(&mut self, ev: &mut Event) {
@@ -99,14 +92,7 @@ impl Host {
     pub fn enrich(&mut self, ev: &mut Event) {
         self.enrich_facts(ev);
         match ev {
-            Event::Stack {
-                hdr,
-                kstack,
-                ustack,
-                raw,
-                frames,
-                ..
-            } => {
+            Event::Stack { hdr, kstack, ustack, raw, frames, .. } => {
                 let mut out: Vec<Frame> = self.symbols.kernel(&self.probes.stack(*kstack));
                 let skip = out.iter().take_while(|f| is_capture_frame(f)).count();
                 out.drain(..skip);
@@ -137,17 +123,9 @@ impl Live for Host {
     fn open_wait(&mut self, tid: u32) -> Option<OffCpu> {
         let st = self.probes.offcpu(tid)?;
         let now = self.now_ns;
-        let sys = (st.sys.nr != NO_SYSCALL).then_some(Sys {
-            nr: st.sys.nr,
-            fd: st.sys.fd,
-            arg: st.sys.arg,
-        });
+        let sys = (st.sys.nr != NO_SYSCALL).then_some(Sys { nr: st.sys.nr, fd: st.sys.fd, arg: st.sys.arg });
         let mut ev = Event::OffCpu {
-            hdr: Hdr {
-                tgid: st.tgid,
-                tid,
-                ts: now,
-            },
+            hdr: Hdr { tgid: st.tgid, tid, ts: now },
             out_ts: st.out_ts,
             wake_ts: if st.wake_ts == 0 { now } else { st.wake_ts },
             state: st.state,
@@ -155,33 +133,15 @@ impl Live for Host {
             facts: WaitFacts::default(),
         };
         self.enrich_facts(&mut ev);
-        let Event::OffCpu {
-            out_ts,
-            wake_ts,
-            state,
-            sys,
-            facts,
-            ..
-        } = ev
-        else {
-            return None;
-        };
-        Some(OffCpu {
-            out_ts,
-            wake_ts,
-            in_ts: now,
-            state,
-            sys,
-            facts,
-        })
+        let Event::OffCpu { out_ts, wake_ts, state, sys, facts, .. } = ev else { return None };
+        Some(OffCpu { out_ts, wake_ts, in_ts: now, state, sys, facts })
     }
 
     fn slow(&mut self, r: &Inflight) -> Option<SlowStart> {
         let hz = self.sample_hz;
         // Read before the snapshot: if it is still off the CPU after, the snapshot is that wait's.
         let off = self.probes.offcpu(r.tid).map(|st| st.out_ts);
-        let found = interp(&mut self.interps, &mut self.warnings, r.pid)
-            .and_then(|i| Some((i.tstate_of(r.tid).ok()??, i)));
+        let found = interp(&mut self.interps, &mut self.warnings, r.pid).and_then(|i| Some((i.tstate_of(r.tid).ok()??, i)));
         let (tstate, interp) = match found {
             Some(x) => x,
             // Not a Python thread, or an interpreter this agent cannot read: kernel and native
@@ -191,39 +151,22 @@ impl Live for Host {
                 if let Some(pc) = snapshot::syscall_pc(r.pid, r.tid) {
                     stack.extend(self.symbols.user(r.pid, &[pc]));
                 }
-                return Some(SlowStart {
-                    stack,
-                    off_cpu_since: None,
-                });
+                return Some(SlowStart { stack, off_cpu_since: None });
             }
         };
         // Arm first: sampling starts now, the snapshot (which may symbolize for a while) after.
         let walk = interp.walk();
-        match self.probes.arm(
-            r.tid,
-            Armed {
-                tstate,
-                tgid: r.pid,
-                _pad: 0,
-            },
-            walk,
-            hz,
-        ) {
+        match self.probes.arm(r.tid, Armed { tstate, tgid: r.pid, _pad: 0 }, walk, hz) {
             Ok(()) => {
                 self.armed.insert(r.tid);
                 self.threads_armed += 1;
             }
-            Err(e) => self
-                .warnings
-                .push(format!("thread {}: cannot sample its stacks: {e}", r.tid)),
+            Err(e) => self.warnings.push(format!("thread {}: cannot sample its stacks: {e}", r.tid)),
         }
         let interp = self.interps.get_mut(&r.pid).and_then(Option::as_mut)?;
         let stack = snapshot::thread_stack(interp, &self.symbols, tstate, r.tid);
         let still_off = off.is_some() && self.probes.offcpu(r.tid).map(|st| st.out_ts) == off;
-        Some(SlowStart {
-            stack,
-            off_cpu_since: if still_off { off } else { None },
-        })
+        Some(SlowStart { stack, off_cpu_since: if still_off { off } else { None } })
     }
 
     fn done(&mut self, _pid: u32, tid: u32) {

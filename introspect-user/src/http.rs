@@ -54,10 +54,7 @@ fn is_token_byte(b: u8) -> bool {
 /// Parses `METHOD SP target SP HTTP/1.x`. `None` when the prefix is not an HTTP/1 request line
 /// (a body continuation, TLS, HTTP/2, another protocol).
 pub fn parse_request(prefix: &[u8], keep_query: bool) -> Option<RequestHead> {
-    let line_end = prefix
-        .iter()
-        .position(|&b| b == b'\n')
-        .unwrap_or(prefix.len());
+    let line_end = prefix.iter().position(|&b| b == b'\n').unwrap_or(prefix.len());
     let line = &prefix[..line_end];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let sp1 = line.iter().position(|&b| b == b' ')?;
@@ -77,10 +74,7 @@ pub fn parse_request(prefix: &[u8], keep_query: bool) -> Option<RequestHead> {
     }
     let mut target = String::from_utf8_lossy(target).into_owned();
     // absolute-form (proxies): keep the path.
-    if let Some(after) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
+    if let Some(after) = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
         target = match after.find('/') {
             Some(i) => after[i..].to_string(),
             None => "/".to_string(),
@@ -92,10 +86,7 @@ pub fn parse_request(prefix: &[u8], keep_query: bool) -> Option<RequestHead> {
     if !complete && !target.contains('?') {
         target.push('…');
     }
-    Some(RequestHead {
-        method: String::from_utf8_lossy(method).into_owned(),
-        target,
-    })
+    Some(RequestHead { method: String::from_utf8_lossy(method).into_owned(), target })
 }
 
 /// Parses a status line and the framing headers. `None` when the prefix is not an HTTP/1 response.
@@ -108,17 +99,13 @@ pub fn parse_response(prefix: &[u8]) -> Option<ResponseHead> {
     if !code.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let status = code
-        .iter()
-        .fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
+    let status = code.iter().fold(0u16, |acc, &d| acc * 10 + u16::from(d - b'0'));
     let head_len = find(prefix, b"\r\n\r\n").map(|i| (i + 4) as u64);
     let headers_end = head_len.map_or(prefix.len(), |n| n as usize);
     let mut body = BodyLen::Unknown;
     for line in prefix[..headers_end].split(|&b| b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue;
-        };
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
         let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
         if name.eq_ignore_ascii_case(b"content-length") {
             if let Some(n) = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
@@ -137,11 +124,7 @@ pub fn parse_response(prefix: &[u8]) -> Option<ResponseHead> {
         // A head longer than the prefix: the framing headers may be in the part not copied.
         body = BodyLen::Unknown;
     }
-    Some(ResponseHead {
-        status,
-        head_len,
-        body,
-    })
+    Some(ResponseHead { status, head_len, body })
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -160,14 +143,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |i| i + 1);
     &v[start..end]
 }
 
@@ -177,18 +154,8 @@ mod tests {
 
     #[test]
     fn request_line() {
-        let r = parse_request(
-            b"GET /users/17?token=abc HTTP/1.1\r\nHost: x\r\nCookie: s=1\r\n\r\n",
-            false,
-        )
-        .unwrap();
-        assert_eq!(
-            r,
-            RequestHead {
-                method: "GET".into(),
-                target: "/users/17".into()
-            }
-        );
+        let r = parse_request(b"GET /users/17?token=abc HTTP/1.1\r\nHost: x\r\nCookie: s=1\r\n\r\n", false).unwrap();
+        assert_eq!(r, RequestHead { method: "GET".into(), target: "/users/17".into() });
         let r = parse_request(b"POST /a?b=1 HTTP/1.0\r\n", true).unwrap();
         assert_eq!(r.target, "/a?b=1");
         let r = parse_request(b"GET http://example.com/x/y?z HTTP/1.1\r\n", false).unwrap();
@@ -211,18 +178,14 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let head =
-            b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nContent-Length: 13\r\n\r\nHello, world!";
+        let head = b"HTTP/1.1 200 OK\r\nServer: gunicorn\r\nContent-Length: 13\r\n\r\nHello, world!";
         let r = parse_response(head).unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.head_len, Some(head.len() as u64 - 13));
         assert_eq!(r.total_len(false), Some(head.len() as u64));
         assert_eq!(r.total_len(true), Some(head.len() as u64 - 13));
 
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-        )
-        .unwrap();
+        let r = parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
         assert_eq!(r.body, BodyLen::Chunked);
         assert_eq!(r.total_len(false), None);
 
@@ -230,10 +193,7 @@ mod tests {
         assert_eq!(r.total_len(false), Some(27));
 
         let r = parse_response(b"HTTP/1.1 500 INTERNAL SERVER ERROR\r\nContent-Length: 1").unwrap();
-        assert_eq!(
-            (r.status, r.head_len, r.body),
-            (500, None, BodyLen::Unknown)
-        );
+        assert_eq!((r.status, r.head_len, r.body), (500, None, BodyLen::Unknown));
         assert_eq!(parse_response(b"HTTP/2 200\r\n"), None);
         assert_eq!(parse_response(b"GET / HTTP/1.1\r\n"), None);
     }

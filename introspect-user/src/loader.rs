@@ -10,15 +10,10 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         PerfEvent, TracePoint,
-        perf_event::{
-            PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent,
-        },
+        perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use introspect_common::{
-    Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, TracepointOffsets, counter, names,
-    phase,
-};
+use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, TracepointOffsets, counter, names, phase};
 
 use crate::tracefs::{Tracefs, TracefsError};
 
@@ -29,15 +24,9 @@ pub enum LoadError {
     #[error("loading the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: aya::programs::ProgramError,
-    },
+    Program { name: &'static str, source: aya::programs::ProgramError },
     #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { name: &'static str, source: aya::maps::MapError },
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("program {0} missing from the eBPF object")]
@@ -50,69 +39,19 @@ pub enum LoadError {
 /// enter side already recorded what the syscall was.
 const PROCESS_PROGRAMS: &[(&str, &[(&str, &str)])] = &[
     ("task_task_newtask", &[("task", "task_newtask")]),
-    (
-        "sched_sched_process_exit",
-        &[("sched", "sched_process_exit")],
-    ),
+    ("sched_sched_process_exit", &[("sched", "sched_process_exit")]),
 ];
 const REQUEST_PROGRAMS: &[(&str, &[(&str, &str)])] = &[
     ("tcp_tcp_probe", &[("tcp", "tcp_probe")]),
-    (
-        "syscalls_enter_accept",
-        &[
-            ("syscalls", "sys_enter_accept"),
-            ("syscalls", "sys_enter_accept4"),
-        ],
-    ),
-    (
-        "syscalls_exit_accept",
-        &[
-            ("syscalls", "sys_exit_accept"),
-            ("syscalls", "sys_exit_accept4"),
-        ],
-    ),
-    (
-        "syscalls_enter_read",
-        &[
-            ("syscalls", "sys_enter_read"),
-            ("syscalls", "sys_enter_recvfrom"),
-            ("syscalls", "sys_enter_pread64"),
-        ],
-    ),
-    (
-        "syscalls_enter_readv",
-        &[
-            ("syscalls", "sys_enter_readv"),
-            ("syscalls", "sys_enter_preadv"),
-        ],
-    ),
-    (
-        "syscalls_enter_recvmsg",
-        &[("syscalls", "sys_enter_recvmsg")],
-    ),
-    (
-        "syscalls_enter_write",
-        &[
-            ("syscalls", "sys_enter_write"),
-            ("syscalls", "sys_enter_sendto"),
-            ("syscalls", "sys_enter_pwrite64"),
-        ],
-    ),
-    (
-        "syscalls_enter_writev",
-        &[
-            ("syscalls", "sys_enter_writev"),
-            ("syscalls", "sys_enter_pwritev"),
-        ],
-    ),
-    (
-        "syscalls_enter_sendmsg",
-        &[("syscalls", "sys_enter_sendmsg")],
-    ),
-    (
-        "syscalls_enter_sendfile",
-        &[("syscalls", "sys_enter_sendfile64")],
-    ),
+    ("syscalls_enter_accept", &[("syscalls", "sys_enter_accept"), ("syscalls", "sys_enter_accept4")]),
+    ("syscalls_exit_accept", &[("syscalls", "sys_exit_accept"), ("syscalls", "sys_exit_accept4")]),
+    ("syscalls_enter_read", &[("syscalls", "sys_enter_read"), ("syscalls", "sys_enter_recvfrom"), ("syscalls", "sys_enter_pread64")]),
+    ("syscalls_enter_readv", &[("syscalls", "sys_enter_readv"), ("syscalls", "sys_enter_preadv")]),
+    ("syscalls_enter_recvmsg", &[("syscalls", "sys_enter_recvmsg")]),
+    ("syscalls_enter_write", &[("syscalls", "sys_enter_write"), ("syscalls", "sys_enter_sendto"), ("syscalls", "sys_enter_pwrite64")]),
+    ("syscalls_enter_writev", &[("syscalls", "sys_enter_writev"), ("syscalls", "sys_enter_pwritev")]),
+    ("syscalls_enter_sendmsg", &[("syscalls", "sys_enter_sendmsg")]),
+    ("syscalls_enter_sendfile", &[("syscalls", "sys_enter_sendfile64")]),
     // Not epoll_wait: load generators and event loops call it constantly, and a serving thread's
     // epoll wait cannot name what it waits for anyway (it would be `other` either way).
     (
@@ -242,11 +181,7 @@ fn peer_key(addr: &SocketAddr) -> PeerKey {
         SocketAddr::V4(a) => a.ip().to_ipv6_mapped(),
         SocketAddr::V6(a) => *a.ip(),
     };
-    PeerKey {
-        addr: v6.octets(),
-        port: addr.port(),
-        _pad: [0; 6],
-    }
+    PeerKey { addr: v6.octets(), port: addr.port(), _pad: [0; 6] }
 }
 
 impl Probes {
@@ -258,16 +193,8 @@ impl Probes {
             .override_global(names::G_OFFSETS, &offsets, true)
             .map_max_entries(names::TRACKED, pids)
             .map_max_entries(names::THREADS, pids)
-            .load(aya::include_bytes_aligned!(concat!(
-                env!("OUT_DIR"),
-                "/introspect"
-            )))?;
-        Ok(Self {
-            ebpf,
-            without: Vec::new(),
-            stats: None,
-            samplers: StdHashMap::new(),
-        })
+            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/introspect")))?;
+        Ok(Self { ebpf, without: Vec::new(), stats: None, samplers: StdHashMap::new() })
     }
 
     fn attach(&mut self, table: &[(&'static str, &[(&str, &str)])]) -> Result<(), LoadError> {
@@ -281,11 +208,9 @@ impl Probes {
                 .ok_or(LoadError::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| LoadError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| LoadError::Program { name, source })?;
+            prog.load().map_err(|source| LoadError::Program { name, source })?;
             for (cat, tp) in *points {
-                prog.attach(cat, tp)
-                    .map_err(|source| LoadError::Program { name, source })?;
+                prog.attach(cat, tp).map_err(|source| LoadError::Program { name, source })?;
             }
         }
         Ok(())
@@ -308,39 +233,22 @@ impl Probes {
             .program_mut(SAMPLER)
             .ok_or(LoadError::MissingProgram(SAMPLER))?
             .try_into()
-            .map_err(|source| LoadError::Program {
-                name: SAMPLER,
-                source,
-            })
+            .map_err(|source| LoadError::Program { name: SAMPLER, source })
     }
 
     pub fn attach_request_tracking(&mut self) -> Result<(), LoadError> {
         self.attach(REQUEST_PROGRAMS)?;
         // Loaded now, attached per thread when a request turns slow.
         let prog = self.sampler()?;
-        prog.load().map_err(|source| LoadError::Program {
-            name: SAMPLER,
-            source,
-        })?;
+        prog.load().map_err(|source| LoadError::Program { name: SAMPLER, source })?;
         // The first attach pays for aya's one-time probing (~20 ms here): pay it now, on this
         // thread, rather than when the first slow request is being armed.
         // SAFETY: gettid has no preconditions.
         let me = unsafe { libc::gettid() } as u32;
         let link = prog
-            .attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::OneProcess { pid: me, cpu: None },
-                SamplePolicy::Period(u64::MAX / 2),
-                false,
-            )
-            .map_err(|source| LoadError::Program {
-                name: SAMPLER,
-                source,
-            })?;
-        prog.detach(link).map_err(|source| LoadError::Program {
-            name: SAMPLER,
-            source,
-        })
+            .attach(PerfEventConfig::Software(SoftwareEvent::CpuClock), PerfEventScope::OneProcess { pid: me, cpu: None }, SamplePolicy::Period(u64::MAX / 2), false)
+            .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
+        prog.detach(link).map_err(|source| LoadError::Program { name: SAMPLER, source })
     }
 
     /// Starts capturing a thread's stacks: on-CPU samples at `hz` and a stack each time it leaves
@@ -348,34 +256,22 @@ impl Probes {
     pub fn arm(&mut self, tid: u32, armed: Armed, walk: PyWalk, hz: u64) -> Result<(), LoadError> {
         self.hash::<u32, PyWalk>(names::PY_WALK)?
             .insert(armed.tgid, walk, 0)
-            .map_err(|source| LoadError::Map {
-                name: names::PY_WALK,
-                source,
-            })?;
+            .map_err(|source| LoadError::Map { name: names::PY_WALK, source })?;
         self.hash::<u32, Armed>(names::ARMED)?
             .insert(tid, armed, 0)
-            .map_err(|source| LoadError::Map {
-                name: names::ARMED,
-                source,
-            })?;
+            .map_err(|source| LoadError::Map { name: names::ARMED, source })?;
         if hz > 0 && !self.samplers.contains_key(&tid) {
             let prog = self.sampler()?;
             // A per-thread event counts that thread's CPU time only: it fires only while it runs.
             let link = prog
                 .attach(
                     PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::OneProcess {
-                        pid: tid,
-                        cpu: None,
-                    },
+                    PerfEventScope::OneProcess { pid: tid, cpu: None },
                     // A fixed period, so every sample stands for exactly 1/hz s of CPU.
                     SamplePolicy::Period(1_000_000_000 / hz),
                     false,
                 )
-                .map_err(|source| LoadError::Program {
-                    name: SAMPLER,
-                    source,
-                })?;
+                .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
             self.samplers.insert(tid, link);
         }
         Ok(())
@@ -398,21 +294,12 @@ impl Probes {
         if id < 0 {
             return Vec::new();
         }
-        let Some(map) = self.ebpf.map(names::STACKS) else {
-            return Vec::new();
-        };
-        let Ok(map) = StackTraceMap::<&MapData>::try_from(map) else {
-            return Vec::new();
-        };
-        map.get(&(id as u32), 0)
-            .map(|st| st.frames().iter().map(|f| f.ip).collect())
-            .unwrap_or_default()
+        let Some(map) = self.ebpf.map(names::STACKS) else { return Vec::new() };
+        let Ok(map) = StackTraceMap::<&MapData>::try_from(map) else { return Vec::new() };
+        map.get(&(id as u32), 0).map(|st| st.frames().iter().map(|f| f.ip).collect()).unwrap_or_default()
     }
 
-    fn hash<K: aya::Pod, V: aya::Pod>(
-        &mut self,
-        name: &'static str,
-    ) -> Result<HashMap<&mut MapData, K, V>, LoadError> {
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, LoadError> {
         let map = self.ebpf.map_mut(name).ok_or(LoadError::MissingMap(name))?;
         HashMap::try_from(map).map_err(|source| LoadError::Map { name, source })
     }
@@ -425,10 +312,7 @@ impl Probes {
     pub fn track(&mut self, pids: &BTreeSet<u32>) -> Result<(), LoadError> {
         let mut tracked = self.array(names::TRACKED)?;
         for &pid in pids {
-            tracked.set(pid, 1, 0).map_err(|source| LoadError::Map {
-                name: names::TRACKED,
-                source,
-            })?;
+            tracked.set(pid, 1, 0).map_err(|source| LoadError::Map { name: names::TRACKED, source })?;
         }
         Ok(())
     }
@@ -436,60 +320,29 @@ impl Probes {
     pub fn watch_ports(&mut self, ports: &BTreeSet<u16>) -> Result<(), LoadError> {
         let mut map = self.array(names::PORTS)?;
         for &port in ports {
-            map.set(u32::from(port), 1, 0)
-                .map_err(|source| LoadError::Map {
-                    name: names::PORTS,
-                    source,
-                })?;
+            map.set(u32::from(port), 1, 0).map_err(|source| LoadError::Map { name: names::PORTS, source })?;
         }
         Ok(())
     }
 
     /// Connections that were open before the watch: their next request is seen like any other.
     pub fn seed_conns(&mut self, conns: &[(u32, i32, SocketAddr)]) -> Result<(), LoadError> {
-        let map = self
-            .ebpf
-            .map_mut(names::CONNS)
-            .ok_or(LoadError::MissingMap(names::CONNS))?;
+        let map = self.ebpf.map_mut(names::CONNS).ok_or(LoadError::MissingMap(names::CONNS))?;
         // aya reads LRU hash maps through its HashMap type.
         let mut map: HashMap<&mut MapData, ConnKey, ConnState> =
-            HashMap::try_from(map).map_err(|source| LoadError::Map {
-                name: names::CONNS,
-                source,
-            })?;
+            HashMap::try_from(map).map_err(|source| LoadError::Map { name: names::CONNS, source })?;
         for (tgid, fd, peer) in conns {
-            let state = ConnState {
-                peer: peer_key(peer),
-                phase: phase::IDLE,
-                has_peer: 1,
-                _pad: [0; 6],
-            };
-            map.insert(
-                ConnKey {
-                    tgid: *tgid,
-                    fd: *fd,
-                },
-                state,
-                0,
-            )
-            .map_err(|source| LoadError::Map {
-                name: names::CONNS,
-                source,
-            })?;
+            let state = ConnState { peer: peer_key(peer), phase: phase::IDLE, has_peer: 1, _pad: [0; 6] };
+            map.insert(ConnKey { tgid: *tgid, fd: *fd }, state, 0)
+                .map_err(|source| LoadError::Map { name: names::CONNS, source })?;
         }
         Ok(())
     }
 
     /// The event ring buffer, taken out of the object (it is read on its own from then on).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self
-            .ebpf
-            .take_map(names::EVENTS)
-            .ok_or(LoadError::MissingMap(names::EVENTS))?;
-        RingBuf::try_from(map).map_err(|source| LoadError::Map {
-            name: names::EVENTS,
-            source,
-        })
+        let map = self.ebpf.take_map(names::EVENTS).ok_or(LoadError::MissingMap(names::EVENTS))?;
+        RingBuf::try_from(map).map_err(|source| LoadError::Map { name: names::EVENTS, source })
     }
 
     /// A serving thread's wait that is still going on (for `inflight` breakdowns).
@@ -502,8 +355,7 @@ impl Probes {
 
     /// Asks the kernel to account each program's run time (costs two clock reads per run).
     pub fn enable_stats(&mut self) -> Result<(), LoadError> {
-        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .map_err(|e| LoadError::Stats(e.to_string()))?;
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| LoadError::Stats(e.to_string()))?;
         self.stats = Some(fd);
         Ok(())
     }
@@ -514,35 +366,18 @@ impl Probes {
             .programs()
             .filter_map(|(name, p)| {
                 let info = p.info().ok()?;
-                Some((
-                    name.to_string(),
-                    info.run_count(),
-                    info.run_time().as_nanos() as u64,
-                ))
+                Some((name.to_string(), info.run_count(), info.run_time().as_nanos() as u64))
             })
             .collect()
     }
 
     /// Kernel-side losses, summed over CPUs: (ring buffer full, map full, user read failed).
     pub fn losses(&self) -> Result<KernelLosses, LoadError> {
-        let map = self
-            .ebpf
-            .map(names::COUNTERS)
-            .ok_or(LoadError::MissingMap(names::COUNTERS))?;
+        let map = self.ebpf.map(names::COUNTERS).ok_or(LoadError::MissingMap(names::COUNTERS))?;
         let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| LoadError::Map {
-                name: names::COUNTERS,
-                source,
-            })?;
+            PerCpuArray::try_from(map).map_err(|source| LoadError::Map { name: names::COUNTERS, source })?;
         let sum = |i: u32| -> Result<u64, LoadError> {
-            Ok(arr
-                .get(&i, 0)
-                .map_err(|source| LoadError::Map {
-                    name: names::COUNTERS,
-                    source,
-                })?
-                .iter()
-                .sum())
+            Ok(arr.get(&i, 0).map_err(|source| LoadError::Map { name: names::COUNTERS, source })?.iter().sum())
         };
         Ok(KernelLosses {
             ringbuf_full: sum(counter::RINGBUF_FULL)?,

@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use crate::{
     assemble::{Assembler, Inflight, Request},
     breakdown::{OffCpu, Timeline},
-    event::{Event, Hdr},
     flame::Flames,
+    route,
     profile::Profiles,
     pystack::Frame,
-    route,
+    event::{Event, Hdr},
     sink::{JsonSink, SummaryCounts},
     summary::Summary,
 };
@@ -130,11 +130,7 @@ impl<W: Write> Pipeline<W> {
     pub fn event(&mut self, ev: &Event, live: &mut dyn Live) -> io::Result<()> {
         self.record(ev)?;
         // Replays: capture started here in the live run.
-        if let Event::Slow {
-            hdr,
-            stack,
-            off_cpu_since,
-        } = ev
+        if let Event::Slow { hdr, stack, off_cpu_since } = ev
             && self.slow.get(&hdr.tid).is_none_or(Option::is_none)
         {
             self.profiles.start(hdr.tid);
@@ -153,8 +149,7 @@ impl<W: Write> Pipeline<W> {
             let slow = r.duration_ns() >= self.cfg.threshold_ns;
             let (from, to) = (r.start_ns + r.queue_ns, r.end_ns);
             // Only reported requests need their whole breakdown; the summary needs on-CPU time.
-            let detail = (slow || self.cfg.all)
-                .then(|| self.timeline.detail(r.tid, from, to, r.queue_ns, None));
+            let detail = (slow || self.cfg.all).then(|| self.timeline.detail(r.tid, from, to, r.queue_ns, None));
             let on_cpu_ms = match &detail {
                 Some(d) => d.breakdown.on_cpu,
                 None => self.timeline.on_cpu_ms(r.tid, from, to),
@@ -174,8 +169,7 @@ impl<W: Write> Pipeline<W> {
             }
             if let Some(detail) = detail {
                 self.counts.reported += 1;
-                self.sink
-                    .request(&r, &detail, stack.as_deref(), profile.as_deref())?;
+                self.sink.request(&r, &detail, stack.as_deref(), profile.as_deref())?;
             }
             self.timeline.forget_before(r.tid, r.end_ns);
         }
@@ -190,13 +184,7 @@ impl<W: Write> Pipeline<W> {
         for i in crossed.drain(..) {
             self.counts.inflight += 1;
             let open = live.open_wait(i.tid);
-            let detail = self.timeline.detail(
-                i.tid,
-                i.start_ns + i.queue_ns,
-                now_ns,
-                i.queue_ns,
-                open.as_ref(),
-            );
+            let detail = self.timeline.detail(i.tid, i.start_ns + i.queue_ns, now_ns, i.queue_ns, open.as_ref());
             self.profiles.start(i.tid);
             let stack = match live.slow(&i) {
                 Some(s) => {
@@ -205,16 +193,8 @@ impl<W: Write> Pipeline<W> {
                         // A wait already in progress: weighted by its whole length when it ends.
                         self.profiles.off_cpu_from(i.tid, since, s.stack.clone());
                     }
-                    let hdr = Hdr {
-                        tgid: i.pid,
-                        tid: i.tid,
-                        ts: now_ns,
-                    };
-                    self.record(&Event::Slow {
-                        hdr,
-                        stack: s.stack.clone(),
-                        off_cpu_since: s.off_cpu_since,
-                    })?;
+                    let hdr = Hdr { tgid: i.pid, tid: i.tid, ts: now_ns };
+                    self.record(&Event::Slow { hdr, stack: s.stack.clone(), off_cpu_since: s.off_cpu_since })?;
                     Some(s.stack)
                 }
                 None => None,
@@ -227,8 +207,7 @@ impl<W: Write> Pipeline<W> {
         // Waits of threads whose requests never completed are kept for 10 minutes at most.
         if now_ns.saturating_sub(self.last_forget_ns) > 1_000_000_000 {
             self.last_forget_ns = now_ns;
-            self.timeline
-                .forget_all_before(now_ns.saturating_sub(600_000_000_000));
+            self.timeline.forget_all_before(now_ns.saturating_sub(600_000_000_000));
         }
         self.sink.flush()?;
         if let Some(rec) = self.recorder.as_mut() {

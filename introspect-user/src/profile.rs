@@ -39,12 +39,7 @@ fn ms(ns: u64) -> f64 {
 impl Profiles {
     /// `hz`: the CPU-clock sampling frequency (each on-CPU sample stands for 1/hz seconds).
     pub fn new(hz: u64) -> Self {
-        Self {
-            threads: HashMap::new(),
-            period_ns: 1_000_000_000 / hz.max(1),
-            oncpu_samples: 0,
-            offcpu_stacks: 0,
-        }
+        Self { threads: HashMap::new(), period_ns: 1_000_000_000 / hz.max(1), oncpu_samples: 0, offcpu_stacks: 0 }
     }
 
     /// A request on `tid` turned slow: its stacks count from now.
@@ -61,15 +56,8 @@ impl Profiles {
 
     pub fn observe(&mut self, ev: &Event) {
         match ev {
-            Event::Stack {
-                hdr,
-                on_cpu,
-                frames,
-                ..
-            } => {
-                let Some(acc) = self.threads.get_mut(&hdr.tid) else {
-                    return;
-                };
+            Event::Stack { hdr, on_cpu, frames, .. } => {
+                let Some(acc) = self.threads.get_mut(&hdr.tid) else { return };
                 if *on_cpu {
                     self.oncpu_samples += 1;
                     let e = acc.by_stack.entry(frames.clone()).or_default();
@@ -81,9 +69,7 @@ impl Profiles {
                 }
             }
             Event::OffCpu { hdr, out_ts, .. } => {
-                let Some(acc) = self.threads.get_mut(&hdr.tid) else {
-                    return;
-                };
+                let Some(acc) = self.threads.get_mut(&hdr.tid) else { return };
                 if let Some((ts, frames)) = acc.off.take()
                     && ts == *out_ts
                 {
@@ -100,12 +86,7 @@ impl Profiles {
         let mut out: Vec<ProfileEntry> = acc
             .by_stack
             .into_iter()
-            .map(|(stack, (on, off, samples))| ProfileEntry {
-                stack,
-                on_cpu_ms: ms(on),
-                off_cpu_ms: ms(off),
-                samples,
-            })
+            .map(|(stack, (on, off, samples))| ProfileEntry { stack, on_cpu_ms: ms(on), off_cpu_ms: ms(off), samples })
             .collect();
         out.sort_by(|a, b| (b.on_cpu_ms + b.off_cpu_ms).total_cmp(&(a.on_cpu_ms + a.off_cpu_ms)));
         out.truncate(MAX_STACKS);
@@ -122,23 +103,11 @@ mod tests {
     };
 
     fn frame(f: &str) -> Vec<Frame> {
-        vec![Frame {
-            function: f.into(),
-            file: "app.py".into(),
-            line: Some(1),
-            kind: FrameKind::Python,
-        }]
+        vec![Frame { function: f.into(), file: "app.py".into(), line: Some(1), kind: FrameKind::Python }]
     }
 
     fn stack(tid: u32, ts: u64, on_cpu: bool, f: &str) -> Event {
-        Event::Stack {
-            hdr: Hdr { tgid: 1, tid, ts },
-            on_cpu,
-            kstack: -1,
-            ustack: -1,
-            raw: Vec::new(),
-            frames: frame(f),
-        }
+        Event::Stack { hdr: Hdr { tgid: 1, tid, ts }, on_cpu, kstack: -1, ustack: -1, raw: Vec::new(), frames: frame(f) }
     }
 
     #[test]
@@ -151,32 +120,11 @@ mod tests {
             p.observe(&stack(7, 10 + i, true, "burn"));
         }
         p.observe(&stack(7, 1_000, false, "sleep"));
-        p.observe(&Event::OffCpu {
-            hdr: Hdr {
-                tgid: 1,
-                tid: 7,
-                ts: 301_001_000,
-            },
-            out_ts: 1_000,
-            wake_ts: 301_000_000,
-            state: 1,
-            sys: None,
-            facts: WaitFacts::default(),
-        });
+        p.observe(&Event::OffCpu { hdr: Hdr { tgid: 1, tid: 7, ts: 301_001_000 }, out_ts: 1_000, wake_ts: 301_000_000, state: 1, sys: None, facts: WaitFacts::default() });
         let prof = p.finish(7).unwrap();
         assert_eq!(prof.len(), 2);
-        assert_eq!(
-            (prof[0].stack[0].function.as_str(), prof[0].off_cpu_ms),
-            ("sleep", 301.0)
-        );
-        assert_eq!(
-            (
-                prof[1].stack[0].function.as_str(),
-                prof[1].on_cpu_ms,
-                prof[1].samples
-            ),
-            ("burn", 300.0, 30)
-        );
+        assert_eq!((prof[0].stack[0].function.as_str(), prof[0].off_cpu_ms), ("sleep", 301.0));
+        assert_eq!((prof[1].stack[0].function.as_str(), prof[1].on_cpu_ms, prof[1].samples), ("burn", 300.0, 30));
         assert!(p.finish(7).is_none());
     }
 }

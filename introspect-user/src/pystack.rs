@@ -73,39 +73,9 @@ fn table(minor: u32) -> Option<Layout> {
     let (tstate_frame, cframe_frame, frame_back, frame_code, lasti, frame_owner) = match minor {
         8 | 9 => (24, None, 24, 32, Lasti::IntBytes(104), None),
         10 => (24, None, 24, 32, Lasti::IntUnits(96), None),
-        11 => (
-            56,
-            Some(8),
-            48,
-            32,
-            Lasti::Ptr {
-                off: 56,
-                adaptive: 184,
-            },
-            None,
-        ),
-        12 => (
-            56,
-            Some(0),
-            8,
-            0,
-            Lasti::Ptr {
-                off: 56,
-                adaptive: 192,
-            },
-            Some(70),
-        ),
-        _ => (
-            72,
-            None,
-            8,
-            0,
-            Lasti::Ptr {
-                off: 56,
-                adaptive: 200,
-            },
-            Some(70),
-        ),
+        11 => (56, Some(8), 48, 32, Lasti::Ptr { off: 56, adaptive: 184 }, None),
+        12 => (56, Some(0), 8, 0, Lasti::Ptr { off: 56, adaptive: 192 }, Some(70)),
+        _ => (72, None, 8, 0, Lasti::Ptr { off: 56, adaptive: 200 }, Some(70)),
     };
     let (firstlineno, filename, name, qualname, linetable, kind) = match minor {
         8 | 9 => (40, 104, 112, None, 120, LineTable::Lnotab),
@@ -144,30 +114,15 @@ fn from_debug_offsets(pid: u32, rt: &Runtime) -> Result<Layout, PyError> {
     let mut d = [0u8; 584];
     read_mem(pid, rt.runtime, &mut d)?;
     if &d[..8] != b"xdebugpy" {
-        return Err(PyError::Invalid(
-            pid,
-            rt.major,
-            rt.minor,
-            "no _Py_DebugOffsets cookie",
-        ));
+        return Err(PyError::Invalid(pid, rt.major, rt.minor, "no _Py_DebugOffsets cookie"));
     }
     let at = |o: usize| u64::from_le_bytes(d[o..o + 8].try_into().expect("8 bytes"));
     let version = at(8);
     if (version >> 24, (version >> 16) & 0xff) != (u64::from(rt.major), u64::from(rt.minor)) {
-        return Err(PyError::Invalid(
-            pid,
-            rt.major,
-            rt.minor,
-            "debug offsets of another version",
-        ));
+        return Err(PyError::Invalid(pid, rt.major, rt.minor, "debug offsets of another version"));
     }
     if at(16) != 0 {
-        return Err(PyError::Invalid(
-            pid,
-            rt.major,
-            rt.minor,
-            "free-threaded builds are not supported",
-        ));
+        return Err(PyError::Invalid(pid, rt.major, rt.minor, "free-threaded builds are not supported"));
     }
     // (size field, [member offsets]) per struct: every member must lie inside its struct.
     let groups: [(usize, &[usize]); 6] = [
@@ -181,12 +136,7 @@ fn from_debug_offsets(pid: u32, rt: &Runtime) -> Result<Layout, PyError> {
     for (size_at, members) in groups {
         let size = at(size_at);
         if size == 0 || size > 1 << 20 || members.iter().any(|&m| at(m) >= size) {
-            return Err(PyError::Invalid(
-                pid,
-                rt.major,
-                rt.minor,
-                "debug offsets out of range",
-            ));
+            return Err(PyError::Invalid(pid, rt.major, rt.minor, "debug offsets out of range"));
         }
     }
     Ok(Layout {
@@ -199,10 +149,7 @@ fn from_debug_offsets(pid: u32, rt: &Runtime) -> Result<Layout, PyError> {
         cframe_frame: None,
         frame_back: at(232),
         frame_code: at(240),
-        lasti: Lasti::Ptr {
-            off: at(248),
-            adaptive: at(344),
-        },
+        lasti: Lasti::Ptr { off: at(248), adaptive: at(344) },
         frame_owner: Some(at(264)),
         code_filename: at(280),
         code_name: at(288),
@@ -278,13 +225,7 @@ impl Interp {
     pub fn attach(pid: u32) -> Result<Self, PyError> {
         let rt = python::find_runtime(pid)?;
         let layout = layout(pid, &rt)?;
-        Ok(Self {
-            pid,
-            rt,
-            layout,
-            codes: HashMap::new(),
-            pthread_tid: None,
-        })
+        Ok(Self { pid, rt, layout, codes: HashMap::new(), pthread_tid: None })
     }
 
     fn ptr(&self, addr: u64) -> Result<u64, PyError> {
@@ -305,11 +246,7 @@ impl Interp {
                 t = self.ptr(t + l.tstate_next)?;
             }
             interps += 1;
-            interp = if self.rt.minor <= 12 {
-                self.ptr(interp).unwrap_or(0)
-            } else {
-                0
-            };
+            interp = if self.rt.minor <= 12 { self.ptr(interp).unwrap_or(0) } else { 0 };
         }
         let mut res = Vec::with_capacity(out.len());
         for t in out {
@@ -352,19 +289,12 @@ impl Interp {
         if tids.contains(&at(0x2d0)) {
             return Some(0x2d0);
         }
-        (0..buf.len() - 4)
-            .step_by(4)
-            .find(|&o| tids.contains(&at(o)))
-            .map(|o| o as u64)
+        (0..buf.len() - 4).step_by(4).find(|&o| tids.contains(&at(o))).map(|o| o as u64)
     }
 
     /// The thread state of kernel thread `tid`.
     pub fn tstate_of(&mut self, tid: u32) -> Result<Option<u64>, PyError> {
-        Ok(self
-            .threads()?
-            .into_iter()
-            .find(|(_, t)| *t == Some(tid))
-            .map(|(ts, _)| ts))
+        Ok(self.threads()?.into_iter().find(|(_, t)| *t == Some(tid)).map(|(ts, _)| ts))
     }
 
     /// The address of the innermost frame of a thread state.
@@ -393,10 +323,7 @@ impl Interp {
                     continue;
                 }
             }
-            out.push(RawFrame {
-                code: self.ptr(f + l.frame_code)?,
-                lasti: self.ptr(f + lasti_off)?,
-            });
+            out.push(RawFrame { code: self.ptr(f + l.frame_code)?, lasti: self.ptr(f + lasti_off)? });
             f = self.ptr(f + l.frame_back)?;
         }
         Ok(out)
@@ -413,12 +340,7 @@ impl Interp {
                     return None;
                 }
                 let line = self.line(&info, code, r.lasti);
-                Some(Frame {
-                    function: info.function.clone(),
-                    file: info.file.clone(),
-                    line,
-                    kind: FrameKind::Python,
-                })
+                Some(Frame { function: info.function.clone(), file: info.file.clone(), line, kind: FrameKind::Python })
             })
             .collect()
     }
@@ -431,9 +353,7 @@ impl Interp {
         };
         introspect_common::PyWalk {
             tstate_frame: l.tstate_frame as u16,
-            cframe_frame: l
-                .cframe_frame
-                .map_or(introspect_common::NO_OFFSET, |o| o as u16),
+            cframe_frame: l.cframe_frame.map_or(introspect_common::NO_OFFSET, |o| o as u16),
             frame_back: l.frame_back as u16,
             frame_code: l.frame_code as u16,
             frame_lasti: lasti as u16,
@@ -464,9 +384,7 @@ impl Interp {
             return None;
         }
         let l = &self.layout;
-        let name_ptr = self
-            .ptr(code + l.code_qualname.unwrap_or(l.code_name))
-            .ok()?;
+        let name_ptr = self.ptr(code + l.code_qualname.unwrap_or(l.code_name)).ok()?;
         let function = self.read_str(name_ptr)?;
         let file = self.read_str(self.ptr(code + l.code_filename).ok()?)?;
         let mut b = [0u8; 4];
@@ -474,12 +392,7 @@ impl Interp {
         let firstlineno = i32::from_le_bytes(b).max(0) as u32;
         let table = self.ptr(code + l.code_linetable).ok()?;
         let linetable = self.read_bytes(table).unwrap_or_default();
-        Some(CodeInfo {
-            function,
-            file,
-            firstlineno,
-            linetable,
-        })
+        Some(CodeInfo { function, file, firstlineno, linetable })
     }
 
     /// A `str` object: compact ASCII, or compact latin-1 / UCS-2 / UCS-4.
@@ -495,29 +408,13 @@ impl Interp {
         if compact == 0 || len > MAX_STR || !matches!(kind, 1 | 2 | 4) {
             return None;
         }
-        let data = obj
-            + if ascii == 1 {
-                self.layout.str_ascii_data
-            } else {
-                self.layout.str_compact_data
-            };
+        let data = obj + if ascii == 1 { self.layout.str_ascii_data } else { self.layout.str_compact_data };
         let mut buf = vec![0u8; (len * u64::from(kind)) as usize];
         read_mem(self.pid, data, &mut buf).ok()?;
         Some(match kind {
             1 => buf.iter().map(|&b| b as char).collect(),
-            2 => char::decode_utf16(
-                buf.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]])),
-            )
-            .map(|c| c.unwrap_or('\u{fffd}'))
-            .collect(),
-            _ => buf
-                .chunks_exact(4)
-                .map(|c| {
-                    char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .unwrap_or('\u{fffd}')
-                })
-                .collect(),
+            2 => char::decode_utf16(buf.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]))).map(|c| c.unwrap_or('\u{fffd}')).collect(),
+            _ => buf.chunks_exact(4).map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])).unwrap_or('\u{fffd}')).collect(),
         })
     }
 
@@ -536,11 +433,7 @@ impl Interp {
         let first = info.firstlineno;
         match (self.layout.lasti, self.layout.linetable) {
             (Lasti::IntBytes(_), _) => lnotab_line(&info.linetable, first, lasti as u32 as i32),
-            (Lasti::IntUnits(_), _) => pep626_line(
-                &info.linetable,
-                first,
-                (lasti as u32 as i32).checked_mul(2)?,
-            ),
+            (Lasti::IntUnits(_), _) => pep626_line(&info.linetable, first, (lasti as u32 as i32).checked_mul(2)?),
             (Lasti::Ptr { adaptive, .. }, _) => {
                 let units = lasti.checked_sub(code + adaptive)? / 2;
                 locations_line(&info.linetable, first, units)
@@ -576,11 +469,7 @@ pub fn pep626_line(table: &[u8], first: u32, addr: i32) -> Option<u32> {
             line += i64::from(delta);
         }
         if start <= i64::from(addr) && i64::from(addr) < end {
-            return if delta == -128 {
-                None
-            } else {
-                u32::try_from(line).ok()
-            };
+            return if delta == -128 { None } else { u32::try_from(line).ok() };
         }
     }
     None
@@ -607,11 +496,7 @@ pub fn locations_line(table: &[u8], first: u32, unit: u64) -> Option<u32> {
     };
     let svarint = |i: &mut usize| -> Option<i64> {
         let v = varint(i)?;
-        Some(if v & 1 == 1 {
-            -((v >> 1) as i64)
-        } else {
-            (v >> 1) as i64
-        })
+        Some(if v & 1 == 1 { -((v >> 1) as i64) } else { (v >> 1) as i64 })
     };
     while i < table.len() {
         let b = table[i];
@@ -645,11 +530,7 @@ pub fn locations_line(table: &[u8], first: u32, unit: u64) -> Option<u32> {
             }
         };
         if addr <= unit && unit < addr + len {
-            return if has_line {
-                u32::try_from(line).ok()
-            } else {
-                None
-            };
+            return if has_line { u32::try_from(line).ok() } else { None };
         }
         addr += len;
     }

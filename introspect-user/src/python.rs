@@ -12,19 +12,11 @@ pub enum PyError {
     #[error("process {0} has no CPython runtime mapped (_PyRuntime not found)")]
     NotPython(u32),
     #[error("reading {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("parsing ELF {path}: {source}")]
     Elf { path: String, source: object::Error },
     #[error("reading {len} bytes at {addr:#x} in process {pid}: {source}")]
-    Mem {
-        pid: u32,
-        addr: u64,
-        len: usize,
-        source: std::io::Error,
-    },
+    Mem { pid: u32, addr: u64, len: usize, source: std::io::Error },
     #[error("CPython {0}.{1} is not supported (3.8 to 3.13 are)")]
     Unsupported(u32, u32),
     #[error("the runtime of process {0} does not look like CPython {1}.{2} ({3})")]
@@ -44,8 +36,7 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines()
         .filter_map(|l| {
             let mut it = l.split_whitespace();
-            let (range, _perms, offset, _dev, _inode) =
-                (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
+            let (range, _perms, offset, _dev, _inode) = (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
             let path = it.collect::<Vec<_>>().join(" ");
             let (s, e) = range.split_once('-')?;
             Some(Mapping {
@@ -60,28 +51,13 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
 
 /// Reads another process's memory (root, or ptrace access to it).
 pub fn read_mem(pid: u32, addr: u64, buf: &mut [u8]) -> Result<(), PyError> {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
     // SAFETY: the local iovec covers `buf`; the kernel checks the remote one.
     let n = unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
     if n != buf.len() as isize {
-        let source = if n < 0 {
-            std::io::Error::last_os_error()
-        } else {
-            std::io::Error::other("short read")
-        };
-        return Err(PyError::Mem {
-            pid,
-            addr,
-            len: buf.len(),
-            source,
-        });
+        let source = if n < 0 { std::io::Error::last_os_error() } else { std::io::Error::other("short read") };
+        return Err(PyError::Mem { pid, addr, len: buf.len(), source });
     }
     Ok(())
 }
@@ -107,9 +83,7 @@ pub struct Runtime {
 
 fn version_from_name(path: &str) -> Option<(u32, u32)> {
     let name = path.rsplit('/').next()?;
-    let rest = name
-        .strip_prefix("libpython3.")
-        .or_else(|| name.strip_prefix("python3."))?;
+    let rest = name.strip_prefix("libpython3.").or_else(|| name.strip_prefix("python3."))?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     Some((3, digits.parse().ok()?))
 }
@@ -126,9 +100,7 @@ struct ElfInfo {
 }
 
 fn elf_info(pid: u32, path: &str) -> Result<ElfInfo, PyError> {
-    static CACHE: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<String, ElfInfo>>,
-    > = std::sync::OnceLock::new();
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, ElfInfo>>> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(info) = cache.lock().ok().and_then(|c| c.get(path).cloned()) {
         return Ok(info);
@@ -137,25 +109,14 @@ fn elf_info(pid: u32, path: &str) -> Result<ElfInfo, PyError> {
     let file = PathBuf::from(format!("/proc/{pid}/root{path}"));
     // Mapped, not read: libpython with debug info is tens of MiB, of which the symbol tables
     // are all that is touched.
-    let io_err = |source| PyError::Io {
-        path: file.display().to_string(),
-        source,
-    };
+    let io_err = |source| PyError::Io { path: file.display().to_string(), source };
     let f = fs::File::open(&file).map_err(io_err)?;
     // SAFETY: a read-only private mapping of a library file; a concurrent truncation could fault,
     // which system libraries are not subject to.
     let data = unsafe { memmap2::Mmap::map(&f) }.map_err(io_err)?;
-    let elf = object::File::parse(&*data).map_err(|source| PyError::Elf {
-        path: path.to_string(),
-        source,
-    })?;
+    let elf = object::File::parse(&*data).map_err(|source| PyError::Elf { path: path.to_string(), source })?;
     // Defined symbols only: extension modules import _PyRuntime (undefined, address 0).
-    let sym = |name: &str| {
-        elf.dynamic_symbols()
-            .chain(elf.symbols())
-            .find(|s| s.is_definition() && s.name() == Ok(name))
-            .map(|s| s.address())
-    };
+    let sym = |name: &str| elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.is_definition() && s.name() == Ok(name)).map(|s| s.address());
     let info = ElfInfo {
         executable: elf.kind() == ObjectKind::Executable,
         first_vaddr: elf.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff,
@@ -172,38 +133,21 @@ fn elf_info(pid: u32, path: &str) -> Result<ElfInfo, PyError> {
 /// Finds `_PyRuntime` in the ELF files a process maps, and the interpreter's version.
 pub fn find_runtime(pid: u32) -> Result<Runtime, PyError> {
     let maps_path = format!("/proc/{pid}/maps");
-    let maps = parse_maps(
-        &fs::read_to_string(&maps_path).map_err(|source| PyError::Io {
-            path: maps_path,
-            source,
-        })?,
-    );
+    let maps = parse_maps(&fs::read_to_string(&maps_path).map_err(|source| PyError::Io { path: maps_path, source })?);
     let mut seen = Vec::new();
-    for m in maps
-        .iter()
-        .filter(|m| m.path.starts_with('/') && m.path.contains("python"))
-    {
+    for m in maps.iter().filter(|m| m.path.starts_with('/') && m.path.contains("python")) {
         if seen.contains(&m.path) {
             continue;
         }
         seen.push(m.path.clone());
         let info = elf_info(pid, &m.path)?;
-        let Some(rt_vaddr) = info.runtime else {
-            continue;
-        };
+        let Some(rt_vaddr) = info.runtime else { continue };
         // Load bias: 0 for a non-PIE executable (Debian's python3.11), else where the file's
         // first segment was mapped minus its link-time address.
         let bias = if info.executable {
             0
         } else {
-            let Some(base) = maps
-                .iter()
-                .filter(|x| x.path == m.path && x.offset == 0)
-                .map(|x| x.start)
-                .min()
-            else {
-                continue;
-            };
+            let Some(base) = maps.iter().filter(|x| x.path == m.path && x.offset == 0).map(|x| x.start).min() else { continue };
             base.wrapping_sub(info.first_vaddr)
         };
         let runtime = rt_vaddr.wrapping_add(bias);
@@ -218,13 +162,7 @@ pub fn find_runtime(pid: u32) -> Result<Runtime, PyError> {
             None => version_from_name(&m.path).ok_or(PyError::NotPython(pid))?,
         };
         let code_type = info.code_type.map_or(0, |a| a.wrapping_add(bias));
-        return Ok(Runtime {
-            major,
-            minor,
-            runtime,
-            code_type,
-            path: m.path.clone(),
-        });
+        return Ok(Runtime { major, minor, runtime, code_type, path: m.path.clone() });
     }
     Err(PyError::NotPython(pid))
 }
@@ -252,22 +190,12 @@ pub fn gil_range(pid: u32, rt: &Runtime) -> Result<(u64, u64), PyError> {
             let mut cookie = [0u8; 8];
             read_mem(pid, rt.runtime, &mut cookie)?;
             if &cookie != b"xdebugpy" {
-                return Err(PyError::Invalid(
-                    pid,
-                    rt.major,
-                    rt.minor,
-                    "no _Py_DebugOffsets cookie",
-                ));
+                return Err(PyError::Invalid(pid, rt.major, rt.minor, "no _Py_DebugOffsets cookie"));
             }
             let heads_off = read_u64(pid, rt.runtime + 40)?;
             let gil_off = read_u64(pid, rt.runtime + 112)?;
             if heads_off > 1 << 20 || gil_off > 1 << 20 {
-                return Err(PyError::Invalid(
-                    pid,
-                    rt.major,
-                    rt.minor,
-                    "debug offsets out of range",
-                ));
+                return Err(PyError::Invalid(pid, rt.major, rt.minor, "debug offsets out of range"));
             }
             let interp = read_u64(pid, rt.runtime + heads_off)?;
             read_u64(pid, interp + gil_off)?
@@ -275,23 +203,13 @@ pub fn gil_range(pid: u32, rt: &Runtime) -> Result<(u64, u64), PyError> {
         (major, minor) => return Err(PyError::Unsupported(major, minor)),
     };
     if gil == 0 || gil % 8 != 0 {
-        return Err(PyError::Invalid(
-            pid,
-            rt.major,
-            rt.minor,
-            "GIL pointer is not a heap address",
-        ));
+        return Err(PyError::Invalid(pid, rt.major, rt.minor, "GIL pointer is not a heap address"));
     }
     // Sanity: `locked` (an int at +16) is 0 or 1.
     let mut locked = [0u8; 4];
     read_mem(pid, gil + 16, &mut locked)?;
     if u32::from_le_bytes(locked) > 1 {
-        return Err(PyError::Invalid(
-            pid,
-            rt.major,
-            rt.minor,
-            "GIL `locked` is neither 0 nor 1",
-        ));
+        return Err(PyError::Invalid(pid, rt.major, rt.minor, "GIL `locked` is neither 0 nor 1"));
     }
     Ok((gil, gil + GIL_SIZE))
 }

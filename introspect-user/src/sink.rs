@@ -6,9 +6,9 @@ use serde::Serialize;
 use crate::{
     assemble::{EndReason, Inflight, Request},
     breakdown::{Breakdown, Detail, PeerWait, SyscallStat},
-    clock::Clock,
     profile::ProfileEntry,
     pystack::Frame,
+    clock::Clock,
     summary::EndpointRow,
 };
 
@@ -170,13 +170,7 @@ impl<W: Write> JsonSink<W> {
         self.out.write_all(b"\n")
     }
 
-    pub fn request(
-        &mut self,
-        r: &Request,
-        d: &Detail,
-        stack: Option<&[Frame]>,
-        profile: Option<&[ProfileEntry]>,
-    ) -> io::Result<()> {
+    pub fn request(&mut self, r: &Request, d: &Detail, stack: Option<&[Frame]>, profile: Option<&[ProfileEntry]>) -> io::Result<()> {
         let line = RequestLine {
             ty: "request",
             ts: self.clock.rfc3339(r.end_ns),
@@ -202,12 +196,7 @@ impl<W: Write> JsonSink<W> {
         self.line(&line)
     }
 
-    pub fn inflight(
-        &mut self,
-        i: &Inflight,
-        d: &Detail,
-        stack: Option<&[Frame]>,
-    ) -> io::Result<()> {
+    pub fn inflight(&mut self, i: &Inflight, d: &Detail, stack: Option<&[Frame]>) -> io::Result<()> {
         let line = InflightLine {
             ty: "inflight",
             ts: self.clock.rfc3339(i.now_ns),
@@ -230,26 +219,12 @@ impl<W: Write> JsonSink<W> {
     }
 
     pub fn warning(&mut self, now_ns: u64, message: &str) -> io::Result<()> {
-        let line = WarningLine {
-            ty: "warning",
-            ts: self.clock.rfc3339(now_ns),
-            message,
-        };
+        let line = WarningLine { ty: "warning", ts: self.clock.rfc3339(now_ns), message };
         self.line(&line)
     }
 
-    pub fn summary(
-        &mut self,
-        now_ns: u64,
-        counts: &SummaryCounts,
-        endpoints: &[EndpointRow],
-    ) -> io::Result<()> {
-        let line = SummaryLine {
-            ty: "summary",
-            ts: self.clock.rfc3339(now_ns),
-            counts,
-            endpoints,
-        };
+    pub fn summary(&mut self, now_ns: u64, counts: &SummaryCounts, endpoints: &[EndpointRow]) -> io::Result<()> {
+        let line = SummaryLine { ty: "summary", ts: self.clock.rfc3339(now_ns), counts, endpoints };
         self.line(&line)
     }
 

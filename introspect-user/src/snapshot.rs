@@ -25,7 +25,8 @@ use crate::{
 /// line that an operator reads.
 pub struct Symbols {
     inner: Symbolizer,
-    /// Per file: where its symbols are read from and how file offsets map to addresses.
+    /// Per file (with its root prefix): where its symbols are read from and how file offsets
+    /// map to addresses.
     files: RefCell<HashMap<String, Option<SymFile>>>,
     /// Each process's file mappings and the prefix that opens its files from here. Read once and
     /// again only when an address falls outside them (a library loaded since): reading
@@ -52,35 +53,22 @@ impl SymFile {
         // SAFETY: a read-only private mapping of a library file, dropped before returning.
         let data = unsafe { memmap2::Mmap::map(&f) }.ok()?;
         let elf = object::File::parse(&*data).ok()?;
-        let segments = elf
-            .segments()
-            .map(|s| (s.file_range().0, s.file_range().1, s.address()))
-            .collect();
+        let segments = elf.segments().map(|s| (s.file_range().0, s.file_range().1, s.address())).collect();
         let debug_file = || {
             let id = elf.build_id().ok().flatten().filter(|id| id.len() > 1)?;
             let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-            let p = format!(
-                "{root}/usr/lib/debug/.build-id/{}/{}.debug",
-                hex(&id[..1]),
-                hex(&id[1..])
-            );
+            let p = format!("{root}/usr/lib/debug/.build-id/{}/{}.debug", hex(&id[..1]), hex(&id[1..]));
             fs::metadata(&p).is_ok().then_some(p)
         };
         let symbols = match elf.section_by_name(".symtab") {
             Some(_) => None,
             None => debug_file(),
         };
-        Some(Self {
-            symbols: symbols.unwrap_or_else(|| path.to_string()),
-            segments,
-        })
+        Some(Self { symbols: symbols.unwrap_or_else(|| path.to_string()), segments })
     }
 
     fn virt_offset(&self, file_offset: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|&&(off, size, _)| (off..off + size).contains(&file_offset))
-            .map(|&(off, _, addr)| file_offset - off + addr)
+        self.segments.iter().find(|&&(off, size, _)| (off..off + size).contains(&file_offset)).map(|&(off, _, addr)| file_offset - off + addr)
     }
 }
 
@@ -93,21 +81,12 @@ struct ProcMaps {
 
 impl Default for Symbols {
     fn default() -> Self {
-        Self {
-            inner: Symbolizer::new(),
-            files: RefCell::new(HashMap::new()),
-            procs: RefCell::new(HashMap::new()),
-        }
+        Self { inner: Symbolizer::new(), files: RefCell::new(HashMap::new()), procs: RefCell::new(HashMap::new()) }
     }
 }
 
 fn hex_frame(addr: u64, kind: FrameKind) -> Frame {
-    Frame {
-        function: format!("{addr:#x}"),
-        file: String::new(),
-        line: None,
-        kind,
-    }
+    Frame { function: format!("{addr:#x}"), file: String::new(), line: None, kind }
 }
 
 fn read_proc_maps(pid: u32) -> Option<ProcMaps> {
@@ -115,19 +94,8 @@ fn read_proc_maps(pid: u32) -> Option<ProcMaps> {
     // The same root directory (device and inode through the magic links): a link's text says
     // "/" for a container's root as well.
     let root_id = |p: &str| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    let same_root = root_id(&format!("/proc/{pid}/root"))
-        .is_some_and(|id| Some(id) == root_id("/proc/self/root"));
-    Some(ProcMaps {
-        maps: maps
-            .into_iter()
-            .filter(|m| m.path.starts_with('/'))
-            .collect(),
-        root: if same_root {
-            String::new()
-        } else {
-            format!("/proc/{pid}/root")
-        },
-    })
+    let same_root = root_id(&format!("/proc/{pid}/root")).is_some_and(|id| Some(id) == root_id("/proc/self/root"));
+    Some(ProcMaps { maps: maps.into_iter().filter(|m| m.path.starts_with('/')).collect(), root: if same_root { String::new() } else { format!("/proc/{pid}/root") } })
 }
 
 fn native_frame(sym: &Symbolized<'_>, kind: FrameKind) -> Frame {
@@ -135,27 +103,11 @@ fn native_frame(sym: &Symbolized<'_>, kind: FrameKind) -> Frame {
         Symbolized::Sym(s) => {
             let (file, line) = match &s.code_info {
                 Some(ci) => (ci.to_path().display().to_string(), ci.line),
-                None => (
-                    s.module
-                        .as_ref()
-                        .map(|m| m.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    None,
-                ),
+                None => (s.module.as_ref().map(|m| m.to_string_lossy().into_owned()).unwrap_or_default(), None),
             };
-            Frame {
-                function: s.name.to_string(),
-                file,
-                line,
-                kind,
-            }
+            Frame { function: s.name.to_string(), file, line, kind }
         }
-        Symbolized::Unknown(_) => Frame {
-            function: "[unknown]".into(),
-            file: String::new(),
-            line: None,
-            kind,
-        },
+        Symbolized::Unknown(_) => Frame { function: "[unknown]".into(), file: String::new(), line: None, kind },
     }
 }
 
@@ -169,10 +121,7 @@ impl Symbols {
     /// process `pid`.
     fn locate(&self, pid: u32, addr: u64) -> Option<(String, u64, String)> {
         let find = |p: &ProcMaps| {
-            p.maps
-                .iter()
-                .find(|m| (m.start..m.end).contains(&addr))
-                .map(|m| (m.path.clone(), addr - m.start + m.offset, p.root.clone()))
+            p.maps.iter().find(|m| (m.start..m.end).contains(&addr)).map(|m| (m.path.clone(), addr - m.start + m.offset, p.root.clone()))
         };
         let mut procs = self.procs.borrow_mut();
         if let Some(found) = procs.get(&pid).and_then(find) {
@@ -185,30 +134,17 @@ impl Symbols {
     }
 
     fn user_one(&self, pid: u32, addr: u64) -> Frame {
-        let Some((path, offset, root)) = self.locate(pid, addr) else {
-            return hex_frame(addr, FrameKind::Native);
-        };
+        let Some((path, offset, root)) = self.locate(pid, addr) else { return hex_frame(addr, FrameKind::Native) };
         let mut files = self.files.borrow_mut();
-        let file = files
-            .entry(format!("{root}{path}"))
-            .or_insert_with_key(|full| SymFile::read(full, &root));
-        let Some((symbols, virt)) = file
-            .as_ref()
-            .and_then(|f| Some((f.symbols.clone(), f.virt_offset(offset)?)))
-        else {
+        let file = files.entry(format!("{root}{path}")).or_insert_with_key(|full| SymFile::read(full, &root));
+        let Some((symbols, virt)) = file.as_ref().and_then(|f| Some((f.symbols.clone(), f.virt_offset(offset)?))) else {
             return hex_frame(addr, FrameKind::Native);
         };
         let mut elf = Elf::new(symbols);
         elf.debug_syms = false;
-        match self
-            .inner
-            .symbolize_single(&Source::Elf(elf), Input::VirtOffset(virt))
-        {
+        match self.inner.symbolize_single(&Source::Elf(elf), Input::VirtOffset(virt)) {
             // Named after the library, not the debug file its symbols came from.
-            Ok(s) => Frame {
-                file: path,
-                ..native_frame(&s, FrameKind::Native)
-            },
+            Ok(s) => Frame { file: path, ..native_frame(&s, FrameKind::Native) },
             Err(_) => hex_frame(addr, FrameKind::Native),
         }
     }
@@ -225,14 +161,8 @@ impl Symbols {
         }
         let src = Source::Kernel(Kernel::default());
         match self.inner.symbolize(&src, Input::AbsAddr(addrs)) {
-            Ok(syms) => syms
-                .iter()
-                .map(|s| native_frame(s, FrameKind::Kernel))
-                .collect(),
-            Err(_) => addrs
-                .iter()
-                .map(|&a| hex_frame(a, FrameKind::Kernel))
-                .collect(),
+            Ok(syms) => syms.iter().map(|s| native_frame(s, FrameKind::Kernel)).collect(),
+            Err(_) => addrs.iter().map(|&a| hex_frame(a, FrameKind::Kernel)).collect(),
         }
     }
 }
@@ -240,19 +170,12 @@ impl Symbols {
 /// Kernel frames of a thread that is off the CPU, innermost first (names only: kptr_restrict
 /// hides the addresses).
 pub fn kernel_frames(pid: u32, tid: u32) -> Vec<Frame> {
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")) else {
-        return Vec::new();
-    };
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stack")) else { return Vec::new() };
     text.lines()
         .filter_map(|l| {
             let sym = l.split_once("] ")?.1;
             let name = sym.split('+').next()?.trim();
-            (!name.is_empty()).then(|| Frame {
-                function: name.to_string(),
-                file: String::new(),
-                line: None,
-                kind: FrameKind::Kernel,
-            })
+            (!name.is_empty()).then(|| Frame { function: name.to_string(), file: String::new(), line: None, kind: FrameKind::Kernel })
         })
         .collect()
 }

@@ -104,9 +104,7 @@ impl Summary {
         if !self.routes.contains_key(self.key.as_str()) {
             self.routes.insert(self.key.clone(), RouteStats::default());
         }
-        let Some(s) = self.routes.get_mut(self.key.as_str()) else {
-            return;
-        };
+        let Some(s) = self.routes.get_mut(self.key.as_str()) else { return };
         s.count += 1;
         s.slow += u64::from(slow);
         s.errors_5xx += u64::from(r.status.is_some_and(|c| c >= 500));
@@ -117,17 +115,12 @@ impl Summary {
         s.hist.record(r.duration_ns());
     }
 
+
     /// Routes ranked by total time consumed.
     pub fn rows(&self) -> Vec<EndpointRow> {
         let all_time: u64 = self.routes.values().map(|s| s.total_ns).sum();
         let all_cpu: u64 = self.routes.values().map(|s| s.cpu_ns).sum();
-        let share = |part: u64, whole: u64| {
-            if whole == 0 {
-                0.0
-            } else {
-                (part as f64 / whole as f64 * 1e4).round() / 1e4
-            }
-        };
+        let share = |part: u64, whole: u64| if whole == 0 { 0.0 } else { (part as f64 / whole as f64 * 1e4).round() / 1e4 };
         let mut rows: Vec<_> = self
             .routes
             .iter()
@@ -151,12 +144,7 @@ impl Summary {
                 p99_ms: s.hist.quantile_ms(0.99).map(round3),
             })
             .collect();
-        rows.sort_by(|a, b| {
-            b.total_ms
-                .total_cmp(&a.total_ms)
-                .then_with(|| a.route.cmp(&b.route))
-                .then_with(|| a.method.cmp(&b.method))
-        });
+        rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms).then_with(|| a.route.cmp(&b.route)).then_with(|| a.method.cmp(&b.method)));
         rows
     }
 }

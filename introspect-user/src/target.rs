@@ -20,11 +20,8 @@ fn ppid_of(stat: &str) -> Option<u32> {
 }
 
 fn all_pids() -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
 }
 
 pub fn exists(pid: u32) -> bool {
@@ -35,11 +32,7 @@ pub fn exists(pid: u32) -> bool {
 pub fn with_descendants(roots: &[u32]) -> BTreeSet<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for pid in all_pids() {
-        if let Some(ppid) = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .as_deref()
-            .and_then(ppid_of)
-        {
+        if let Some(ppid) = fs::read_to_string(format!("/proc/{pid}/stat")).ok().as_deref().and_then(ppid_of) {
             children.entry(ppid).or_default().push(pid);
         }
     }
@@ -73,9 +66,7 @@ fn parse_addr(hex: &str) -> Option<SocketAddr> {
     let port = u16::from_str_radix(port, 16).ok()?;
     // /proc/net/tcp prints each 32-bit word of the address in host (little-endian) order.
     let ip = match ip.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(
-            u32::from_str_radix(ip, 16).ok()?.swap_bytes(),
-        )),
+        8 => IpAddr::V4(Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.swap_bytes())),
         32 => {
             let mut bytes = [0u8; 16];
             for (i, chunk) in bytes.chunks_mut(4).enumerate() {
@@ -116,36 +107,24 @@ pub fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
 
 /// Unix sockets of the process's namespace: (inode, bound path or "").
 pub fn unix_sockets(pid: u32) -> Vec<(u64, String)> {
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/unix")) else {
-        return Vec::new();
-    };
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/unix")) else { return Vec::new() };
     text.lines()
         .skip(1)
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            Some((
-                cols.get(6)?.parse().ok()?,
-                cols.get(7).map_or(String::new(), |p| p.to_string()),
-            ))
+            Some((cols.get(6)?.parse().ok()?, cols.get(7).map_or(String::new(), |p| p.to_string())))
         })
         .collect()
 }
 
 /// Socket inodes held by a process, by fd.
 pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
     dir.filter_map(|e| {
         let e = e.ok()?;
         let fd: i32 = e.file_name().to_str()?.parse().ok()?;
         let link = fs::read_link(e.path()).ok()?;
-        let inode = link
-            .to_str()?
-            .strip_prefix("socket:[")?
-            .strip_suffix(']')?
-            .parse()
-            .ok()?;
+        let inode = link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
         Some((fd, inode))
     })
     .collect()
@@ -176,28 +155,15 @@ pub struct Served {
 }
 
 pub fn served(pids: &BTreeSet<u32>) -> Served {
-    let Some(&any) = pids.iter().next() else {
-        return Served {
-            ports: BTreeSet::new(),
-            conns: Vec::new(),
-        };
-    };
+    let Some(&any) = pids.iter().next() else { return Served { ports: BTreeSet::new(), conns: Vec::new() } };
     let sockets = tcp_sockets(any);
     let by_inode: HashMap<u64, &TcpSocket> = sockets.iter().map(|s| (s.inode, s)).collect();
     let held: Vec<(u32, i32, &TcpSocket)> = pids
         .iter()
-        .flat_map(|&pid| {
-            socket_fds(pid)
-                .into_iter()
-                .map(move |(fd, ino)| (pid, fd, ino))
-        })
+        .flat_map(|&pid| socket_fds(pid).into_iter().map(move |(fd, ino)| (pid, fd, ino)))
         .filter_map(|(pid, fd, ino)| by_inode.get(&ino).map(|s| (pid, fd, *s)))
         .collect();
-    let ports: BTreeSet<u16> = held
-        .iter()
-        .filter(|(_, _, s)| s.state == TCP_LISTEN)
-        .map(|(_, _, s)| s.local.port())
-        .collect();
+    let ports: BTreeSet<u16> = held.iter().filter(|(_, _, s)| s.state == TCP_LISTEN).map(|(_, _, s)| s.local.port()).collect();
     let conns = held
         .iter()
         .filter(|(_, _, s)| s.state == TCP_ESTABLISHED && ports.contains(&s.local.port()))
@@ -228,19 +194,13 @@ mod tests {
 
     #[test]
     fn ppid_survives_odd_comms() {
-        assert_eq!(
-            ppid_of("123 (gunicorn: worker [a b)]) S 77 123 123 0"),
-            Some(77)
-        );
+        assert_eq!(ppid_of("123 (gunicorn: worker [a b)]) S 77 123 123 0"), Some(77));
     }
 
     #[test]
     fn finds_own_descendants() {
         let me = std::process::id();
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
         let set = with_descendants(&[me]);
         let _ = child.kill();
         let _ = child.wait();

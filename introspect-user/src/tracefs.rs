@@ -17,23 +17,11 @@ pub enum TracefsError {
     #[error("tracepoint {0} does not exist on this kernel (is CONFIG_FTRACE_SYSCALLS enabled?)")]
     Missing(String),
     #[error("reading {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("tracepoint {tracepoint} has no field `{field}` (kernel layout changed?)")]
     NoField { tracepoint: String, field: String },
-    #[error(
-        "tracepoint {tracepoint} field `{field}` is at offset {offset} size {size}, expected {want_offset}/{want_size}"
-    )]
-    Layout {
-        tracepoint: String,
-        field: String,
-        offset: usize,
-        size: usize,
-        want_offset: usize,
-        want_size: usize,
-    },
+    #[error("tracepoint {tracepoint} field `{field}` is at offset {offset} size {size}, expected {want_offset}/{want_size}")]
+    Layout { tracepoint: String, field: String, offset: usize, size: usize, want_offset: usize, want_size: usize },
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -53,15 +41,7 @@ pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: valid NUL-terminated strings; a failed mount changes nothing.
-    let rc = unsafe {
-        libc::mount(
-            c"nodev".as_ptr(),
-            target.as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(TracefsError::Mount(std::io::Error::last_os_error()));
     }
@@ -80,9 +60,7 @@ pub fn parse_format(text: &str) -> Vec<(String, Field)> {
     let mut fields = Vec::new();
     for line in text.lines() {
         let line = line.trim();
-        let Some(rest) = line.strip_prefix("field:") else {
-            continue;
-        };
+        let Some(rest) = line.strip_prefix("field:") else { continue };
         let mut decl = None;
         let mut offset = None;
         let mut size = None;
@@ -96,9 +74,7 @@ pub fn parse_format(text: &str) -> Vec<(String, Field)> {
                 decl = Some(part);
             }
         }
-        let (Some(decl), Some(offset), Some(size)) = (decl, offset, size) else {
-            continue;
-        };
+        let (Some(decl), Some(offset), Some(size)) = (decl, offset, size) else { continue };
         let name = decl.rsplit([' ', '*']).next().unwrap_or(decl);
         let name = name.split('[').next().unwrap_or(name);
         fields.push((name.to_string(), Field { offset, size }));
@@ -118,17 +94,10 @@ pub struct Tracefs {
 
 impl Tracefs {
     pub fn new(root: PathBuf) -> Self {
-        Self {
-            root,
-            formats: RefCell::new(HashMap::new()),
-        }
+        Self { root, formats: RefCell::new(HashMap::new()) }
     }
 
-    pub fn format(
-        &self,
-        category: &str,
-        name: &str,
-    ) -> Result<Fields, TracefsError> {
+    pub fn format(&self, category: &str, name: &str) -> Result<Fields, TracefsError> {
         let key = (category.to_string(), name.to_string());
         if let Some(f) = self.formats.borrow().get(&key) {
             return Ok(Rc::clone(f));
@@ -138,8 +107,7 @@ impl Tracefs {
             return Err(TracefsError::Missing(format!("{category}:{name}")));
         }
         let path = dir.join("format");
-        let text =
-            fs::read_to_string(&path).map_err(|source| TracefsError::Read { path, source })?;
+        let text = fs::read_to_string(&path).map_err(|source| TracefsError::Read { path, source })?;
         let parsed = Rc::new(parse_format(&text));
         self.formats.borrow_mut().insert(key, Rc::clone(&parsed));
         Ok(parsed)
@@ -150,21 +118,11 @@ impl Tracefs {
             .iter()
             .find(|(n, _)| n == field)
             .map(|(_, f)| *f)
-            .ok_or_else(|| TracefsError::NoField {
-                tracepoint: format!("{category}:{name}"),
-                field: field.to_string(),
-            })
+            .ok_or_else(|| TracefsError::NoField { tracepoint: format!("{category}:{name}"), field: field.to_string() })
     }
 
     /// Checks a field is where the programs expect it (syscall records are ABI-fixed).
-    pub fn expect_field(
-        &self,
-        category: &str,
-        name: &str,
-        field: &str,
-        offset: usize,
-        size: usize,
-    ) -> Result<(), TracefsError> {
+    pub fn expect_field(&self, category: &str, name: &str, field: &str, offset: usize, size: usize) -> Result<(), TracefsError> {
         let f = self.field(category, name, field)?;
         if f.offset != offset || f.size != size {
             return Err(TracefsError::Layout {
@@ -192,26 +150,8 @@ mod tests {
         let f = parse_format(text);
         let get = |n: &str| f.iter().find(|(name, _)| name == n).map(|(_, f)| *f);
         assert_eq!(get("common_type"), Some(Field { offset: 0, size: 2 }));
-        assert_eq!(
-            get("daddr"),
-            Some(Field {
-                offset: 36,
-                size: 28
-            })
-        );
-        assert_eq!(
-            get("sport"),
-            Some(Field {
-                offset: 64,
-                size: 2
-            })
-        );
-        assert_eq!(
-            get("skaddr"),
-            Some(Field {
-                offset: 128,
-                size: 8
-            })
-        );
+        assert_eq!(get("daddr"), Some(Field { offset: 36, size: 28 }));
+        assert_eq!(get("sport"), Some(Field { offset: 64, size: 2 }));
+        assert_eq!(get("skaddr"), Some(Field { offset: 128, size: 8 }));
     }
 }

@@ -15,13 +15,7 @@ use crate::{
 
 /// Sends `paths` from `clients` concurrent connections (keep-alive on the even ones when
 /// `keep_alive_mix`, on all when `keep_alive`) and returns what each client measured.
-pub fn drive(
-    port: u16,
-    paths: Vec<String>,
-    clients: usize,
-    keep_alive: bool,
-    keep_alive_mix: bool,
-) -> Vec<Exchange> {
+pub fn drive(port: u16, paths: Vec<String>, clients: usize, keep_alive: bool, keep_alive_mix: bool) -> Vec<Exchange> {
     let queue = Arc::new(Mutex::new(paths.into_iter().rev().collect::<Vec<_>>()));
     let handles: Vec<_> = (0..clients)
         .map(|c| {
@@ -32,39 +26,22 @@ pub fn drive(
                 let mut client = Client::new(port, ka);
                 let mut done = Vec::new();
                 loop {
-                    let Some(path) = queue.lock().unwrap().pop() else {
-                        break;
-                    };
-                    done.push(
-                        client
-                            .request("GET", &path)
-                            .unwrap_or_else(|e| panic!("GET {path}: {e}")),
-                    );
+                    let Some(path) = queue.lock().unwrap().pop() else { break };
+                    done.push(client.request("GET", &path).unwrap_or_else(|e| panic!("GET {path}: {e}")));
                 }
                 done
             })
         })
         .collect();
-    handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("client thread"))
-        .collect()
+    handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect()
 }
 
 pub fn requests(lines: &[Line]) -> Vec<&Value> {
-    lines
-        .iter()
-        .filter(|l| l.ty() == "request")
-        .map(|l| &l.json)
-        .collect()
+    lines.iter().filter(|l| l.ty() == "request").map(|l| &l.json).collect()
 }
 
 pub fn summary(lines: &[Line]) -> &Value {
-    &lines
-        .iter()
-        .find(|l| l.ty() == "summary")
-        .expect("a summary line")
-        .json
+    &lines.iter().find(|l| l.ty() == "summary").expect("a summary line").json
 }
 
 /// Every exchange is reported exactly once, nothing else is, and each report matches the
@@ -74,35 +51,19 @@ pub fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: b
     let reqs = requests(lines);
     let mut by_path: HashMap<&str, Vec<&Value>> = HashMap::new();
     for r in &reqs {
-        by_path
-            .entry(r["path"].as_str().expect("path"))
-            .or_default()
-            .push(r);
+        by_path.entry(r["path"].as_str().expect("path")).or_default().push(r);
     }
-    assert_eq!(
-        reqs.len(),
-        exchanges.len(),
-        "reported {} requests for {} sent",
-        reqs.len(),
-        exchanges.len()
-    );
+    assert_eq!(reqs.len(), exchanges.len(), "reported {} requests for {} sent", reqs.len(), exchanges.len());
     let mut worst_ms: f64 = 0.0;
     let mut excess_ms: f64 = 0.0;
     for ex in exchanges {
-        let got = by_path
-            .get(ex.path.as_str())
-            .unwrap_or_else(|| panic!("{} was not reported", ex.path));
+        let got = by_path.get(ex.path.as_str()).unwrap_or_else(|| panic!("{} was not reported", ex.path));
         assert_eq!(got.len(), 1, "{} reported {} times", ex.path, got.len());
         let r = got[0];
         assert_eq!(r["method"], ex.method.as_str(), "{}", ex.path);
         assert_eq!(r["status"], ex.status, "{}: {r}", ex.path);
         if check_tid {
-            assert_eq!(
-                r["tid"].as_u64(),
-                ex.server_tid.map(u64::from),
-                "{}: thread: {r}",
-                ex.path
-            );
+            assert_eq!(r["tid"].as_u64(), ex.server_tid.map(u64::from), "{}: thread: {r}", ex.path);
         }
         let client_ms = ex.duration_ms();
         let ours = r["duration_ms"].as_f64().expect("duration_ms");
@@ -110,26 +71,16 @@ pub fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: b
         // last byte reaches the client while the server's write() is still returning (the
         // softirq that delivers it runs first), and a real-time client can read it a few µs
         // before that return is stamped. 10 µs covers it; duration_ms is printed to the µs.
-        assert!(
-            ours <= client_ms + 0.011,
-            "{}: {ours} ms reported, above the client's {client_ms:.3} ms",
-            ex.path
-        );
+        assert!(ours <= client_ms + 0.011, "{}: {ours} ms reported, above the client's {client_ms:.3} ms", ex.path);
         // Hypervisor steal while the client waited is time it saw pass that no one ran.
         let tolerance = (client_ms * 0.02).max(1.0) + ex.stolen_ms;
-        assert!(
-            client_ms - ours <= tolerance,
-            "{}: {ours} ms reported, client measured {client_ms:.3} ms",
-            ex.path
-        );
+        assert!(client_ms - ours <= tolerance, "{}: {ours} ms reported, client measured {client_ms:.3} ms", ex.path);
         worst_ms = worst_ms.max(client_ms - ours);
         excess_ms = excess_ms.max(ours - client_ms);
     }
-    eprintln!(
-        "{} requests matched; largest shortfall against the client: {worst_ms:.3} ms; largest excess: {excess_ms:.3} ms",
-        exchanges.len()
-    );
+    eprintln!("{} requests matched; largest shortfall against the client: {worst_ms:.3} ms; largest excess: {excess_ms:.3} ms", exchanges.len());
     let s = summary(lines);
     assert_eq!(s["requests"], exchanges.len(), "summary: {s}");
     assert_eq!(s["dropped_events"], 0, "summary: {s}");
 }
+

@@ -27,12 +27,7 @@ pub struct Exchange {
 /// The VM's steal time so far (/proc/stat `steal`, all CPUs), in ms.
 pub fn steal_ms() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: f64 = stat
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(8))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let ticks: f64 = stat.lines().next().and_then(|l| l.split_whitespace().nth(8)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     // SAFETY: no preconditions.
     ticks * 1000.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
@@ -88,11 +83,7 @@ fn chunked_done(body: &[u8]) -> bool {
 
 impl Client {
     pub fn new(port: u16, keep_alive: bool) -> Self {
-        Self {
-            port,
-            keep_alive,
-            conn: None,
-        }
+        Self { port, keep_alive, conn: None }
     }
 
     fn connect(&mut self) -> io::Result<&mut TcpStream> {
@@ -115,15 +106,8 @@ impl Client {
     }
 
     fn exchange(&mut self, method: &str, path: &str) -> io::Result<Exchange> {
-        let conn_header = if self.keep_alive {
-            "keep-alive"
-        } else {
-            "close"
-        };
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: introspect-tests\r\nConnection: {conn_header}\r\n\r\n",
-            self.port
-        );
+        let conn_header = if self.keep_alive { "keep-alive" } else { "close" };
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: introspect-tests\r\nConnection: {conn_header}\r\n\r\n", self.port);
         let conn = self.connect()?;
         let sent = Instant::now();
         if let Err(e) = conn.write_all(req.as_bytes()) {
@@ -143,10 +127,7 @@ impl Client {
                 if buf.is_empty() && self.keep_alive {
                     return self.exchange(method, path);
                 }
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed before the response head",
-                ));
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the response head"));
             }
             buf.extend_from_slice(&chunk[..n]);
             if let Some(i) = find(&buf, b"\r\n\r\n") {
@@ -154,13 +135,8 @@ impl Client {
             }
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let chunked =
-            header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let chunked = header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         let mut received = received;
         let bodiless = method == "HEAD" || status == 204 || status == 304 || status < 200;
         if !bodiless {
@@ -173,16 +149,11 @@ impl Client {
                     buf.extend_from_slice(&chunk[..n]);
                     received = Instant::now();
                 }
-            } else if let Some(len) =
-                header(&head, "content-length").and_then(|v| v.parse::<usize>().ok())
-            {
+            } else if let Some(len) = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
                 while buf.len() < head_end + len {
                     let n = conn.read(&mut chunk)?;
                     if n == 0 {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "connection closed mid-body",
-                        ));
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed mid-body"));
                     }
                     buf.extend_from_slice(&chunk[..n]);
                     received = Instant::now();
@@ -193,8 +164,7 @@ impl Client {
                 }
             }
         }
-        let server_keeps =
-            header(&head, "connection").is_none_or(|v| !v.eq_ignore_ascii_case("close"));
+        let server_keeps = header(&head, "connection").is_none_or(|v| !v.eq_ignore_ascii_case("close"));
         if !(self.keep_alive && server_keeps) {
             self.conn = None;
         }

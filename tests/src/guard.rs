@@ -21,10 +21,7 @@ impl Guard {
     /// Spawns `cmd` as the leader of a new process group.
     pub fn spawn(name: &str, cmd: &mut Command) -> std::io::Result<Self> {
         let child = cmd.process_group(0).spawn()?;
-        Ok(Self {
-            name: name.to_string(),
-            child: Some(child),
-        })
+        Ok(Self { name: name.to_string(), child: Some(child) })
     }
 
     pub fn pid(&self) -> u32 {
@@ -32,15 +29,11 @@ impl Guard {
     }
 
     pub fn child_mut(&mut self) -> &mut Child {
-        self.child
-            .as_mut()
-            .expect("guard holds its child until stopped")
+        self.child.as_mut().expect("guard holds its child until stopped")
     }
 
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Sends `sig` to the leader, waits up to `grace` for it to exit, then kills the group.
@@ -54,10 +47,7 @@ impl Guard {
                 Ok(Some(s)) => break Some(s),
                 Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
                 _ => {
-                    eprintln!(
-                        "guard: {} did not stop within {grace:?}; killing it",
-                        self.name
-                    );
+                    eprintln!("guard: {} did not stop within {grace:?}; killing it", self.name);
                     break None;
                 }
             }

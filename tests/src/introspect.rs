@@ -37,37 +37,22 @@ pub struct Watch {
 
 /// Runs `introspect` to completion (for argument and permission errors).
 pub fn run(args: &[&str]) -> Output {
-    Command::new(introspect_bin())
-        .args(args)
-        .output()
-        .expect("run introspect")
+    Command::new(introspect_bin()).args(args).output().expect("run introspect")
 }
 
 impl Watch {
     /// Starts `introspect watch ARGS` and waits until it says it is watching.
     pub fn start(args: &[&str]) -> Self {
         let mut cmd = Command::new(introspect_bin());
-        cmd.arg("watch")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg("watch").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut guard = Guard::spawn("introspect", &mut cmd).expect("spawn introspect");
         let stdout = guard.child_mut().stdout.take().expect("piped stdout");
         let stderr = guard.child_mut().stderr.take().expect("piped stderr");
         let (tx, lines) = mpsc::channel();
         let out_reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let json = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
-                if tx
-                    .send(Line {
-                        at: Instant::now(),
-                        raw: line,
-                        json,
-                    })
-                    .is_err()
-                {
+                let json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                if tx.send(Line { at: Instant::now(), raw: line, json }).is_err() {
                     break;
                 }
             }
@@ -85,19 +70,10 @@ impl Watch {
                 t.push('\n');
             }
         });
-        let mut w = Self {
-            guard,
-            lines,
-            seen: Vec::new(),
-            stderr: err_text,
-            readers: vec![out_reader, err_reader],
-        };
+        let mut w = Self { guard, lines, seen: Vec::new(), stderr: err_text, readers: vec![out_reader, err_reader] };
         if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let status = w.guard.try_wait();
-            panic!(
-                "introspect did not start (exit {status:?}); stderr:\n{}",
-                w.stderr()
-            );
+            panic!("introspect did not start (exit {status:?}); stderr:\n{}", w.stderr());
         }
         w
     }
@@ -144,11 +120,7 @@ impl Watch {
             let _ = r.join();
         }
         self.pump();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "introspect exited with {status:?}; stderr:\n{}",
-            self.stderr()
-        );
+        assert!(status.is_some_and(|s| s.success()), "introspect exited with {status:?}; stderr:\n{}", self.stderr());
         std::mem::take(&mut self.seen)
     }
 }

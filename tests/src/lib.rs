@@ -12,31 +12,22 @@ use std::path::PathBuf;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// The Python virtual environment `cargo xtask setup` made (override with INTROSPECT_VENV).
 pub fn venv() -> PathBuf {
-    std::env::var_os("INTROSPECT_VENV")
-        .map_or_else(|| repo_root().join("target/venv/py311"), PathBuf::from)
+    std::env::var_os("INTROSPECT_VENV").map_or_else(|| repo_root().join("target/venv/py311"), PathBuf::from)
 }
 
 /// The virtual environment of one CPython version (`target/venv/NAME`: py38 … py313, debian311).
 pub fn venv_named(name: &str) -> PathBuf {
-    venv()
-        .parent()
-        .map_or_else(|| PathBuf::from(name), |p| p.join(name))
+    venv().parent().map_or_else(|| PathBuf::from(name), |p| p.join(name))
 }
 
 /// The introspect binary under test (xtask sets INTROSPECT_BIN; default: the release build).
 pub fn introspect_bin() -> PathBuf {
-    std::env::var_os("INTROSPECT_BIN").map_or_else(
-        || repo_root().join("target/release/introspect"),
-        PathBuf::from,
-    )
+    std::env::var_os("INTROSPECT_BIN").map_or_else(|| repo_root().join("target/release/introspect"), PathBuf::from)
 }
 
 /// Whether this run may load eBPF programs. Under CI=true a missing capability fails the test
@@ -47,23 +38,15 @@ pub fn can_trace(test: &str) -> bool {
     let problem = if !root {
         Some("not running as root".to_string())
     } else if !introspect_bin().exists() {
-        Some(format!(
-            "{} is missing (run `cargo xtask test`)",
-            introspect_bin().display()
-        ))
+        Some(format!("{} is missing (run `cargo xtask test`)", introspect_bin().display()))
     } else if !venv().join("bin/gunicorn").exists() {
-        Some(format!(
-            "{} has no gunicorn (run `cargo xtask setup`)",
-            venv().display()
-        ))
+        Some(format!("{} has no gunicorn (run `cargo xtask setup`)", venv().display()))
     } else {
         None
     };
     match problem {
         None => true,
-        Some(p) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test}: cannot trace under CI: {p}")
-        }
+        Some(p) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{test}: cannot trace under CI: {p}"),
         Some(p) => {
             eprintln!("{test}: SKIPPED outside CI: {p}");
             false

@@ -25,17 +25,14 @@ fn bin_dir() -> PathBuf {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     versions.sort();
-    let v = versions
-        .last()
-        .expect("no PostgreSQL version under /usr/lib/postgresql");
+    let v = versions.last().expect("no PostgreSQL version under /usr/lib/postgresql");
     PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"))
 }
 
 /// Runs a command as the postgres user (the server refuses to run as root).
 fn as_postgres(program: PathBuf) -> Command {
     let mut c = Command::new("setpriv");
-    c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
-        .arg(program);
+    c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(program);
     c
 }
 
@@ -46,11 +43,7 @@ impl Postgres {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create PostgreSQL directory");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).expect("chmod");
-        let status = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .expect("chown");
+        let status = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status().expect("chown");
         assert!(status.success(), "chown {} failed", dir.display());
         let data = dir.join("data");
         let out = as_postgres(bin_dir().join("initdb"))
@@ -58,23 +51,12 @@ impl Postgres {
             .arg(&data)
             .output()
             .expect("initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let log = fs::File::create(dir.join("server.log")).expect("server log");
         let mut cmd = as_postgres(bin_dir().join("postgres"));
         cmd.arg("-D")
             .arg(&data)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-            ])
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", &format!("unix_socket_directories={}", dir.display())])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
@@ -82,67 +64,31 @@ impl Postgres {
         let guard = Guard::spawn("postgres", &mut cmd).expect("spawn postgres");
         let pg = Self { guard, port, dir };
         pg.wait_ready();
-        pg.psql(
-            "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'one');",
-        );
+        pg.psql("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'one');");
         pg
     }
 
     /// A libpq connection string over TCP (so waits on it show the server's address).
     pub fn dsn(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
     }
 
     pub fn psql(&self, sql: &str) {
         let out = Command::new(bin_dir().join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-c",
-                sql,
-            ])
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-c", sql])
             .output()
             .expect("psql");
-        assert!(
-            out.status.success(),
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// Locks row 1 of `items` from another transaction (a psql session) for `hold`, and returns
     /// once the lock is taken. The guard ends the session if the test fails first.
     pub fn hold_row_lock(&self, hold: Duration) -> Guard {
-        let sql = format!(
-            "BEGIN; SELECT id FROM items WHERE id = 1 FOR UPDATE; SELECT pg_sleep({}); COMMIT;",
-            hold.as_secs_f64()
-        );
+        let sql = format!("BEGIN; SELECT id FROM items WHERE id = 1 FOR UPDATE; SELECT pg_sleep({}); COMMIT;", hold.as_secs_f64());
         let mut cmd = Command::new(bin_dir().join("psql"));
-        cmd.args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            "-c",
-            &sql,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        cmd.args(["-X", "-q", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-c", &sql])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let guard = Guard::spawn("psql lock holder", &mut cmd).expect("spawn psql");
         // Taken when a transaction other than ours holds a tuple lock on items.
         let deadline = Instant::now() + Duration::from_secs(10);

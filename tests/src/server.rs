@@ -12,20 +12,13 @@ use crate::{guard::Guard, repo_root, venv};
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind an ephemeral port")
 }
 
 /// Direct children of `pid` (gunicorn workers of a master).
 pub fn children(pid: u32) -> Vec<u32> {
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else {
-        return Vec::new();
-    };
-    text.split_whitespace()
-        .filter_map(|s| s.parse().ok())
-        .collect()
+    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) else { return Vec::new() };
+    text.split_whitespace().filter_map(|s| s.parse().ok()).collect()
 }
 
 pub struct Gunicorn {
@@ -47,24 +40,13 @@ impl Gunicorn {
     }
 
     /// As `start_with_env`, from the virtual environment `venv` (one per CPython version).
-    pub fn start_in(
-        venv: &std::path::Path,
-        app: &str,
-        workers: usize,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Self {
+    pub fn start_in(venv: &std::path::Path, app: &str, workers: usize, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("introspect-gunicorn-{port}.log"));
         let logfile = fs::File::create(&log).expect("create gunicorn log");
         let mut cmd = Command::new(venv.join("bin/gunicorn"));
         cmd.current_dir(repo_root().join("tests/apps"))
-            .args([
-                "--bind",
-                &format!("127.0.0.1:{port}"),
-                "--workers",
-                &workers.to_string(),
-            ])
+            .args(["--bind", &format!("127.0.0.1:{port}"), "--workers", &workers.to_string()])
             .args(["--graceful-timeout", "2", "--log-level", "warning"])
             .args(extra)
             .arg(app)

@@ -19,31 +19,25 @@ use introspect_tests::{
 };
 use serde_json::Value;
 
-const PARTS: [&str; 9] = [
-    "queue", "on_cpu", "runqueue", "disk_io", "net_io", "lock", "gil", "sleep", "other",
-];
+const PARTS: [&str; 9] = ["queue", "on_cpu", "runqueue", "disk_io", "net_io", "lock", "gil", "sleep", "other"];
 /// Categories a request waits in (on_cpu, runqueue and queue are checked separately).
 const WAITS: [&str; 6] = ["disk_io", "net_io", "lock", "gil", "sleep", "other"];
 
 fn part(r: &Value, name: &str) -> f64 {
-    r["breakdown_ms"][name]
-        .as_f64()
-        .unwrap_or_else(|| panic!("breakdown_ms.{name} missing: {r}"))
+    r["breakdown_ms"][name].as_f64().unwrap_or_else(|| panic!("breakdown_ms.{name} missing: {r}"))
 }
 
 /// The parts add up to duration_ms within 1%.
 fn check_sum(r: &Value) {
     let sum: f64 = PARTS.iter().map(|p| part(r, p)).sum();
     let duration = r["duration_ms"].as_f64().unwrap();
-    assert!(
-        (sum - duration).abs() <= duration * 0.01 + 0.01,
-        "parts sum to {sum}, duration {duration}: {r}"
-    );
+    assert!((sum - duration).abs() <= duration * 0.01 + 0.01, "parts sum to {sum}, duration {duration}: {r}");
 }
 
 fn within(got: f64, want: f64) -> bool {
     (got - want).abs() <= (want * 0.10).max(5.0)
 }
+
 
 /// `dominant` holds `want_ms` (max(5 ms, 10%)), the other waits are near zero, the thread's CPU
 /// matches what the app measured, and the parts add up. `stolen` is the hypervisor's steal time
@@ -52,11 +46,7 @@ fn check_cause(r: &Value, ex: &Exchange, dominant: &str, want_ms: f64, stolen: f
     check_sum(r);
     let got = part(r, dominant);
     let ok = (got - want_ms).abs() <= (want_ms * 0.10).max(5.0) + stolen;
-    assert!(
-        ok,
-        "{}: {dominant} = {got} ms, the app spent {want_ms:.1} ms ({stolen:.0} ms stolen by the hypervisor meanwhile): {r}",
-        ex.path
-    );
+    assert!(ok, "{}: {dominant} = {got} ms, the app spent {want_ms:.1} ms ({stolen:.0} ms stolen by the hypervisor meanwhile): {r}", ex.path);
     for w in WAITS.iter().filter(|w| **w != dominant) {
         let v = part(r, w);
         assert!(v <= 5.0, "{}: unrelated {w} = {v} ms: {r}", ex.path);
@@ -65,16 +55,9 @@ fn check_cause(r: &Value, ex: &Exchange, dominant: &str, want_ms: f64, stolen: f
         let cpu = ex.header_f64("X-Cpu-Ms").expect("X-Cpu-Ms");
         // The handler's own CPU plus the server's per-request work (parsing, routing, logging).
         let on_cpu = part(r, "on_cpu");
-        assert!(
-            on_cpu >= cpu - 1.0 && on_cpu <= cpu + 15.0 + stolen,
-            "{}: on_cpu {on_cpu} ms, the handler used {cpu:.1} ms: {r}",
-            ex.path
-        );
+        assert!(on_cpu >= cpu - 1.0 && on_cpu <= cpu + 15.0 + stolen, "{}: on_cpu {on_cpu} ms, the handler used {cpu:.1} ms: {r}", ex.path);
     }
-    eprintln!(
-        "{:<24} {dominant:>8} {got:>8.1} ms (truth {want_ms:>6.1})  {}",
-        ex.path, r["breakdown_ms"]
-    );
+    eprintln!("{:<24} {dominant:>8} {got:>8.1} ms (truth {want_ms:>6.1})  {}", ex.path, r["breakdown_ms"]);
 }
 
 /// A 64 MiB file on a real disk for the O_DIRECT endpoint.
@@ -82,9 +65,7 @@ fn disk_file() -> std::path::PathBuf {
     let path = introspect_tests::repo_root().join("target/introspect-disk-64M.bin");
     if fs::metadata(&path).map(|m| m.len()).ok() != Some(64 << 20) {
         let mut f = fs::File::create(&path).expect("create disk file");
-        let block: Vec<u8> = (0..1 << 20)
-            .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let block: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         for _ in 0..64 {
             f.write_all(&block).expect("write disk file");
         }
@@ -94,10 +75,7 @@ fn disk_file() -> std::path::PathBuf {
 }
 
 fn by_path<'a>(lines: &'a [introspect_tests::introspect::Line], path: &str) -> &'a Value {
-    requests(lines)
-        .into_iter()
-        .find(|r| r["path"] == path)
-        .unwrap_or_else(|| panic!("{path} not reported"))
+    requests(lines).into_iter().find(|r| r["path"] == path).unwrap_or_else(|| panic!("{path} not reported"))
 }
 
 #[test]
@@ -119,10 +97,7 @@ fn each_cause_lands_in_its_category() {
     let watch = Watch::start(&["--pid", &pid, "--all"]);
     client::measure_precisely();
     let mut c = Client::new(server.port, false);
-    let mut get = |p: &str| {
-        c.request("GET", p)
-            .unwrap_or_else(|e| panic!("GET {p}: {e}"))
-    };
+    let mut get = |p: &str| c.request("GET", p).unwrap_or_else(|e| panic!("GET {p}: {e}"));
     // Warm-up: the first database request imports psycopg2 and connects (disk and network
     // time of its own), which would blur the measured ones.
     get("/db/sleep/1/warm");
@@ -144,61 +119,24 @@ fn each_cause_lands_in_its_category() {
     let spent = |ex: &Exchange| ex.header_f64("X-Spent-Ms").expect("X-Spent-Ms");
 
     let st = |ex: &Exchange| ex.stolen_ms;
-    check_cause(
-        by_path(&lines, &cpu.path),
-        &cpu,
-        "on_cpu",
-        cpu.header_f64("X-Cpu-Ms").unwrap(),
-        st(&cpu),
-    );
-    check_cause(
-        by_path(&lines, &sleep.path),
-        &sleep,
-        "sleep",
-        spent(&sleep),
-        st(&sleep),
-    );
+    check_cause(by_path(&lines, &cpu.path), &cpu, "on_cpu", cpu.header_f64("X-Cpu-Ms").unwrap(), st(&cpu));
+    check_cause(by_path(&lines, &sleep.path), &sleep, "sleep", spent(&sleep), st(&sleep));
     // The app's off-CPU time in its reads also includes waking up after each IO (run queue).
     let d = by_path(&lines, &disk_ex.path);
-    check_cause(
-        d,
-        &disk_ex,
-        "disk_io",
-        spent(&disk_ex) - part(d, "runqueue"),
-        st(&disk_ex),
-    );
-    check_cause(
-        by_path(&lines, &lock.path),
-        &lock,
-        "lock",
-        spent(&lock),
-        st(&lock),
-    );
+    check_cause(d, &disk_ex, "disk_io", spent(&disk_ex) - part(d, "runqueue"), st(&disk_ex));
+    check_cause(by_path(&lines, &lock.path), &lock, "lock", spent(&lock), st(&lock));
     // The app's "spent" for the GIL is wall minus CPU: GIL wait and run-queue wait together.
     let g = by_path(&lines, &gil.path);
     check_cause(g, &gil, "gil", spent(&gil) - part(g, "runqueue"), st(&gil));
 
     let pg_peer = format!("127.0.0.1:{}", pg.port);
-    assert!(
-        spent(&rowlock) >= 200.0,
-        "the row lock was not waited for: {}",
-        rowlock.head
-    );
+    assert!(spent(&rowlock) >= 200.0, "the row lock was not waited for: {}", rowlock.head);
     for ex in [&db, &rowlock] {
         let r = by_path(&lines, &ex.path);
         check_cause(r, ex, "net_io", spent(ex), st(ex));
         let peers = r["net_peers"].as_array().expect("net_peers");
-        assert_eq!(
-            peers.first().map(|p| &p["peer"]),
-            Some(&Value::from(pg_peer.clone())),
-            "{}: {r}",
-            ex.path
-        );
-        assert!(
-            within(peers[0]["ms"].as_f64().unwrap(), spent(ex)),
-            "{}: {r}",
-            ex.path
-        );
+        assert_eq!(peers.first().map(|p| &p["peer"]), Some(&Value::from(pg_peer.clone())), "{}: {r}", ex.path);
+        assert!(within(peers[0]["ms"].as_f64().unwrap(), spent(ex)), "{}: {r}", ex.path);
         assert!(peers[0]["round_trips"].as_u64().unwrap() >= 1);
         let syscalls = r["syscalls"].as_array().expect("syscalls");
         assert_eq!(syscalls[0]["name"], "poll", "libpq waits in poll(): {r}");
@@ -209,10 +147,7 @@ fn each_cause_lands_in_its_category() {
     check_sum(r);
     assert!(within(part(r, "sleep"), 100.0), "{r}");
     assert!(within(part(r, "net_io"), 100.0), "{r}");
-    assert!(
-        part(r, "on_cpu") >= 95.0 && part(r, "on_cpu") <= 120.0,
-        "{r}"
-    );
+    assert!(part(r, "on_cpu") >= 95.0 && part(r, "on_cpu") <= 120.0, "{r}");
     assert_eq!(r["net_peers"][0]["peer"], pg_peer.as_str(), "{r}");
 }
 
@@ -226,24 +161,11 @@ fn saturated_cpus_show_run_queue_time() {
     let watch = Watch::start(&["--pid", &pid, "--all"]);
     // Two busy loops, one per CPU, at normal priority.
     let hogs: Vec<Guard> = (0..2)
-        .map(|_| {
-            Guard::spawn(
-                "cpu hog",
-                Command::new("sh")
-                    .args(["-c", "while :; do :; done"])
-                    .stdout(Stdio::null()),
-            )
-            .expect("hog")
-        })
+        .map(|_| Guard::spawn("cpu hog", Command::new("sh").args(["-c", "while :; do :; done"]).stdout(Stdio::null())).expect("hog"))
         .collect();
     thread::sleep(Duration::from_millis(300));
     let mut c = Client::new(server.port, false);
-    let exchanges: Vec<Exchange> = (0..4)
-        .map(|i| {
-            c.request("GET", &format!("/cpu/200/h{i}"))
-                .expect("cpu request")
-        })
-        .collect();
+    let exchanges: Vec<Exchange> = (0..4).map(|i| c.request("GET", &format!("/cpu/200/h{i}")).expect("cpu request")).collect();
     drop(hogs);
     thread::sleep(Duration::from_millis(200));
     let lines = watch.stop();
@@ -253,20 +175,9 @@ fn saturated_cpus_show_run_queue_time() {
         let cpu = ex.header_f64("X-Cpu-Ms").unwrap();
         let on_cpu = part(r, "on_cpu");
         let runq = part(r, "runqueue");
-        eprintln!(
-            "{}: on_cpu {on_cpu} ms (handler CPU {cpu:.1} ms), runqueue {runq} ms, duration {}",
-            ex.path, r["duration_ms"]
-        );
-        assert!(
-            runq >= 20.0,
-            "{}: expected run-queue time with both CPUs busy: {r}",
-            ex.path
-        );
-        assert!(
-            on_cpu >= cpu - 1.0 && on_cpu <= cpu + 15.0,
-            "{}: on_cpu {on_cpu} vs handler CPU {cpu}: {r}",
-            ex.path
-        );
+        eprintln!("{}: on_cpu {on_cpu} ms (handler CPU {cpu:.1} ms), runqueue {runq} ms, duration {}", ex.path, r["duration_ms"]);
+        assert!(runq >= 20.0, "{}: expected run-queue time with both CPUs busy: {r}", ex.path);
+        assert!(on_cpu >= cpu - 1.0 && on_cpu <= cpu + 15.0, "{}: on_cpu {on_cpu} vs handler CPU {cpu}: {r}", ex.path);
     }
 }
 
@@ -296,10 +207,7 @@ fn backlog_wait_is_the_queue_part() {
     eprintln!("queue parts: {queues:?}");
     for (i, q) in queues.iter().enumerate() {
         let want = 200.0 * i as f64;
-        assert!(
-            (q - want).abs() <= 15.0,
-            "request {i} should wait {want} ms in the backlog: {queues:?}"
-        );
+        assert!((q - want).abs() <= 15.0, "request {i} should wait {want} ms in the backlog: {queues:?}");
     }
 }
 
@@ -316,15 +224,9 @@ fn inflight_shows_the_wait_so_far() {
     let port = server.port;
     // Still blocked when the threshold is crossed: the open wait must be counted.
     for (path, part_name) in [("/sleep/1000/is", "sleep"), ("/db/sleep/1000/id", "net_io")] {
-        let client = thread::spawn(move || {
-            Client::new(port, false)
-                .request("GET", path)
-                .expect("request")
-        });
+        let client = thread::spawn(move || Client::new(port, false).request("GET", path).expect("request"));
         let line = watch
-            .wait_for(Duration::from_secs(5), |l| {
-                l.ty() == "inflight" && l.json["path"] == path
-            })
+            .wait_for(Duration::from_secs(5), |l| l.ty() == "inflight" && l.json["path"] == path)
             .unwrap_or_else(|| panic!("no inflight for {path}"));
         client.join().expect("client");
         let r = &line.json;
@@ -332,16 +234,9 @@ fn inflight_shows_the_wait_so_far() {
         let got = part(r, part_name);
         let elapsed = r["elapsed_ms"].as_f64().unwrap();
         eprintln!("{path}: inflight at {elapsed} ms: {}", r["breakdown_ms"]);
-        assert!(
-            got >= elapsed - 30.0,
-            "{path}: {part_name} so far {got} of {elapsed} ms: {r}"
-        );
+        assert!(got >= elapsed - 30.0, "{path}: {part_name} so far {got} of {elapsed} ms: {r}");
         if part_name == "net_io" {
-            assert_eq!(
-                r["net_peers"][0]["peer"],
-                format!("127.0.0.1:{}", pg.port).as_str(),
-                "{r}"
-            );
+            assert_eq!(r["net_peers"][0]["peer"], format!("127.0.0.1:{}", pg.port).as_str(), "{r}");
         }
     }
     watch.stop();
@@ -351,8 +246,5 @@ fn inflight_shows_the_wait_so_far() {
 fn check_sum_elapsed(r: &Value) {
     let sum: f64 = PARTS.iter().map(|p| part(r, p)).sum();
     let elapsed = r["elapsed_ms"].as_f64().unwrap();
-    assert!(
-        (sum - elapsed).abs() <= elapsed * 0.01 + 0.01,
-        "parts sum to {sum}, elapsed {elapsed}: {r}"
-    );
+    assert!((sum - elapsed).abs() <= elapsed * 0.01 + 0.01, "parts sum to {sum}, elapsed {elapsed}: {r}");
 }

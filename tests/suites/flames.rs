@@ -25,18 +25,8 @@ use serde_json::Value;
 fn rendered_dom(file: &Path) -> String {
     let profile = std::env::temp_dir().join(format!("introspect-chromium-{}", std::process::id()));
     let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-        ])
-        .args([
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("--dump-dom")
         .arg(format!("file://{}", file.display()))
@@ -44,11 +34,7 @@ fn rendered_dom(file: &Path) -> String {
         .output()
         .expect("run chromium (installed by `cargo xtask setup`)");
     let _ = fs::remove_dir_all(&profile);
-    assert!(
-        out.status.success(),
-        "chromium failed on {}",
-        file.display()
-    );
+    assert!(out.status.success(), "chromium failed on {}", file.display());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -56,28 +42,10 @@ fn rendered_dom(file: &Path) -> String {
 fn drawn_frames(dom: &str) -> Vec<(String, f64)> {
     let mut out = Vec::new();
     for part in dom.split("<title>").skip(1) {
-        let Some((title, rest)) = part.split_once("</title>") else {
-            continue;
-        };
-        let Some(rect) = rest
-            .strip_prefix("<rect")
-            .and_then(|r| r.split_once('>').map(|(a, _)| a))
-        else {
-            continue;
-        };
-        let width = rect
-            .split("width=\"")
-            .nth(1)
-            .and_then(|w| w.split('%').next())
-            .and_then(|w| w.parse().ok())
-            .unwrap_or(0.0);
-        out.push((
-            title
-                .replace("&amp;", "&")
-                .replace("&lt;", "<")
-                .replace("&gt;", ">"),
-            width,
-        ));
+        let Some((title, rest)) = part.split_once("</title>") else { continue };
+        let Some(rect) = rest.strip_prefix("<rect").and_then(|r| r.split_once('>').map(|(a, _)| a)) else { continue };
+        let width = rect.split("width=\"").nth(1).and_then(|w| w.split('%').next()).and_then(|w| w.parse().ok()).unwrap_or(0.0);
+        out.push((title.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"), width));
     }
     out
 }
@@ -86,15 +54,8 @@ fn drawn_frames(dom: &str) -> Vec<(String, f64)> {
 fn assert_draws(file: &Path, function: &str) {
     let dom = rendered_dom(file);
     let frames = drawn_frames(&dom);
-    let hit = frames
-        .iter()
-        .find(|(t, w)| t.starts_with(&format!("{function} (")) && *w > 0.5);
-    assert!(
-        hit.is_some(),
-        "{}: no visible frame for {function} among {} frames",
-        file.display(),
-        frames.len()
-    );
+    let hit = frames.iter().find(|(t, w)| t.starts_with(&format!("{function} (")) && *w > 0.5);
+    assert!(hit.is_some(), "{}: no visible frame for {function} among {} frames", file.display(), frames.len());
 }
 
 /// Nearest-rank percentile, as the summary's histogram ranks.
@@ -105,16 +66,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 fn route_of(path: &str) -> String {
     // The client's own grouping: numeric segments are ids.
-    path.split('/')
-        .map(|s| {
-            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-                "{id}"
-            } else {
-                s
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+    path.split('/').map(|s| if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) { "{id}" } else { s }).collect::<Vec<_>>().join("/")
 }
 
 #[test]
@@ -126,19 +78,10 @@ fn record_writes_real_graphs_and_a_table_that_matches_the_client() {
     let out = std::env::temp_dir().join(format!("introspect-record-{}", server.port));
     let _ = fs::remove_dir_all(&out);
     let mut cmd = Command::new(introspect_bin());
-    cmd.args([
-        "record",
-        "--port",
-        &server.port.to_string(),
-        "--threshold",
-        "100ms",
-        "--duration",
-        "12s",
-        "--out",
-    ])
-    .arg(&out)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    cmd.args(["record", "--port", &server.port.to_string(), "--threshold", "100ms", "--duration", "12s", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut record = Guard::spawn("introspect record", &mut cmd).expect("spawn record");
     thread::sleep(Duration::from_secs(2));
     // The client's log: a known mix, ids in the paths.
@@ -161,14 +104,7 @@ fn record_writes_real_graphs_and_a_table_that_matches_the_client() {
         thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "record failed");
-    for f in [
-        "events.jsonl",
-        "summary.json",
-        "slow.folded",
-        "slow.svg",
-        "cpu.svg",
-        "offcpu.svg",
-    ] {
+    for f in ["events.jsonl", "summary.json", "slow.folded", "slow.svg", "cpu.svg", "offcpu.svg"] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     // Real graphs: the browser draws the known slow functions.
@@ -176,58 +112,31 @@ fn record_writes_real_graphs_and_a_table_that_matches_the_client() {
     assert_draws(&out.join("slow.svg"), "helper_sleep");
     assert_draws(&out.join("cpu.svg"), "helper_cpu");
     assert_draws(&out.join("offcpu.svg"), "helper_sleep");
-    let route_svgs: Vec<PathBuf> = fs::read_dir(out.join("routes"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    let cpu_route = route_svgs
-        .iter()
-        .find(|p| p.to_string_lossy().contains("chain_cpu"))
-        .expect("a graph for the CPU route");
+    let route_svgs: Vec<PathBuf> = fs::read_dir(out.join("routes")).unwrap().map(|e| e.unwrap().path()).collect();
+    let cpu_route = route_svgs.iter().find(|p| p.to_string_lossy().contains("chain_cpu")).expect("a graph for the CPU route");
     assert_draws(cpu_route, "helper_cpu");
-    let sleep_route = route_svgs
-        .iter()
-        .find(|p| p.to_string_lossy().contains("chain_sleep"))
-        .expect("a graph for the sleep route");
+    let sleep_route = route_svgs.iter().find(|p| p.to_string_lossy().contains("chain_sleep")).expect("a graph for the sleep route");
     assert_draws(sleep_route, "helper_sleep");
 
     // The per-route table against the client's own log.
-    let summary: Value =
-        serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let summary: Value = serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     let mut client: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for ex in &exchanges {
-        client
-            .entry(route_of(&ex.path))
-            .or_default()
-            .push(ex.duration_ms());
+        client.entry(route_of(&ex.path)).or_default().push(ex.duration_ms());
     }
     let rows = summary["endpoints"].as_array().unwrap();
-    let ours: BTreeSet<String> = rows
-        .iter()
-        .map(|r| r["route"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        ours,
-        client.keys().cloned().collect::<BTreeSet<_>>(),
-        "routes"
-    );
+    let ours: BTreeSet<String> = rows.iter().map(|r| r["route"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ours, client.keys().cloned().collect::<BTreeSet<_>>(), "routes");
     for (route, durations) in &mut client {
         durations.sort_by(f64::total_cmp);
         let row = rows.iter().find(|r| r["route"] == route.as_str()).unwrap();
-        assert_eq!(
-            row["count"].as_u64().unwrap() as usize,
-            durations.len(),
-            "{route}: count"
-        );
+        assert_eq!(row["count"].as_u64().unwrap() as usize, durations.len(), "{route}: count");
         // Percentiles of routes long enough that the client's own overhead (a few tens of µs)
         // is not a percent of them.
         if percentile(durations, 0.5) >= 10.0 {
             for (q, key) in [(0.5, "p50_ms"), (0.95, "p95_ms"), (0.99, "p99_ms")] {
                 let (theirs, ours) = (percentile(durations, q), row[key].as_f64().unwrap());
-                assert!(
-                    (ours - theirs).abs() <= theirs * 0.05,
-                    "{route} {key}: {ours} vs the client's {theirs}"
-                );
+                assert!((ours - theirs).abs() <= theirs * 0.05, "{route} {key}: {ours} vs the client's {theirs}");
             }
         }
     }
@@ -238,64 +147,21 @@ fn record_writes_real_graphs_and_a_table_that_matches_the_client() {
 
     // The folded file is valid input for inferno's flame graph tool.
     let mut svg = Vec::new();
-    inferno::flamegraph::from_files(
-        &mut inferno::flamegraph::Options::default(),
-        &[out.join("slow.folded")],
-        &mut svg,
-    )
-    .expect("inferno reads slow.folded");
+    inferno::flamegraph::from_files(&mut inferno::flamegraph::Options::default(), &[out.join("slow.folded")], &mut svg).expect("inferno reads slow.folded");
     assert!(String::from_utf8_lossy(&svg).contains("helper_cpu"));
 
     // Offline, from events.jsonl, without root: the same stacks, the same frames.
     let rebuilt = out.join("rebuilt.folded");
-    let res = introspect::run(&[
-        "flamegraph",
-        out.join("events.jsonl").to_str().unwrap(),
-        "--folded",
-        "-o",
-        rebuilt.to_str().unwrap(),
-    ]);
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    assert_eq!(
-        fs::read_to_string(&rebuilt).unwrap(),
-        fs::read_to_string(out.join("slow.folded")).unwrap()
-    );
+    let res = introspect::run(&["flamegraph", out.join("events.jsonl").to_str().unwrap(), "--folded", "-o", rebuilt.to_str().unwrap()]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert_eq!(fs::read_to_string(&rebuilt).unwrap(), fs::read_to_string(out.join("slow.folded")).unwrap());
     let rebuilt_svg = out.join("rebuilt.svg");
-    let res = introspect::run(&[
-        "flamegraph",
-        out.join("events.jsonl").to_str().unwrap(),
-        "-o",
-        rebuilt_svg.to_str().unwrap(),
-    ]);
+    let res = introspect::run(&["flamegraph", out.join("events.jsonl").to_str().unwrap(), "-o", rebuilt_svg.to_str().unwrap()]);
     assert!(res.status.success());
-    let titles = |p: &Path| {
-        drawn_frames(&rendered_dom(p))
-            .into_iter()
-            .map(|(t, _)| t)
-            .collect::<BTreeSet<_>>()
-    };
-    assert_eq!(
-        titles(&rebuilt_svg),
-        titles(&out.join("slow.svg")),
-        "rebuilt graph draws other frames"
-    );
-    let res = introspect::run(&[
-        "flamegraph",
-        out.join("events.jsonl").to_str().unwrap(),
-        "--route",
-        "/nope",
-        "-o",
-        "/dev/null",
-    ]);
-    assert_eq!(
-        res.status.code(),
-        Some(2),
-        "an unknown route is a usage error"
-    );
+    let titles = |p: &Path| drawn_frames(&rendered_dom(p)).into_iter().map(|(t, _)| t).collect::<BTreeSet<_>>();
+    assert_eq!(titles(&rebuilt_svg), titles(&out.join("slow.svg")), "rebuilt graph draws other frames");
+    let res = introspect::run(&["flamegraph", out.join("events.jsonl").to_str().unwrap(), "--route", "/nope", "-o", "/dev/null"]);
+    assert_eq!(res.status.code(), Some(2), "an unknown route is a usage error");
     let _ = fs::remove_dir_all(&out);
 }
 
@@ -304,45 +170,22 @@ struct Tmux(String);
 
 impl Tmux {
     fn start(name: &str, command: &str) -> Self {
-        let st = Command::new("tmux")
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                name,
-                "-x",
-                "160",
-                "-y",
-                "40",
-                command,
-            ])
-            .status()
-            .expect("tmux");
+        let st = Command::new("tmux").args(["new-session", "-d", "-s", name, "-x", "160", "-y", "40", command]).status().expect("tmux");
         assert!(st.success(), "tmux new-session failed");
         Tmux(name.to_string())
     }
 
     fn screen(&self) -> String {
-        let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.0])
-            .output()
-            .expect("capture-pane");
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.0]).output().expect("capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn keys(&self, keys: &str) {
-        Command::new("tmux")
-            .args(["send-keys", "-t", &self.0, keys])
-            .status()
-            .expect("send-keys");
+        Command::new("tmux").args(["send-keys", "-t", &self.0, keys]).status().expect("send-keys");
     }
 
     fn alive(&self) -> bool {
-        Command::new("tmux")
-            .args(["has-session", "-t", &self.0])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        Command::new("tmux").args(["has-session", "-t", &self.0]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
     }
 
     fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
@@ -352,10 +195,7 @@ impl Tmux {
             if pred(&s) {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "top never showed {what}; screen:\n{s}"
-            );
+            assert!(Instant::now() < deadline, "top never showed {what}; screen:\n{s}");
             thread::sleep(Duration::from_millis(100));
         }
     }
@@ -363,20 +203,12 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.0])
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).stderr(Stdio::null()).status();
     }
 }
 
 fn requests_shown(screen: &str) -> u64 {
-    screen
-        .split("introspect top — ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    screen.split("introspect top — ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 #[test]
@@ -386,58 +218,20 @@ fn top_in_a_real_terminal() {
     }
     let server = Gunicorn::start("flaskapp:app", 2, &[]);
     let name = format!("introspect-top-{}", server.port);
-    let tmux = Tmux::start(
-        &name,
-        &format!(
-            "{} top --port {} --interval 300ms",
-            introspect_bin().display(),
-            server.port
-        ),
-    );
-    tmux.wait_for("its table", |s| {
-        s.contains("introspect top") && s.contains("ROUTE")
-    });
-    let _ = drive(
-        server.port,
-        (0..30)
-            .map(|i| format!("/sleep/{}/{i}", 5 + i % 3 * 20))
-            .collect(),
-        2,
-        false,
-        false,
-    );
-    let first = tmux.wait_for("the requests", |s| {
-        s.contains("GET /sleep/{id}/{id}") && requests_shown(s) > 0
-    });
-    let _ = drive(
-        server.port,
-        (0..20).map(|i| format!("/fast/t{i}")).collect(),
-        2,
-        false,
-        false,
-    );
+    let tmux = Tmux::start(&name, &format!("{} top --port {} --interval 300ms", introspect_bin().display(), server.port));
+    tmux.wait_for("its table", |s| s.contains("introspect top") && s.contains("ROUTE"));
+    let _ = drive(server.port, (0..30).map(|i| format!("/sleep/{}/{i}", 5 + i % 3 * 20)).collect(), 2, false, false);
+    let first = tmux.wait_for("the requests", |s| s.contains("GET /sleep/{id}/{id}") && requests_shown(s) > 0);
+    let _ = drive(server.port, (0..20).map(|i| format!("/fast/t{i}")).collect(), 2, false, false);
     // It refreshes by itself.
-    tmux.wait_for("a refresh", |s| {
-        requests_shown(s) > requests_shown(&first) && s.contains("GET /fast/t")
-    });
+    tmux.wait_for("a refresh", |s| requests_shown(s) > requests_shown(&first) && s.contains("GET /fast/t"));
     assert!(first.contains("sorted by total time"));
     // Keys re-sort.
     tmux.keys("n");
     let by_count = tmux.wait_for("the count sort", |s| s.contains("sorted by count"));
-    let body: Vec<&str> = by_count
-        .lines()
-        .skip_while(|l| !l.starts_with("ROUTE"))
-        .skip(1)
-        .filter(|l| l.starts_with("GET"))
-        .collect();
-    let counts: Vec<u64> = body
-        .iter()
-        .filter_map(|l| l.split_whitespace().nth(2).and_then(|c| c.parse().ok()))
-        .collect();
-    assert!(
-        counts.windows(2).all(|w| w[0] >= w[1]),
-        "not sorted by count: {body:?}"
-    );
+    let body: Vec<&str> = by_count.lines().skip_while(|l| !l.starts_with("ROUTE")).skip(1).filter(|l| l.starts_with("GET")).collect();
+    let counts: Vec<u64> = body.iter().filter_map(|l| l.split_whitespace().nth(2).and_then(|c| c.parse().ok())).collect();
+    assert!(counts.windows(2).all(|w| w[0] >= w[1]), "not sorted by count: {body:?}");
     tmux.keys("p");
     tmux.wait_for("the p99 sort", |s| s.contains("sorted by p99"));
     // q quits, and the terminal session ends with it.
@@ -456,34 +250,15 @@ fn top_prints_plain_tables_when_not_on_a_terminal() {
     }
     let server = Gunicorn::start("flaskapp:app", 1, &[]);
     let mut cmd = Command::new(introspect_bin());
-    cmd.args([
-        "top",
-        "--port",
-        &server.port.to_string(),
-        "--interval",
-        "500ms",
-        "--duration",
-        "3s",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null());
+    cmd.args(["top", "--port", &server.port.to_string(), "--interval", "500ms", "--duration", "3s"]).stdout(Stdio::piped()).stderr(Stdio::null());
     let mut top = Guard::spawn("introspect top", &mut cmd).expect("spawn top");
     let stdout = top.child_mut().stdout.take().unwrap();
     let reader = thread::spawn(move || std::io::read_to_string(stdout).unwrap());
     thread::sleep(Duration::from_millis(800));
-    let _ = drive(
-        server.port,
-        (0..10).map(|i| format!("/sleep/10/{i}")).collect(),
-        1,
-        false,
-        false,
-    );
+    let _ = drive(server.port, (0..10).map(|i| format!("/sleep/10/{i}")).collect(), 1, false, false);
     let text = reader.join().unwrap();
     let tables = text.matches("introspect top — ").count();
-    assert!(
-        tables >= 3,
-        "expected periodic tables, got {tables}:\n{text}"
-    );
+    assert!(tables >= 3, "expected periodic tables, got {tables}:\n{text}");
     assert!(!text.contains('\x1b'), "escape sequences in plain output");
     assert!(text.contains("GET /sleep/{id}/{id}"), "{text}");
 }

@@ -1,10 +1,7 @@
 //! Foundation: every request of a real gunicorn + Flask server is measured in the kernel,
 //! reported once, with the right identity, status, thread and timing — checked against what the
 //! client measured.
-use std::{
-    collections::BTreeSet, fs, os::unix::fs::PermissionsExt, process::Command, thread,
-    time::Duration,
-};
+use std::{collections::BTreeSet, fs, os::unix::fs::PermissionsExt, process::Command, thread, time::Duration};
 
 use introspect_tests::{
     can_trace,
@@ -45,44 +42,20 @@ fn gthread_workers_attribute_each_request_to_its_thread() {
     if !can_trace("gthread_workers_attribute_each_request_to_its_thread") {
         return;
     }
-    let server = Gunicorn::start(
-        "flaskapp:app",
-        2,
-        &[
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "4",
-            "--keep-alive",
-            "5",
-        ],
-    );
+    let server = Gunicorn::start("flaskapp:app", 2, &["--worker-class", "gthread", "--threads", "4", "--keep-alive", "5"]);
     let port = server.port.to_string();
     // --port: the watch finds the master and workers from the listening socket.
     let watch = Watch::start(&["--port", &port, "--all"]);
-    let paths: Vec<String> = (0..240)
-        .map(|i| format!("/sleep/{}/t{i}", DELAYS_MS[i % 9]))
-        .collect();
+    let paths: Vec<String> = (0..240).map(|i| format!("/sleep/{}/t{i}", DELAYS_MS[i % 9])).collect();
     let exchanges = drive(server.port, paths, 6, true, false);
     let tids: BTreeSet<_> = exchanges.iter().filter_map(|e| e.server_tid).collect();
-    assert!(
-        tids.len() > 2,
-        "expected several serving threads, got {tids:?}"
-    );
+    assert!(tids.len() > 2, "expected several serving threads, got {tids:?}");
     thread::sleep(Duration::from_millis(200));
     let lines = watch.stop();
     check_against_client(&exchanges, &lines, true);
     // Keep-alive was real: far fewer connections than requests.
-    let peers: BTreeSet<_> = requests(&lines)
-        .iter()
-        .map(|r| r["peer"].as_str().unwrap_or("").to_string())
-        .collect();
-    assert!(
-        peers.len() < exchanges.len() / 4,
-        "{} connections for {} requests",
-        peers.len(),
-        exchanges.len()
-    );
+    let peers: BTreeSet<_> = requests(&lines).iter().map(|r| r["peer"].as_str().unwrap_or("").to_string()).collect();
+    assert!(peers.len() < exchanges.len() / 4, "{} connections for {} requests", peers.len(), exchanges.len());
 }
 
 #[test]
@@ -99,15 +72,9 @@ fn recycled_workers_are_followed() {
     thread::sleep(Duration::from_millis(300));
     let lines = watch.stop();
     check_against_client(&exchanges, &lines, true);
-    let serving: BTreeSet<u32> = requests(&lines)
-        .iter()
-        .map(|r| r["pid"].as_u64().unwrap() as u32)
-        .collect();
+    let serving: BTreeSet<u32> = requests(&lines).iter().map(|r| r["pid"].as_u64().unwrap() as u32).collect();
     let new: Vec<_> = serving.difference(&first_workers).collect();
-    assert!(
-        new.len() >= 3,
-        "requests served by workers born during the watch: {new:?} (all: {serving:?})"
-    );
+    assert!(new.len() >= 3, "requests served by workers born during the watch: {new:?} (all: {serving:?})");
     assert!(summary(&lines)["processes_followed"].as_u64().unwrap() >= 3);
 }
 
@@ -128,35 +95,21 @@ fn inflight_arrives_while_the_request_runs() {
             let port = server.port;
             thread::spawn(move || {
                 client::measure_precisely();
-                Client::new(port, false)
-                    .request("GET", &path)
-                    .expect("slow request")
+                Client::new(port, false).request("GET", &path).expect("slow request")
             })
         };
         let line = watch
-            .wait_for(Duration::from_secs(5), |l| {
-                l.ty() == "inflight" && l.json["path"] == path.as_str()
-            })
+            .wait_for(Duration::from_secs(5), |l| l.ty() == "inflight" && l.json["path"] == path.as_str())
             .unwrap_or_else(|| panic!("no inflight event for {path}"));
         let ex = exchange.join().expect("client");
-        assert!(
-            line.at < ex.received,
-            "inflight for {path} arrived after the response"
-        );
+        assert!(line.at < ex.received, "inflight for {path} arrived after the response");
         let elapsed = line.json["elapsed_ms"].as_f64().unwrap();
-        assert!(
-            elapsed >= threshold_ms,
-            "inflight before the threshold: {}",
-            line.json
-        );
+        assert!(elapsed >= threshold_ms, "inflight before the threshold: {}", line.json);
         let delay = (line.at - ex.sent).as_secs_f64() * 1e3 - threshold_ms;
         delays.push(delay);
     }
     delays.sort_by(f64::total_cmp);
-    eprintln!(
-        "inflight alert delay after crossing the threshold: min {:.1} ms, median {:.1} ms, max {:.1} ms",
-        delays[0], delays[3], delays[5]
-    );
+    eprintln!("inflight alert delay after crossing the threshold: min {:.1} ms, median {:.1} ms, max {:.1} ms", delays[0], delays[3], delays[5]);
     let lines = watch.stop();
     // Slow requests are also reported when they complete; fast ones are not (no --all).
     assert_eq!(requests(&lines).len(), 6);
@@ -168,17 +121,11 @@ fn bad_invocations_fail_clearly() {
         return;
     }
     // Unknown pid: pids are always below pid_max.
-    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max")
-        .unwrap()
-        .trim()
-        .to_string();
+    let pid_max = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().to_string();
     let out = introspect::run(&["watch", "--pid", &pid_max]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(
-        err.contains(&format!("no process with pid {pid_max}")),
-        "stderr: {err}"
-    );
+    assert!(err.contains(&format!("no process with pid {pid_max}")), "stderr: {err}");
     assert!(out.stdout.is_empty());
 
     // Nobody listens on port 1.
@@ -225,15 +172,9 @@ fn mounts_tracefs_when_it_is_not_mounted() {
         .expect("unshare");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}; stderr: {err}", out.status);
-    assert!(
-        err.contains("mounted tracefs at /sys/kernel/tracing"),
-        "stderr: {err}"
-    );
+    assert!(err.contains("mounted tracefs at /sys/kernel/tracing"), "stderr: {err}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.lines().any(|l| l.contains(r#""type":"summary""#)),
-        "stdout: {stdout}"
-    );
+    assert!(stdout.lines().any(|l| l.contains(r#""type":"summary""#)), "stdout: {stdout}");
 }
 
 #[test]
@@ -252,32 +193,15 @@ fn backlog_wait_is_counted_as_queue() {
     check_against_client(&exchanges, &lines, true);
     let mut queues: Vec<(f64, f64)> = requests(&lines)
         .iter()
-        .map(|r| {
-            (
-                r["queue_ms"].as_f64().unwrap(),
-                r["duration_ms"].as_f64().unwrap(),
-            )
-        })
+        .map(|r| (r["queue_ms"].as_f64().unwrap(), r["duration_ms"].as_f64().unwrap()))
         .collect();
     queues.sort_by(|a, b| a.0.total_cmp(&b.0));
     eprintln!("(queue_ms, duration_ms): {queues:?}");
-    assert!(
-        queues[0].0 < 5.0,
-        "the first request did not wait: {queues:?}"
-    );
-    assert!(
-        (270.0..400.0).contains(&queues[1].0),
-        "the second waited for one request: {queues:?}"
-    );
-    assert!(
-        (570.0..700.0).contains(&queues[2].0),
-        "the third waited for two: {queues:?}"
-    );
+    assert!(queues[0].0 < 5.0, "the first request did not wait: {queues:?}");
+    assert!((270.0..400.0).contains(&queues[1].0), "the second waited for one request: {queues:?}");
+    assert!((570.0..700.0).contains(&queues[2].0), "the third waited for two: {queues:?}");
     for (queue, duration) in &queues {
         let served = duration - queue;
-        assert!(
-            (295.0..330.0).contains(&served),
-            "time after the backlog should be the 300 ms sleep: {queues:?}"
-        );
+        assert!((295.0..330.0).contains(&served), "time after the backlog should be the 300 ms sleep: {queues:?}");
     }
 }

@@ -39,12 +39,8 @@ fn clk_tck() -> f64 {
 
 /// utime + stime of a process, in seconds.
 fn cpu_s(pid: u32) -> f64 {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return 0.0;
-    };
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / clk_tck()
@@ -53,11 +49,7 @@ fn cpu_s(pid: u32) -> f64 {
 fn peak_rss_kib(pid: u32) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -102,10 +94,7 @@ fn wrk(url: &str, threads: u32, conns: u32, seconds: u64) -> anyhow::Result<WrkR
 /// Pins a process (all its threads) to one CPU.
 fn pin(pid: u32, cpu: usize) {
     let tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default();
     for tid in tids {
         pin_thread(tid, cpu);
@@ -122,13 +111,7 @@ fn pin_thread(tid: u32, cpu: usize) {
     }
 }
 
-fn wrk_on(
-    cpu: Option<usize>,
-    url: &str,
-    threads: u32,
-    conns: u32,
-    seconds: u64,
-) -> anyhow::Result<WrkResult> {
+fn wrk_on(cpu: Option<usize>, url: &str, threads: u32, conns: u32, seconds: u64) -> anyhow::Result<WrkResult> {
     let mut cmd = Command::new("wrk");
     if let Some(cpu) = cpu {
         use std::os::unix::process::CommandExt as _;
@@ -141,54 +124,19 @@ fn wrk_on(
         }
     }
     let mut child = cmd
-        .args([
-            "-t",
-            &threads.to_string(),
-            "-c",
-            &conns.to_string(),
-            "-d",
-            &format!("{seconds}s"),
-            "--latency",
-            url,
-        ])
+        .args(["-t", &threads.to_string(), "-c", &conns.to_string(), "-d", &format!("{seconds}s"), "--latency", url])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .context("running wrk")?;
     let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .context("wrk stdout")?
-        .read_to_string(&mut out)?;
+    child.stdout.take().context("wrk stdout")?.read_to_string(&mut out)?;
     let cpu = wait_cpu(&mut child)?;
-    let find = |prefix: &str| {
-        out.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .map(|l| l.to_string())
-    };
-    let pct = |p: &str| {
-        find(p)
-            .and_then(|l| parse_ms(l.split_whitespace().nth(1)?))
-            .unwrap_or(f64::NAN)
-    };
-    let rps: f64 = find("Requests/sec:")
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .context(format!("wrk output: {out}"))?;
-    let requests: f64 = out
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    Ok(WrkResult {
-        rps,
-        requests,
-        p50_ms: pct("50%"),
-        p90_ms: pct("90%"),
-        p99_ms: pct("99%"),
-        cpu_s: cpu,
-    })
+    let find = |prefix: &str| out.lines().map(str::trim).find(|l| l.starts_with(prefix)).map(|l| l.to_string());
+    let pct = |p: &str| find(p).and_then(|l| parse_ms(l.split_whitespace().nth(1)?)).unwrap_or(f64::NAN);
+    let rps: f64 = find("Requests/sec:").and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).context(format!("wrk output: {out}"))?;
+    let requests: f64 = out.lines().find(|l| l.contains("requests in")).and_then(|l| l.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
+    Ok(WrkResult { rps, requests, p50_ms: pct("50%"), p90_ms: pct("90%"), p99_ms: pct("99%"), cpu_s: cpu })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,14 +178,7 @@ struct Tracer {
     stdout: Option<thread::JoinHandle<String>>,
 }
 
-fn start_tracer(
-    cfg: Config,
-    master: u32,
-    threshold: &str,
-    bin: &std::path::Path,
-    venv: &std::path::Path,
-    extra: &[&str],
-) -> anyhow::Result<Option<Tracer>> {
+fn start_tracer(cfg: Config, master: u32, threshold: &str, bin: &std::path::Path, venv: &std::path::Path, extra: &[&str]) -> anyhow::Result<Option<Tracer>> {
     let mut cmd = match cfg {
         Config::Baseline => return Ok(None),
         Config::Default | Config::Slow10 => {
@@ -251,25 +192,11 @@ fn start_tracer(
         }
         Config::PySpy => {
             let mut c = Command::new(venv.join("bin/py-spy"));
-            c.args([
-                "record",
-                "--rate",
-                "100",
-                "--nonblocking",
-                "--subprocesses",
-                "--format",
-                "raw",
-                "-o",
-                "/dev/null",
-                "--pid",
-                &master.to_string(),
-            ]);
+            c.args(["record", "--rate", "100", "--nonblocking", "--subprocesses", "--format", "raw", "-o", "/dev/null", "--pid", &master.to_string()]);
             c
         }
     };
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null());
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
     let mut guard = Guard::spawn(cfg.name(), &mut cmd)?;
     let pid = guard.pid();
     let stdout = guard.child_mut().stdout.take().context("tracer stdout")?;
@@ -291,22 +218,13 @@ fn start_tracer(
     if cfg == Config::PySpy {
         thread::sleep(Duration::from_secs(2));
     } else {
-        rx.recv_timeout(Duration::from_secs(30))
-            .context("introspect did not start")?;
+        rx.recv_timeout(Duration::from_secs(30)).context("introspect did not start")?;
     }
-    Ok(Some(Tracer {
-        guard,
-        pid,
-        stdout: Some(out),
-    }))
+    Ok(Some(Tracer { guard, pid, stdout: Some(out) }))
 }
 
 fn summary_of(stdout: &str) -> Option<Value> {
-    stdout
-        .lines()
-        .rev()
-        .find(|l| l.contains(r#""type":"summary""#))
-        .and_then(|l| serde_json::from_str(l).ok())
+    stdout.lines().rev().find(|l| l.contains(r#""type":"summary""#)).and_then(|l| serde_json::from_str(l).ok())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -318,14 +236,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn measure(
-    cfg: Config,
-    server: &Gunicorn,
-    url: &str,
-    threshold: &str,
-    bin: &std::path::Path,
-    venv: &std::path::Path,
-) -> anyhow::Result<(Run, Option<Value>)> {
+fn measure(cfg: Config, server: &Gunicorn, url: &str, threshold: &str, bin: &std::path::Path, venv: &std::path::Path) -> anyhow::Result<(Run, Option<Value>)> {
     let workers = server.workers();
     let tracer = start_tracer(cfg, server.master_pid(), threshold, bin, venv, &[])?;
     let w0: f64 = workers.iter().map(|&p| cpu_s(p)).sum();
@@ -338,17 +249,9 @@ fn measure(
         Some(mut t) => {
             let cpu = cpu_s(t.pid) - t0;
             let rss = peak_rss_kib(t.pid);
-            let sig = if cfg == Config::PySpy {
-                libc::SIGINT
-            } else {
-                libc::SIGTERM
-            };
+            let sig = if cfg == Config::PySpy { libc::SIGINT } else { libc::SIGTERM };
             t.guard.stop_with(sig, Duration::from_secs(20));
-            let out = t
-                .stdout
-                .take()
-                .and_then(|h| h.join().ok())
-                .unwrap_or_default();
+            let out = t.stdout.take().and_then(|h| h.join().ok()).unwrap_or_default();
             (cpu, rss, summary_of(&out))
         }
         None => (0.0, 0, None),
@@ -361,15 +264,8 @@ fn measure(
         cpu_per_req_us: total_cpu / r.requests.max(1.0) * 1e6,
         tracer_cpu_pct: tracer_cpu / wall * 100.0,
         tracer_rss_kib: rss,
-        events_per_s: summary
-            .as_ref()
-            .and_then(|s| s["events"].as_f64())
-            .unwrap_or(0.0)
-            / wall,
-        dropped: summary
-            .as_ref()
-            .and_then(|s| s["dropped_events"].as_f64())
-            .unwrap_or(0.0),
+        events_per_s: summary.as_ref().and_then(|s| s["events"].as_f64()).unwrap_or(0.0) / wall,
+        dropped: summary.as_ref().and_then(|s| s["dropped_events"].as_f64()).unwrap_or(0.0),
     };
     Ok((run, summary))
 }
@@ -427,11 +323,7 @@ pub fn serve_burst(port: u16) -> anyhow::Result<()> {
 }
 
 fn fmt_ratio(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.3}")
-    } else {
-        "-".into()
-    }
+    if v.is_finite() { format!("{v:.3}") } else { "-".into() }
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -442,36 +334,16 @@ pub fn run() -> anyhow::Result<()> {
     let machine = format!(
         "{} vCPU, kernel {}",
         thread::available_parallelism().map_or(0, |n| n.get()),
-        fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
+        fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()
     );
-    let date = String::from_utf8_lossy(
-        &Command::new("date")
-            .arg("-u")
-            .arg("+%Y-%m-%d")
-            .output()?
-            .stdout,
-    )
-    .trim()
-    .to_string();
-    eprintln!(
-        "bench: {machine}, {date}; {ROUNDS} alternating rounds of {RUN_SECONDS} s per configuration and endpoint"
-    );
+    let date = String::from_utf8_lossy(&Command::new("date").arg("-u").arg("+%Y-%m-%d").output()?.stdout).trim().to_string();
+    eprintln!("bench: {machine}, {date}; {ROUNDS} alternating rounds of {RUN_SECONDS} s per configuration and endpoint");
 
     let server = Gunicorn::start("flaskapp:app", 2, &[]);
-    let configs = [
-        Config::Baseline,
-        Config::Default,
-        Config::Slow10,
-        Config::PySpy,
-    ];
+    let configs = [Config::Baseline, Config::Default, Config::Slow10, Config::PySpy];
     let mut results = Vec::new();
     let mut table = Vec::new();
-    for (label, path) in [
-        ("hello-world", "/fast"),
-        ("5 ms (half CPU, half sleep)", "/half/5"),
-    ] {
+    for (label, path) in [("hello-world", "/fast"), ("5 ms (half CPU, half sleep)", "/half/5")] {
         let url = format!("http://127.0.0.1:{}{path}", server.port);
         // Warm up, and find the latency that ~10% of requests exceed.
         let warm = wrk(&url, 1, 4, 2)?;
@@ -481,20 +353,10 @@ pub fn run() -> anyhow::Result<()> {
         let mut slow_summary = None;
         for round in 0..ROUNDS {
             // Alternate the order so slow drift hits every configuration alike.
-            let order: Vec<usize> = if round % 2 == 0 {
-                (0..configs.len()).collect()
-            } else {
-                (0..configs.len()).rev().collect()
-            };
+            let order: Vec<usize> = if round % 2 == 0 { (0..configs.len()).collect() } else { (0..configs.len()).rev().collect() };
             for i in order {
-                let (run, summary) =
-                    measure(configs[i], &server, &url, &threshold, &bin, &env.venv)?;
-                eprintln!(
-                    "bench: {label} round {round} {:<32} {:>8.0} req/s  {:>7.1} µs CPU/req",
-                    configs[i].name(),
-                    run.rps,
-                    run.cpu_per_req_us
-                );
+                let (run, summary) = measure(configs[i], &server, &url, &threshold, &bin, &env.venv)?;
+                eprintln!("bench: {label} round {round} {:<32} {:>8.0} req/s  {:>7.1} µs CPU/req", configs[i].name(), run.rps, run.cpu_per_req_us);
                 if configs[i] == Config::Slow10 {
                     slow_summary = summary;
                 }
@@ -538,44 +400,23 @@ pub fn run() -> anyhow::Result<()> {
             results.push(row);
         }
         if let Some(s) = slow_summary {
-            eprintln!(
-                "bench: {label}: with ~10% slow: {} of {} requests reported slow, stacks {}",
-                s["reported"], s["requests"], s["stacks"]
-            );
+            eprintln!("bench: {label}: with ~10% slow: {} of {} requests reported slow, stacks {}", s["reported"], s["requests"], s["stacks"]);
         }
     }
 
     // Where the kernel time goes: per-program run time per request (kernel BPF stats, one run).
     let url = format!("http://127.0.0.1:{}/fast", server.port);
-    let tracer = start_tracer(
-        Config::Default,
-        server.master_pid(),
-        "500ms",
-        &bin,
-        &env.venv,
-        &["--bpf-stats"],
-    )?
-    .context("tracer")?;
+    let tracer = start_tracer(Config::Default, server.master_pid(), "500ms", &bin, &env.venv, &["--bpf-stats"])?.context("tracer")?;
     let r = wrk(&url, 1, 4, RUN_SECONDS)?;
     let mut t = tracer;
     t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
-    let out = t
-        .stdout
-        .take()
-        .and_then(|h| h.join().ok())
-        .unwrap_or_default();
+    let out = t.stdout.take().and_then(|h| h.join().ok()).unwrap_or_default();
     let s = summary_of(&out).context("no summary from the stats run")?;
     let mut per_prog: Vec<(String, f64, f64)> = s["agent"]["bpf"]
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|p| {
-                    (
-                        p["program"].as_str().unwrap_or("?").to_string(),
-                        p["runs"].as_f64().unwrap_or(0.0) / r.requests,
-                        p["run_ms"].as_f64().unwrap_or(0.0) * 1e3 / r.requests,
-                    )
-                })
+                .map(|p| (p["program"].as_str().unwrap_or("?").to_string(), p["runs"].as_f64().unwrap_or(0.0) / r.requests, p["run_ms"].as_f64().unwrap_or(0.0) * 1e3 / r.requests))
                 .collect()
         })
         .unwrap_or_default();
@@ -583,12 +424,7 @@ pub fn run() -> anyhow::Result<()> {
     let bpf_total_us: f64 = per_prog.iter().map(|p| p.2).sum();
 
     // Alert latency: from crossing the threshold to the inflight line.
-    let mut watch = Watch::start(&[
-        "--pid",
-        &server.master_pid().to_string(),
-        "--threshold",
-        "50ms",
-    ]);
+    let mut watch = Watch::start(&["--pid", &server.master_pid().to_string(), "--threshold", "50ms"]);
     let mut delays = Vec::new();
     for i in 0..60 {
         let path = format!("/sleep/150/a{i}");
@@ -601,9 +437,7 @@ pub fn run() -> anyhow::Result<()> {
             let _ = c.request("GET", &p);
             sent
         });
-        let line = watch.wait_for(Duration::from_secs(5), |l| {
-            l.ty() == "inflight" && l.json["path"] == path.as_str()
-        });
+        let line = watch.wait_for(Duration::from_secs(5), |l| l.ty() == "inflight" && l.json["path"] == path.as_str());
         let sent = h.join().map_err(|_| anyhow::anyhow!("client panicked"))?;
         if let Some(l) = line {
             delays.push((l.at - sent).as_secs_f64() * 1e3 - 50.0);
@@ -612,10 +446,7 @@ pub fn run() -> anyhow::Result<()> {
     watch.stop();
     delays.sort_by(f64::total_cmp);
     let alert_p50 = delays.get(delays.len() / 2).copied().unwrap_or(f64::NAN);
-    let alert_p99 = delays
-        .get(((delays.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))
-        .copied()
-        .unwrap_or(f64::NAN);
+    let alert_p99 = delays.get(((delays.len() as f64 * 0.99).ceil() as usize).saturating_sub(1)).copied().unwrap_or(f64::NAN);
 
     // Serial: one worker and one wrk connection on the same CPU, the tracer on the other. Every
     // request's whole cost (worker, wrk, kernel, our programs) is then on that CPU, one request
@@ -627,15 +458,7 @@ pub fn run() -> anyhow::Result<()> {
     let server = Gunicorn::start("flaskapp:app", 2, &[]);
 
     // Tracer CPU at a fixed 2k requests/s of hello-world.
-    let tracer = start_tracer(
-        Config::Default,
-        server.master_pid(),
-        "500ms",
-        &bin,
-        &env.venv,
-        &[],
-    )?
-    .context("tracer")?;
+    let tracer = start_tracer(Config::Default, server.master_pid(), "500ms", &bin, &env.venv, &[])?.context("tracer")?;
     let c0 = cpu_s(tracer.pid);
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -682,18 +505,9 @@ pub fn run() -> anyhow::Result<()> {
     // Afterwards: a slow request must still be seen and reported.
     let mut c = Client::new(port, false);
     let _ = c.request("GET", "/slow");
-    let caught_up = watch
-        .wait_for(Duration::from_secs(10), |l| {
-            l.ty() == "request" && l.json["path"] == "/slow"
-        })
-        .is_some();
+    let caught_up = watch.wait_for(Duration::from_secs(10), |l| l.ty() == "request" && l.json["path"] == "/slow").is_some();
     let lines = watch.stop();
-    let bs = lines
-        .iter()
-        .rev()
-        .find(|l| l.ty() == "summary")
-        .map(|l| l.json.clone())
-        .unwrap_or(Value::Null);
+    let bs = lines.iter().rev().find(|l| l.ty() == "summary").map(|l| l.json.clone()).unwrap_or(Value::Null);
     let _ = burst_guard.0.kill();
     let _ = burst_guard.0.wait();
 
@@ -710,17 +524,10 @@ pub fn run() -> anyhow::Result<()> {
         "tracer_at_2k_rps": {"achieved_rps": rate_2k, "tracer_cpu_pct": tracer_2k_pct},
         "burst": {"wrk_rps": b.rps, "wrk_requests": b.requests, "seen": bs["requests"], "dropped_events": bs["dropped_events"], "losses": bs["losses"], "caught_up": caught_up, "tracer_peak_rss_kib": bs["agent"]["max_rss_kib"]},
     });
-    fs::write(
-        out_dir.join("bench.json"),
-        serde_json::to_string_pretty(&bench)? + "\n",
-    )?;
+    fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&bench)? + "\n")?;
 
-    println!(
-        "introspect overhead — {machine}, {date} (medians of {ROUNDS} alternating {RUN_SECONDS} s runs; wrk -t1 -c4; gunicorn sync 2 workers + Flask)\n"
-    );
-    println!(
-        "| endpoint | configuration | req/s | req/s ratio | p50 ratio | p99 ratio | added CPU µs/req | tracer CPU % | tracer peak RSS MiB | events/s | dropped |"
-    );
+    println!("introspect overhead — {machine}, {date} (medians of {ROUNDS} alternating {RUN_SECONDS} s runs; wrk -t1 -c4; gunicorn sync 2 workers + Flask)\n");
+    println!("| endpoint | configuration | req/s | req/s ratio | p50 ratio | p99 ratio | added CPU µs/req | tracer CPU % | tracer peak RSS MiB | events/s | dropped |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &table {
         println!("{row}");
@@ -730,10 +537,7 @@ pub fn run() -> anyhow::Result<()> {
         println!("  {p:<28} {runs:>6.2} runs/req {us:>7.3} µs/req");
     }
     serial.print();
-    println!(
-        "\nAlert latency (threshold crossed → inflight line): p50 {alert_p50:.1} ms, p99 {alert_p99:.1} ms ({} requests)",
-        delays.len()
-    );
+    println!("\nAlert latency (threshold crossed → inflight line): p50 {alert_p50:.1} ms, p99 {alert_p99:.1} ms ({} requests)", delays.len());
     println!("Tracer CPU at {rate_2k:.0} hello-world requests/s: {tracer_2k_pct:.2}% of one core");
     println!(
         "Burst (keep-alive server, wrk -t2 -c32, 10 s): {:.0} req/s offered and served, {} requests seen, {} dropped events, caught up afterwards: {caught_up}",
@@ -762,10 +566,7 @@ struct Ab {
 
 impl Ab {
     fn of(samples: &[Samples; 2], pick: fn(&Samples) -> &Vec<f64>) -> Self {
-        Self {
-            untraced: median(pick(&samples[0]).clone()),
-            traced: median(pick(&samples[1]).clone()),
-        }
+        Self { untraced: median(pick(&samples[0]).clone()), traced: median(pick(&samples[1]).clone()) }
     }
 
     fn added(self) -> f64 {
@@ -778,12 +579,7 @@ impl Ab {
 
     /// "U unit untraced, T traced: +A unit" with `decimals` digits.
     fn line(self, unit: &str, decimals: usize) -> String {
-        format!(
-            "{:.decimals$} {unit} untraced, {:.decimals$} traced: +{:.decimals$} {unit}",
-            self.untraced,
-            self.traced,
-            self.added()
-        )
+        format!("{:.decimals$} {unit} untraced, {:.decimals$} traced: +{:.decimals$} {unit}", self.untraced, self.traced, self.added())
     }
 }
 
@@ -831,22 +627,13 @@ impl Serial {
             self.tracer_us,
             self.request_us.added() + self.tracer_us
         );
-        println!(
-            "Unwatched process, pipe round trip (2 writes, 2 reads, 2 context switches): {}",
-            self.pipe_us.line("µs", 2)
-        );
-        println!(
-            "Unwatched process, loopback TCP round trip (2 writes, 2 reads, 2 segments, 2 context switches): {}",
-            self.tcp_us.line("µs", 2)
-        );
+        println!("Unwatched process, pipe round trip (2 writes, 2 reads, 2 context switches): {}", self.pipe_us.line("µs", 2));
+        println!("Unwatched process, loopback TCP round trip (2 writes, 2 reads, 2 segments, 2 context switches): {}", self.tcp_us.line("µs", 2));
         println!(
             "Unwatched process, a syscall no program hooks (getppid): {} (every syscall of every process takes the tracing slow path while any syscall tracepoint is attached)",
             self.getppid_ns.line("ns", 0)
         );
-        println!(
-            "Unwatched process, an uncontended futex wake (hooked, rejected by the programs): {}",
-            self.futex_ns.line("ns", 0)
-        );
+        println!("Unwatched process, an uncontended futex wake (hooked, rejected by the programs): {}", self.futex_ns.line("ns", 0));
     }
 }
 
@@ -866,23 +653,8 @@ fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow
     let mut samples: [Samples; 2] = Default::default();
     let mut tracer_cpu = Vec::new();
     for round in 0..SERIAL_ROUNDS {
-        for with in if round % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        } {
-            let tracer = if with {
-                start_tracer(
-                    Config::Default,
-                    server.master_pid(),
-                    "500ms",
-                    bin,
-                    venv,
-                    &[],
-                )?
-            } else {
-                None
-            };
+        for with in if round % 2 == 0 { [false, true] } else { [true, false] } {
+            let tracer = if with { start_tracer(Config::Default, server.master_pid(), "500ms", bin, venv, &[])? } else { None };
             if let Some(t) = &tracer {
                 pin(t.pid, 0);
             }
@@ -951,11 +723,8 @@ fn pipe_round_trip_us(cpu: usize, rounds: u32) -> anyhow::Result<f64> {
         }
         start.elapsed()
     });
-    let elapsed = t
-        .join()
-        .map_err(|_| anyhow::anyhow!("pipe thread panicked"))?;
-    echo.join()
-        .map_err(|_| anyhow::anyhow!("pipe thread panicked"))?;
+    let elapsed = t.join().map_err(|_| anyhow::anyhow!("pipe thread panicked"))?;
+    echo.join().map_err(|_| anyhow::anyhow!("pipe thread panicked"))?;
     for fd in a.into_iter().chain(b) {
         // SAFETY: our fds.
         unsafe { libc::close(fd) };
@@ -991,11 +760,8 @@ fn tcp_round_trip_us(cpu: usize, rounds: u32) -> anyhow::Result<f64> {
         }
         Ok(start.elapsed())
     });
-    let elapsed = t
-        .join()
-        .map_err(|_| anyhow::anyhow!("TCP thread panicked"))??;
-    echo.join()
-        .map_err(|_| anyhow::anyhow!("TCP thread panicked"))??;
+    let elapsed = t.join().map_err(|_| anyhow::anyhow!("TCP thread panicked"))??;
+    echo.join().map_err(|_| anyhow::anyhow!("TCP thread panicked"))??;
     Ok(elapsed.as_secs_f64() * 1e6 / f64::from(rounds))
 }
 
@@ -1014,23 +780,11 @@ fn syscall_loops_ns(cpu: usize, calls: u32) -> anyhow::Result<(f64, f64)> {
         let start = Instant::now();
         for _ in 0..calls {
             // SAFETY: a wake on a private word nobody waits on returns at once.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    &raw const word,
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    1,
-                    0,
-                    0,
-                    0,
-                )
-            };
+            unsafe { libc::syscall(libc::SYS_futex, &raw const word, libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1, 0, 0, 0) };
         }
         (ppid, start.elapsed())
     });
-    let (ppid, futex) = t
-        .join()
-        .map_err(|_| anyhow::anyhow!("syscall loop panicked"))?;
+    let (ppid, futex) = t.join().map_err(|_| anyhow::anyhow!("syscall loop panicked"))?;
     let per = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(calls);
     Ok((per(ppid), per(futex)))
 }

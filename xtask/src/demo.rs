@@ -22,10 +22,7 @@ const CLIENTS: usize = 4;
 /// A fixed mix of endpoints: mostly fast, some sleepy, some CPU-bound, some failing.
 fn path_for(n: u64) -> String {
     // A small LCG so the demo is the same every run.
-    let r = n
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        >> 33;
+    let r = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33;
     match r % 100 {
         0..=64 => format!("/fast/{n}"),
         65..=79 => format!("/sleep/{}", 100 + (r / 100) % 8 * 100),
@@ -37,9 +34,7 @@ fn path_for(n: u64) -> String {
 
 /// "sleep 499.2 ms" for the largest part of a breakdown.
 fn dominant(line: &Value) -> String {
-    let Some(parts) = line["breakdown_ms"].as_object() else {
-        return String::new();
-    };
+    let Some(parts) = line["breakdown_ms"].as_object() else { return String::new() };
     parts
         .iter()
         .filter_map(|(k, v)| Some((k, v.as_f64()?)))
@@ -54,18 +49,8 @@ fn where_(line: &Value) -> String {
         .as_array()
         .and_then(|s| s.iter().find(|f| f["kind"] == "python"))
         .map(|f| {
-            let file = f["file"]
-                .as_str()
-                .unwrap_or("")
-                .rsplit('/')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            format!(
-                " in {} ({file}:{})",
-                f["function"].as_str().unwrap_or("?"),
-                f["line"]
-            )
+            let file = f["file"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
+            format!(" in {} ({file}:{})", f["function"].as_str().unwrap_or("?"), f["line"])
         })
         .unwrap_or_default()
 }
@@ -101,14 +86,8 @@ pub fn run() -> anyhow::Result<()> {
     let out_dir = root().join("demo-out");
     fs::create_dir_all(&out_dir)?;
 
-    eprintln!(
-        "demo: starting gunicorn (gthread: 2 workers x 4 threads) with tests/apps/flaskapp.py"
-    );
-    let server = Gunicorn::start(
-        "flaskapp:app",
-        2,
-        &["--worker-class", "gthread", "--threads", "4"],
-    );
+    eprintln!("demo: starting gunicorn (gthread: 2 workers x 4 threads) with tests/apps/flaskapp.py");
+    let server = Gunicorn::start("flaskapp:app", 2, &["--worker-class", "gthread", "--threads", "4"]);
     let port = server.port.to_string();
     let recording = out_dir.join("events.recording");
     let flamegraph = out_dir.join("slow.svg");
@@ -122,9 +101,7 @@ pub fn run() -> anyhow::Result<()> {
         "--flamegraph",
         flamegraph.to_str().unwrap_or("slow.svg"),
     ]);
-    eprintln!(
-        "demo: introspect watch --port {port} --threshold 300ms   ({CLIENTS} clients for {LOAD_SECONDS} s)\n"
-    );
+    eprintln!("demo: introspect watch --port {port} --threshold 300ms   ({CLIENTS} clients for {LOAD_SECONDS} s)\n");
 
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
@@ -175,16 +152,9 @@ pub fn run() -> anyhow::Result<()> {
     if let Some(s) = summary {
         eprintln!(
             "\ndemo: {} requests seen ({} sent), {} reported slow, {} dropped events in {} s",
-            s["requests"],
-            sent.load(Ordering::Relaxed),
-            s["reported"],
-            s["dropped_events"],
-            s["duration_s"]
+            s["requests"], sent.load(Ordering::Relaxed), s["reported"], s["dropped_events"], s["duration_s"]
         );
-        eprintln!(
-            "\n  {:<7} {:<18} {:>7} {:>6} {:>5} {:>10} {:>10} {:>10}",
-            "method", "route", "count", "slow", "5xx", "total ms", "p50 ms", "p99 ms"
-        );
+        eprintln!("\n  {:<7} {:<18} {:>7} {:>6} {:>5} {:>10} {:>10} {:>10}", "method", "route", "count", "slow", "5xx", "total ms", "p50 ms", "p99 ms");
         for e in s["endpoints"].as_array().into_iter().flatten() {
             eprintln!(
                 "  {:<7} {:<18} {:>7} {:>6} {:>5} {:>10.1} {:>10.2} {:>10.2}",
@@ -200,16 +170,10 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     eprintln!("\ndemo: outputs in {}:", out_dir.display());
-    eprintln!(
-        "  events.jsonl       the JSON lines introspect printed (slow requests with their breakdown, stack and profile;"
-    );
+    eprintln!("  events.jsonl       the JSON lines introspect printed (slow requests with their breakdown, stack and profile;");
     eprintln!("                     inflight alerts; summary)");
-    eprintln!(
-        "  slow.svg           flame graph of the slow requests, on-CPU and off-CPU (open it in a browser)"
-    );
-    eprintln!(
-        "  events.recording   every kernel event, for `introspect replay demo-out/events.recording --all`"
-    );
+    eprintln!("  slow.svg           flame graph of the slow requests, on-CPU and off-CPU (open it in a browser)");
+    eprintln!("  events.recording   every kernel event, for `introspect replay demo-out/events.recording --all`");
     eprintln!("  introspect.stderr  introspect's diagnostics");
     Ok(())
 }

@@ -43,10 +43,7 @@ enum Cmd {
 }
 
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
 }
 
 /// Runs a command, failing with its name when it fails.
@@ -88,14 +85,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     let env = setup::setup()?;
     let bin = build()?;
     eprintln!("xtask: unit tests");
-    run(cargo().args([
-        "test",
-        "--release",
-        "--package",
-        "introspect-common",
-        "--package",
-        "introspect-user",
-    ]))?;
+    run(cargo().args(["test", "--release", "--package", "introspect-common", "--package", "introspect-user"]))?;
     eprintln!("xtask: integration suites (real gunicorn, real kernel)");
     // One at a time: the suites compare timings against a client on a 2-core machine.
     run(cargo()

@@ -15,21 +15,8 @@ use crate::{root, run};
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM major), wrk for
 /// load, PostgreSQL for the database suites, Chromium (renders the flame graphs in tests), tmux
 /// (a real terminal for `top`), curl and util-linux tools used by the suites.
-const APT_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
-    "wrk",
-    "curl",
-    "util-linux",
-    "postgresql",
-    "postgresql-contrib",
-    "python3.11",
-    "python3.11-venv",
-    "chromium",
-    "tmux",
-];
+const APT_PACKAGES: &[&str] =
+    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "wrk", "curl", "util-linux", "postgresql", "postgresql-contrib", "python3.11", "python3.11-venv", "chromium", "tmux"];
 
 /// The interpreters the suites run the apps on: every pyenv minor version of this machine kind,
 /// and Debian's own python3.11 (a static, non-PIE build with different symbols).
@@ -50,47 +37,29 @@ pub struct Env {
 }
 
 fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn output(cmd: &mut Command) -> String {
-    cmd.stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+    cmd.stderr(Stdio::null()).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
 }
 
 fn apt_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
         .copied()
-        .filter(|p| {
-            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
-                .contains("install ok installed")
-        })
+        .filter(|p| !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).contains("install ok installed"))
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn rust_src() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]));
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -106,15 +75,7 @@ fn bpf_linker() -> anyhow::Result<()> {
     // Without LLVM_PREFIX the build finds Debian's default llvm-config (LLVM 14) and fails to
     // link (-lLLVM not found).
     run(Command::new("cargo")
-        .args([
-            "install",
-            "bpf-linker",
-            "--version",
-            "0.13.0",
-            "--no-default-features",
-            "--features",
-            "llvm-22",
-        ])
+        .args(["install", "bpf-linker", "--version", "0.13.0", "--no-default-features", "--features", "llvm-22"])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
 }
 
@@ -129,41 +90,27 @@ fn interpreter(spec: &str) -> anyhow::Result<PathBuf> {
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{spec}.")))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{spec}."))))
         .map(|p| p.join(format!("bin/python{spec}")))
         .filter(|p| p.exists())
         .collect();
     candidates.sort();
-    candidates
-        .pop()
-        .with_context(|| format!("CPython {spec} not found in {} (pyenv)", pyenv.display()))
+    candidates.pop().with_context(|| format!("CPython {spec} not found in {} (pyenv)", pyenv.display()))
 }
 
 fn venv(python: &Path, dir: &Path, requirements: &Path) -> anyhow::Result<()> {
-    let reqs = fs::read_to_string(requirements)
-        .with_context(|| format!("reading {}", requirements.display()))?;
+    let reqs = fs::read_to_string(requirements).with_context(|| format!("reading {}", requirements.display()))?;
     let mut h = DefaultHasher::new();
     (python, &reqs).hash(&mut h);
     let stamp_value = format!("{:016x}\n", h.finish());
     let stamp = dir.join(".introspect-stamp");
-    if fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_value) && dir.join("bin/python").exists()
-    {
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_value) && dir.join("bin/python").exists() {
         return Ok(());
     }
-    eprintln!(
-        "xtask: creating Python environment {} from {}",
-        dir.display(),
-        python.display()
-    );
+    eprintln!("xtask: creating Python environment {} from {}", dir.display(), python.display());
     let _ = fs::remove_dir_all(dir);
     run(Command::new(python).args(["-m", "venv"]).arg(dir))?;
-    run(Command::new(dir.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
-        .arg(requirements))?;
+    run(Command::new(dir.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", "-r"]).arg(requirements))?;
     fs::write(&stamp, stamp_value)?;
     Ok(())
 }
@@ -178,13 +125,7 @@ pub fn setup() -> anyhow::Result<Env> {
     bpf_linker()?;
     let requirements = root().join("tests/apps/requirements.txt");
     for (name, spec) in PYTHONS {
-        venv(
-            &interpreter(spec)?,
-            &root().join("target/venv").join(name),
-            &requirements,
-        )?;
+        venv(&interpreter(spec)?, &root().join("target/venv").join(name), &requirements)?;
     }
-    Ok(Env {
-        venv: root().join("target/venv/py311"),
-    })
+    Ok(Env { venv: root().join("target/venv/py311") })
 }

@@ -22,30 +22,15 @@ fn write(path: &Path, bytes: impl AsRef<[u8]>) -> anyhow::Result<()> {
 /// Writes the flame graphs of `flames` into `dir`.
 pub fn write_graphs(dir: &Path, flames: &Flames) -> anyhow::Result<()> {
     let wall = flames.folded(Kind::Wall, None);
-    write(
-        &dir.join("slow.folded"),
-        wall.iter().map(|l| format!("{l}\n")).collect::<String>(),
-    )?;
-    write(
-        &dir.join("slow.svg"),
-        flame::svg(&wall, "slow requests: on-CPU and off-CPU [off-cpu]")?,
-    )?;
-    write(
-        &dir.join("cpu.svg"),
-        flame::svg(&flames.folded(Kind::Cpu, None), "slow requests: on-CPU")?,
-    )?;
-    write(
-        &dir.join("offcpu.svg"),
-        flame::svg(&flames.folded(Kind::Offcpu, None), "slow requests: off-CPU")?,
-    )?;
+    write(&dir.join("slow.folded"), wall.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    write(&dir.join("slow.svg"), flame::svg(&wall, "slow requests: on-CPU and off-CPU [off-cpu]")?)?;
+    write(&dir.join("cpu.svg"), flame::svg(&flames.folded(Kind::Cpu, None), "slow requests: on-CPU")?)?;
+    write(&dir.join("offcpu.svg"), flame::svg(&flames.folded(Kind::Offcpu, None), "slow requests: off-CPU")?)?;
     let routes = dir.join("routes");
     fs::create_dir_all(&routes).with_context(|| format!("creating {}", routes.display()))?;
     for route in flames.routes() {
         let folded = flames.folded(Kind::Wall, Some(&route));
-        write(
-            &routes.join(format!("{}.svg", flame::slug(&route))),
-            flame::svg(&folded, &format!("{route}: on-CPU and off-CPU [off-cpu]"))?,
-        )?;
+        write(&routes.join(format!("{}.svg", flame::slug(&route))), flame::svg(&folded, &format!("{route}: on-CPU and off-CPU [off-cpu]"))?)?;
     }
     Ok(())
 }
@@ -53,8 +38,7 @@ pub fn write_graphs(dir: &Path, flames: &Flames) -> anyhow::Result<()> {
 pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let events_path = args.out.join("events.jsonl");
-    let events = File::create(&events_path)
-        .with_context(|| format!("creating {}", events_path.display()))?;
+    let events = File::create(&events_path).with_context(|| format!("creating {}", events_path.display()))?;
     let wargs = WatchArgs {
         target: args.target,
         reporting: args.reporting,
@@ -75,10 +59,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         .last()
         .context("the watch wrote no summary")?;
     let value: serde_json::Value = serde_json::from_str(&summary)?;
-    write(
-        &args.out.join("summary.json"),
-        serde_json::to_string_pretty(&value)? + "\n",
-    )?;
+    write(&args.out.join("summary.json"), serde_json::to_string_pretty(&value)? + "\n")?;
     write_graphs(&args.out, &flames)?;
     eprintln!(
         "introspect: wrote {0}/events.jsonl, summary.json, slow.folded, slow.svg, cpu.svg, offcpu.svg and routes/ ({1} route graphs)",

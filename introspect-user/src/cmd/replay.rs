@@ -23,47 +23,25 @@ pub struct Meta {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let file = File::open(&args.file)
-        .map_err(|e| UsageError(format!("cannot open {}: {e}", args.file.display())))?;
-    let cfg = Config {
-        threshold_ns: args.reporting.threshold.as_nanos() as u64,
-        all: args.reporting.all,
-        sample_hz: args.reporting.sample_hz,
-    };
-    replay(
-        BufReader::new(file),
-        &args.file.display().to_string(),
-        cfg,
-        io::BufWriter::new(io::stdout().lock()),
-    )
+    let file = File::open(&args.file).map_err(|e| UsageError(format!("cannot open {}: {e}", args.file.display())))?;
+    let cfg = Config { threshold_ns: args.reporting.threshold.as_nanos() as u64, all: args.reporting.all, sample_hz: args.reporting.sample_hz };
+    replay(BufReader::new(file), &args.file.display().to_string(), cfg, io::BufWriter::new(io::stdout().lock()))
 }
 
 /// watch's default drain interval.
 const POLL_NS: u64 = 10_000_000;
 
 /// Feeds a recording through the pipeline, writing what `watch` would have written.
-pub fn replay<R: BufRead, W: Write>(
-    input: R,
-    name: &str,
-    cfg: Config,
-    out: W,
-) -> anyhow::Result<()> {
+pub fn replay<R: BufRead, W: Write>(input: R, name: &str, cfg: Config, out: W) -> anyhow::Result<()> {
     let mut lines = input.lines();
     let first = lines.next().transpose()?.unwrap_or_default();
-    let meta: Meta = serde_json::from_str(&first).map_err(|_| {
-        UsageError(format!(
-            "{name} is not an introspect recording (no header line)"
-        ))
-    })?;
-    let mut pipeline = Pipeline::new(
-        cfg,
-        JsonSink::new(out, Clock::with_offset(meta.realtime_minus_mono_ns)),
-    );
+    let meta: Meta = serde_json::from_str(&first)
+        .map_err(|_| UsageError(format!("{name} is not an introspect recording (no header line)")))?;
+    let mut pipeline = Pipeline::new(cfg, JsonSink::new(out, Clock::with_offset(meta.realtime_minus_mono_ns)));
     let (mut first_ts, mut last_ts) = (None, 0);
     for (n, line) in lines.enumerate() {
         let line = line?;
-        let ev: Event = serde_json::from_str(&line)
-            .with_context(|| format!("{name}:{}: not an event", n + 2))?;
+        let ev: Event = serde_json::from_str(&line).with_context(|| format!("{name}:{}: not an event", n + 2))?;
         let ts = ev.hdr().ts;
         let first = *first_ts.get_or_insert(ts);
         // Time advances in watch's polling steps up to each event, so inflight alerts come out
@@ -99,36 +77,19 @@ mod tests {
             if path.extension().is_none_or(|e| e != "recording") {
                 continue;
             }
-            let cfg = Config {
-                threshold_ns: 500_000_000,
-                all: true,
-                sample_hz: 99,
-            };
+            let cfg = Config { threshold_ns: 500_000_000, all: true, sample_hz: 99 };
             let mut out = Vec::new();
-            replay(
-                BufReader::new(File::open(&path).expect("open")),
-                "fixture",
-                cfg,
-                &mut out,
-            )
-            .expect("replay");
+            replay(BufReader::new(File::open(&path).expect("open")), "fixture", cfg, &mut out).expect("replay");
             let expected_path = path.with_extension("expected.jsonl");
             if std::env::var_os("BLESS").is_some() {
                 fs::write(&expected_path, &out).expect("bless");
             }
-            let expected = fs::read_to_string(&expected_path).unwrap_or_else(|_| {
-                panic!("{} missing; run with BLESS=1", expected_path.display())
-            });
+            let expected = fs::read_to_string(&expected_path).unwrap_or_else(|_| panic!("{} missing; run with BLESS=1", expected_path.display()));
             let got = String::from_utf8_lossy(&out);
             for (n, (g, e)) in got.lines().zip(expected.lines()).enumerate() {
                 assert_eq!(g, e, "{} line {}", path.display(), n + 1);
             }
-            assert_eq!(
-                got.lines().count(),
-                expected.lines().count(),
-                "{}: line count",
-                path.display()
-            );
+            assert_eq!(got.lines().count(), expected.lines().count(), "{}: line count", path.display());
             checked += 1;
         }
         assert!(checked > 0, "no recordings in {}", dir.display());

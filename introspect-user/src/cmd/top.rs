@@ -68,22 +68,12 @@ impl SortBy {
                 SortBy::Killed => r.killed as f64,
             }
         };
-        rows.sort_by(|a, b| {
-            key(b)
-                .total_cmp(&key(a))
-                .then_with(|| a.route.cmp(&b.route))
-        });
+        rows.sort_by(|a, b| key(b).total_cmp(&key(a)).then_with(|| a.route.cmp(&b.route)));
     }
 }
 
 /// The table as lines of text, at most `max_rows` routes.
-fn render(
-    rows: &[EndpointRow],
-    counts: &SummaryCounts,
-    sort: SortBy,
-    max_rows: usize,
-    width: usize,
-) -> Vec<String> {
+fn render(rows: &[EndpointRow], counts: &SummaryCounts, sort: SortBy, max_rows: usize, width: usize) -> Vec<String> {
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     let mut out = vec![
         format!(
@@ -96,23 +86,11 @@ fn render(
         String::new(),
         format!(
             "{:<36} {:>7} {:>7} {:>6} {:>9} {:>9} {:>9} {:>6} {:>5} {:>6}",
-            "ROUTE",
-            "COUNT",
-            "TIME%",
-            "CPU%",
-            "P50 ms",
-            "P95 ms",
-            "P99 ms",
-            "SLOW",
-            "5XX",
-            "KILLED"
+            "ROUTE", "COUNT", "TIME%", "CPU%", "P50 ms", "P95 ms", "P99 ms", "SLOW", "5XX", "KILLED"
         ),
     ];
     for r in rows.iter().take(max_rows) {
-        let route: String = format!("{} {}", r.method, r.route)
-            .chars()
-            .take(36)
-            .collect();
+        let route: String = format!("{} {}", r.method, r.route).chars().take(36).collect();
         out.push(format!(
             "{:<36} {:>7} {:>6.1}% {:>5.1}% {:>9} {:>9} {:>9} {:>6} {:>5} {:>6}",
             route,
@@ -127,9 +105,7 @@ fn render(
             r.killed
         ));
     }
-    out.into_iter()
-        .map(|l| l.chars().take(width).collect())
-        .collect()
+    out.into_iter().map(|l| l.chars().take(width).collect()).collect()
 }
 
 struct Top {
@@ -149,9 +125,7 @@ impl Ui for Top {
                 {
                     match k.code {
                         KeyCode::Char('q') | KeyCode::Esc => return Ok(true),
-                        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => {
-                            return Ok(true);
-                        }
+                        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return Ok(true),
                         KeyCode::Char(c) => {
                             if let Some(s) = SortBy::from_key(c) {
                                 self.sort = s;
@@ -173,13 +147,7 @@ impl Ui for Top {
         let mut out = io::stdout().lock();
         if self.tty {
             let (w, h) = terminal::size().unwrap_or((120, 40));
-            let lines = render(
-                &rows,
-                counts,
-                self.sort,
-                (h as usize).saturating_sub(4),
-                w as usize,
-            );
+            let lines = render(&rows, counts, self.sort, (h as usize).saturating_sub(4), w as usize);
             queue!(out, cursor::MoveTo(0, 0), terminal::Clear(ClearType::All))?;
             for (i, l) in lines.iter().enumerate() {
                 queue!(out, cursor::MoveTo(0, i as u16))?;
@@ -219,13 +187,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         without: Vec::new(),
         poll_interval: Duration::from_millis(10),
     };
-    let mut ui = Top {
-        interval: args.interval,
-        last: None,
-        sort: SortBy::Total,
-        tty,
-        dirty: false,
-    };
+    let mut ui = Top { interval: args.interval, last: None, sort: SortBy::Total, tty, dirty: false };
     let _guard = if tty {
         execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
         terminal::enable_raw_mode()?;
@@ -268,10 +230,6 @@ mod tests {
         assert_eq!(rows[0].route, "/a");
         let lines = render(&rows, &SummaryCounts::default(), SortBy::P99, 10, 200);
         assert!(lines[0].contains("sorted by p99"));
-        assert!(
-            lines[3].starts_with("GET /a")
-                && lines[3].contains("50.0%")
-                && lines[3].contains("25.0%")
-        );
+        assert!(lines[3].starts_with("GET /a") && lines[3].contains("50.0%") && lines[3].contains("25.0%"));
     }
 }

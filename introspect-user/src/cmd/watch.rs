@@ -46,51 +46,28 @@ fn roots(args: &WatchArgs) -> Result<Vec<u32>, UsageError> {
 }
 
 pub fn run(args: WatchArgs) -> anyhow::Result<()> {
-    let flames = watch(
-        &args,
-        Box::new(BufWriter::new(io::stdout().lock())),
-        args.flamegraph.is_some(),
-    )?;
+    let flames = watch(&args, Box::new(BufWriter::new(io::stdout().lock())), args.flamegraph.is_some())?;
     if let (Some(path), Some(flames)) = (&args.flamegraph, flames) {
-        let svg = flame::svg(
-            &flames.folded(flame::Kind::Wall, None),
-            "slow requests: on-CPU and off-CPU [off-cpu]",
-        )?;
+        let svg = flame::svg(&flames.folded(flame::Kind::Wall, None), "slow requests: on-CPU and off-CPU [off-cpu]")?;
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!(
-            "introspect: flame graph of slow requests written to {}",
-            path.display()
-        );
+        eprintln!("introspect: flame graph of slow requests written to {}", path.display());
     }
     Ok(())
 }
 
 /// Runs a watch, writing JSON lines to `out`; returns the slow requests' profiles when
 /// `collect_flames`.
-pub fn watch(
-    args: &WatchArgs,
-    out: Box<dyn io::Write>,
-    collect_flames: bool,
-) -> anyhow::Result<Option<Flames>> {
+pub fn watch(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: bool) -> anyhow::Result<Option<Flames>> {
     watch_with(args, out, collect_flames, None)
 }
 
 /// A live view driven by the watch loop (`introspect top`).
 pub trait Ui {
     /// Called after every drain; returns true to stop.
-    fn tick(
-        &mut self,
-        summary: &crate::summary::Summary,
-        counts: &crate::sink::SummaryCounts,
-    ) -> io::Result<bool>;
+    fn tick(&mut self, summary: &crate::summary::Summary, counts: &crate::sink::SummaryCounts) -> io::Result<bool>;
 }
 
-pub fn watch_with(
-    args: &WatchArgs,
-    out: Box<dyn io::Write>,
-    collect_flames: bool,
-    mut ui: Option<&mut dyn Ui>,
-) -> anyhow::Result<Option<Flames>> {
+pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: bool, mut ui: Option<&mut dyn Ui>) -> anyhow::Result<Option<Flames>> {
     require_root()?;
     let roots = roots(args)?;
     let (root, mounted) = tracefs::ensure_mounted()?;
@@ -104,17 +81,13 @@ pub fn watch_with(
     // Roots first, then fork tracking, then the scan: a child born at any point is either seen by
     // the scan or tracked by the fork probe.
     probes.track(&roots.iter().copied().collect())?;
-    probes
-        .attach_process_tracking()
-        .context("attaching process tracking")?;
+    probes.attach_process_tracking().context("attaching process tracking")?;
     let pids = target::with_descendants(&roots);
     probes.track(&pids)?;
     let served = target::served(&pids);
     probes.watch_ports(&served.ports)?;
     probes.seed_conns(&served.conns)?;
-    probes
-        .attach_request_tracking()
-        .context("attaching request tracking")?;
+    probes.attach_request_tracking().context("attaching request tracking")?;
     if args.bpf_stats {
         probes.enable_stats()?;
     }
@@ -123,11 +96,7 @@ pub fn watch_with(
     let clock = Clock::new();
     let threshold_ns = args.reporting.threshold.as_nanos() as u64;
     let sink = JsonSink::new(out, clock);
-    let cfg = Config {
-        threshold_ns,
-        all: args.reporting.all,
-        sample_hz: args.reporting.sample_hz,
-    };
+    let cfg = Config { threshold_ns, all: args.reporting.all, sample_hz: args.reporting.sample_hz };
     let mut pipeline = Pipeline::new(cfg, sink);
     if collect_flames {
         pipeline.collect_flames();
@@ -135,15 +104,10 @@ pub fn watch_with(
     // A full-screen view owns the terminal: warnings go to the (discarded) sink only.
     pipeline.set_quiet(ui.is_some());
     if let Some(path) = &args.record {
-        let mut f = BufWriter::new(
-            File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        );
+        let mut f = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
         let meta = Meta {
             introspect_recording: 1,
-            realtime_minus_mono_ns: clock
-                .wall(0)
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos() as i128,
+            realtime_minus_mono_ns: clock.wall(0).duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i128,
         };
         serde_json::to_writer(&mut f, &meta)?;
         io::Write::write_all(&mut f, b"\n")?;
@@ -156,17 +120,10 @@ pub fn watch_with(
     eprintln!(
         "introspect: watching {} process(es) [{}] serving TCP port(s) [{}]; threshold {}{}",
         pids.len(),
-        pids.iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(" "),
+        pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
         ports.join(" "),
         humantime::format_duration(args.reporting.threshold),
-        if args.reporting.all {
-            ", reporting all requests"
-        } else {
-            ""
-        },
+        if args.reporting.all { ", reporting all requests" } else { "" },
     );
     if served.ports.is_empty() {
         pipeline.warning(
@@ -176,9 +133,7 @@ pub fn watch_with(
     }
 
     let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut live = pids;
     let mut host = Host::new(probes, args.reporting.sample_hz);
     host.warm(live.iter().copied());
@@ -267,11 +222,7 @@ fn agent_cost(probes: &Probes) -> AgentCost {
             .program_stats()
             .into_iter()
             .filter(|(_, runs, _)| *runs > 0)
-            .map(|(program, runs, ns)| BpfProgram {
-                program,
-                runs,
-                run_ms: (ns as f64 / 1e3).round() / 1e3,
-            })
+            .map(|(program, runs, ns)| BpfProgram { program, runs, run_ms: (ns as f64 / 1e3).round() / 1e3 })
             .collect(),
     }
 }
@@ -306,9 +257,7 @@ fn drain<W: io::Write>(
             Err(e) => {
                 *decode_errors += 1;
                 if *decode_errors == 1 {
-                    eprintln!(
-                        "introspect: warning: undecodable event ({e}); counting them in the summary"
-                    );
+                    eprintln!("introspect: warning: undecodable event ({e}); counting them in the summary");
                 }
             }
         }

@@ -306,6 +306,12 @@ impl Assembler {
         }
     }
 
+    /// When the first open request still under the threshold will cross it, if any: the
+    /// moment to look again rather than polling for it.
+    pub fn next_crossing(&self) -> Option<u64> {
+        self.conns.values().filter_map(|c| c.open.as_ref()).filter(|o| !o.inflight_sent).map(|o| o.start_ns.saturating_add(self.threshold_ns)).min()
+    }
+
     /// At the end of a watch: how many requests were still running.
     pub fn close(&mut self) {
         self.stats.open_at_exit = self.open_requests() as u64;
@@ -398,9 +404,11 @@ mod tests {
         assert_eq!(a.open_requests(), 1);
         let mut infl = Vec::new();
         let mut a = a;
+        assert_eq!(a.next_crossing(), Some(8_000 + 1_000), "when the open request will cross");
         a.tick(9_100, &mut infl);
         assert_eq!(infl.len(), 1);
         assert_eq!(infl[0].start_ns, 8_000, "stale arrival ignored");
+        assert_eq!(a.next_crossing(), None, "nothing left to cross");
         a.tick(9_200, &mut infl);
         assert_eq!(infl.len(), 1, "inflight is reported once");
     }

@@ -172,9 +172,10 @@ pub struct WatchArgs {
     /// At exit, write a flame graph (SVG) of the slow requests' profiles, on-CPU and off-CPU.
     #[arg(long, value_name = "FILE")]
     pub flamegraph: Option<PathBuf>,
-    /// How often the ring buffer is drained; bounds the delay of `inflight` alerts.
-    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration, hide = true)]
-    pub poll_interval: Duration,
+    /// Drain the ring buffer at this fixed interval (default: every 10 ms while busy, up to a
+    /// quarter of the threshold or 100 ms while quiet, and right when a request crosses it).
+    #[arg(long, value_parser = humantime::parse_duration, hide = true)]
+    pub poll_interval: Option<Duration>,
 }
 
 #[derive(Args, Debug)]

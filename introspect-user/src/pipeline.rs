@@ -216,6 +216,11 @@ impl<W: Write> Pipeline<W> {
         Ok(())
     }
 
+    /// When the next open request will cross the threshold, if one is open.
+    pub fn next_crossing(&self) -> Option<u64> {
+        self.asm.next_crossing()
+    }
+
     pub fn set_quiet(&mut self, quiet: bool) {
         self.quiet = quiet;
     }

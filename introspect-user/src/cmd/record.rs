@@ -4,7 +4,6 @@ use std::{
     fs::{self, File},
     io::{BufRead, BufReader, BufWriter},
     path::Path,
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -48,7 +47,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         flamegraph: None,
         bpf_stats: false,
         without: Vec::new(),
-        poll_interval: Duration::from_millis(10),
+        poll_interval: None,
     };
     let flames = watch::watch(&wargs, Box::new(BufWriter::new(events)), true)?.unwrap_or_default();
     // The summary is the last line of the events.

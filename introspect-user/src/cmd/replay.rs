@@ -28,9 +28,6 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     replay(BufReader::new(file), &args.file.display().to_string(), cfg, io::BufWriter::new(io::stdout().lock()))
 }
 
-/// watch's default drain interval.
-const POLL_NS: u64 = 10_000_000;
-
 /// Feeds a recording through the pipeline, writing what `watch` would have written.
 pub fn replay<R: BufRead, W: Write>(input: R, name: &str, cfg: Config, out: W) -> anyhow::Result<()> {
     let mut lines = input.lines();
@@ -44,12 +41,13 @@ pub fn replay<R: BufRead, W: Write>(input: R, name: &str, cfg: Config, out: W) -
         let ev: Event = serde_json::from_str(&line).with_context(|| format!("{name}:{}: not an event", n + 2))?;
         let ts = ev.hdr().ts;
         let first = *first_ts.get_or_insert(ts);
-        // Time advances in watch's polling steps up to each event, so inflight alerts come out
-        // where they would have live.
-        let mut t = last_ts.max(first) + POLL_NS;
-        while t < ts {
-            pipeline.tick(t, &mut NotLive)?;
-            t += POLL_NS;
+        // Time stops at each threshold crossing before the event, as watch wakes for it live,
+        // so inflight alerts come out where they would have.
+        let mut now = last_ts.max(first);
+        while let Some(c) = pipeline.next_crossing().filter(|&c| c < ts) {
+            // Each tick reports every request crossed by then, so this ends.
+            now = now.max(c);
+            pipeline.tick(now, &mut NotLive)?;
         }
         pipeline.tick(ts, &mut NotLive)?;
         pipeline.event(&ev, &mut NotLive)?;

@@ -185,7 +185,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         flamegraph: None,
         bpf_stats: false,
         without: Vec::new(),
-        poll_interval: Duration::from_millis(10),
+        // Keys are read between drains: a fixed, short interval keeps it responsive.
+        poll_interval: Some(Duration::from_millis(10)),
     };
     let mut ui = Top { interval: args.interval, last: None, sort: SortBy::Total, tty, dirty: false };
     let _guard = if tty {

@@ -140,8 +140,8 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
     rt.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        let mut tick = tokio::time::interval(args.poll_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let pace = Pace::new(args.poll_interval, args.reporting.threshold);
+        let mut wake = tokio::time::Instant::now() + pace.busy;
         let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
         let mut reported_losses = KernelLosses::default();
         let mut decode_errors = 0u64;
@@ -150,16 +150,18 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
         let mut last_loss_check = Instant::now();
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
                 _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
             }
             host.set_now(clock::monotonic_ns());
-            events += drain(&mut ring, &mut pipeline, &mut host, args.keep_query, &mut decode_errors, &mut live)?;
+            let drained = drain(&mut ring, &mut pipeline, &mut host, args.keep_query, &mut decode_errors, &mut live)?;
+            events += drained;
             let now = clock::monotonic_ns();
             host.set_now(now);
             pipeline.tick(now, &mut host)?;
+            wake = pace.next(drained, pipeline.next_crossing(), now);
             let warnings: Vec<String> = host.warnings.drain(..).chain(host.enricher.warnings.drain(..)).collect();
             for w in warnings {
                 // Once per kind: 32 workers of a server that is not CPython say the same thing.
@@ -224,6 +226,37 @@ fn agent_cost(probes: &Probes) -> AgentCost {
             .filter(|(_, runs, _)| *runs > 0)
             .map(|(program, runs, ns)| BpfProgram { program, runs, run_ms: (ns as f64 / 1e3).round() / 1e3 })
             .collect(),
+    }
+}
+
+/// When to drain the ring buffer next. Every wake-up costs a context switch and a timer (tens of
+/// µs on a VM), so a quiet watch wakes seldom; a request is then still seen before it can cross
+/// the threshold (the interval is at most a quarter of it), and the wake-up for the crossing
+/// itself is timed to it. A drain that found many events keeps the short interval, so a burst
+/// never has more than that interval to fill the ring buffer.
+struct Pace {
+    busy: Duration,
+    quiet: Duration,
+}
+
+impl Pace {
+    /// Drained events that count as busy: ~50k events/s at the short interval.
+    const BUSY_EVENTS: u64 = 500;
+
+    /// `fixed` (the hidden --poll-interval) pins the interval; else a quarter of the threshold,
+    /// between 10 and 100 ms.
+    fn new(fixed: Option<Duration>, threshold: Duration) -> Self {
+        let busy = Duration::from_millis(10);
+        match fixed {
+            Some(d) => Self { busy: d, quiet: d },
+            None => Self { busy, quiet: (threshold / 4).clamp(busy, Duration::from_millis(100)) },
+        }
+    }
+
+    fn next(&self, drained: u64, next_crossing_ns: Option<u64>, now_ns: u64) -> tokio::time::Instant {
+        let wait = if drained >= Self::BUSY_EVENTS { self.busy } else { self.quiet };
+        let wait = next_crossing_ns.map_or(wait, |c| wait.min(Duration::from_nanos(c.saturating_sub(now_ns))));
+        tokio::time::Instant::now() + wait
     }
 }
 

@@ -161,6 +161,8 @@ pub struct Probes {
     stats: Option<std::os::fd::OwnedFd>,
     /// Per-thread CPU-clock perf events of armed threads.
     samplers: StdHashMap<u32, PerfEventLinkId>,
+    /// A never-firing event on this process, held from the first armed thread on (see `arm`).
+    perf_hooks: Option<PerfEventLinkId>,
 }
 
 const SAMPLER: &str = "sample_oncpu";
@@ -194,7 +196,7 @@ impl Probes {
             .map_max_entries(names::TRACKED, pids)
             .map_max_entries(names::THREADS, pids)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/introspect")))?;
-        Ok(Self { ebpf, without: Vec::new(), stats: None, samplers: StdHashMap::new() })
+        Ok(Self { ebpf, without: Vec::new(), stats: None, samplers: StdHashMap::new(), perf_hooks: None })
     }
 
     fn attach(&mut self, table: &[(&'static str, &[(&str, &str)])]) -> Result<(), LoadError> {
@@ -261,7 +263,21 @@ impl Probes {
             .insert(tid, armed, 0)
             .map_err(|source| LoadError::Map { name: names::ARMED, source })?;
         if hz > 0 && !self.samplers.contains_key(&tid) {
+            let hooks_held = self.perf_hooks.is_some();
             let prog = self.sampler()?;
+            let mut hooks = None;
+            if !hooks_held {
+                // While no per-thread event exists, the kernel's context-switch hooks for them
+                // are off; the first new one turns them on and waits for an RCU grace period, and
+                // they are turned off again a second after the last one closes. With slow
+                // requests coming every second or so, every other alert waited those 4-20 ms.
+                // One dummy event held for the watch keeps the hooks on (a few ns per context
+                // switch for threads without events).
+                let link = prog
+                    .attach(PerfEventConfig::Software(SoftwareEvent::Dummy), PerfEventScope::CallingProcess { cpu: None }, SamplePolicy::Period(u64::MAX >> 1), false)
+                    .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
+                hooks = Some(link);
+            }
             // A per-thread event counts that thread's CPU time only: it fires only while it runs.
             let link = prog
                 .attach(
@@ -273,6 +289,9 @@ impl Probes {
                 )
                 .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
             self.samplers.insert(tid, link);
+            if hooks.is_some() {
+                self.perf_hooks = hooks;
+            }
         }
         Ok(())
     }

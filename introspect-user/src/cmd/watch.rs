@@ -142,6 +142,7 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
         let mut sigterm = signal(SignalKind::terminate())?;
         let pace = Pace::new(args.poll_interval, args.reporting.threshold);
         let mut wake = tokio::time::Instant::now() + pace.busy;
+        let mut last_drain = Instant::now();
         let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
         let mut reported_losses = KernelLosses::default();
         let mut decode_errors = 0u64;
@@ -161,7 +162,9 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
             let now = clock::monotonic_ns();
             host.set_now(now);
             pipeline.tick(now, &mut host)?;
-            wake = pace.next(drained, pipeline.next_crossing(), now);
+            let until_crossing = pipeline.next_crossing().map(|c| Duration::from_nanos(c.saturating_sub(now)));
+            wake = tokio::time::Instant::now() + pace.wait(drained, last_drain.elapsed(), until_crossing);
+            last_drain = Instant::now();
             let warnings: Vec<String> = host.warnings.drain(..).chain(host.enricher.warnings.drain(..)).collect();
             for w in warnings {
                 // Once per kind: 32 workers of a server that is not CPython say the same thing.
@@ -232,16 +235,18 @@ fn agent_cost(probes: &Probes) -> AgentCost {
 /// When to drain the ring buffer next. Every wake-up costs a context switch and a timer (tens of
 /// µs on a VM), so a quiet watch wakes seldom; a request is then still seen before it can cross
 /// the threshold (the interval is at most a quarter of it), and the wake-up for the crossing
-/// itself is timed to it. A drain that found many events keeps the short interval, so a burst
-/// never has more than that interval to fill the ring buffer.
+/// itself is timed to it. Events arriving fast enough to fill a few MiB of the ring buffer in
+/// the long interval bring the short one back.
 struct Pace {
     busy: Duration,
     quiet: Duration,
 }
 
 impl Pace {
-    /// Drained events that count as busy: ~50k events/s at the short interval.
-    const BUSY_EVENTS: u64 = 500;
+    /// Events per second above which the short interval is used: 100 ms of them is ~0.5 MiB of
+    /// the 8 MiB ring buffer; a burst of 450k events/s (64k requests/s) fills ~4.5 MiB before
+    /// the first drain that sees it switches.
+    const BUSY_RATE: f64 = 50_000.0;
 
     /// `fixed` (the hidden --poll-interval) pins the interval; else a quarter of the threshold,
     /// between 10 and 100 ms.
@@ -253,10 +258,12 @@ impl Pace {
         }
     }
 
-    fn next(&self, drained: u64, next_crossing_ns: Option<u64>, now_ns: u64) -> tokio::time::Instant {
-        let wait = if drained >= Self::BUSY_EVENTS { self.busy } else { self.quiet };
-        let wait = next_crossing_ns.map_or(wait, |c| wait.min(Duration::from_nanos(c.saturating_sub(now_ns))));
-        tokio::time::Instant::now() + wait
+    /// How long to wait after a drain that found `drained` events `since` the one before, with
+    /// the next threshold crossing `until_crossing` away.
+    fn wait(&self, drained: u64, since: Duration, until_crossing: Option<Duration>) -> Duration {
+        let busy = drained as f64 > Self::BUSY_RATE * since.as_secs_f64().max(1e-3);
+        let wait = if busy { self.busy } else { self.quiet };
+        until_crossing.map_or(wait, |c| wait.min(c))
     }
 }
 
@@ -296,4 +303,37 @@ fn drain<W: io::Write>(
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_quiet_watch_waits_a_quarter_of_the_threshold_within_10_to_100_ms() {
+        assert_eq!(Pace::new(None, 500 * MS).wait(0, 100 * MS, None), 100 * MS);
+        assert_eq!(Pace::new(None, 200 * MS).wait(10, 50 * MS, None), 50 * MS);
+        assert_eq!(Pace::new(None, 2 * MS).wait(0, 10 * MS, None), 10 * MS);
+        // 2k requests/s at ~7 events each is quiet.
+        assert_eq!(Pace::new(None, 500 * MS).wait(1_400, 100 * MS, None), 100 * MS);
+    }
+
+    #[test]
+    fn a_fast_stream_of_events_brings_the_short_interval_back() {
+        let p = Pace::new(None, 500 * MS);
+        assert_eq!(p.wait(45_000, 100 * MS, None), 10 * MS);
+        assert_eq!(p.wait(600, 10 * MS, None), 10 * MS);
+        assert_eq!(p.wait(400, 10 * MS, None), 100 * MS);
+    }
+
+    #[test]
+    fn a_coming_crossing_shortens_the_wait_and_a_fixed_interval_is_kept() {
+        assert_eq!(Pace::new(None, 500 * MS).wait(0, 100 * MS, Some(3 * MS)), 3 * MS);
+        assert_eq!(Pace::new(None, 500 * MS).wait(0, 100 * MS, Some(Duration::ZERO)), Duration::ZERO);
+        let fixed = Pace::new(Some(20 * MS), 500 * MS);
+        assert_eq!(fixed.wait(0, 20 * MS, None), 20 * MS);
+        assert_eq!(fixed.wait(1_000_000, 20 * MS, None), 20 * MS);
+    }
 }

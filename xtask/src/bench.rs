@@ -33,20 +33,6 @@ use crate::{prepare, root};
 const ROUNDS: usize = 5;
 const RUN_SECONDS: u64 = 5;
 
-fn clk_tck() -> f64 {
-    // SAFETY: no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_s(pid: u32) -> f64 {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0.0 };
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / clk_tck()
-}
-
 /// CPU time of all of a process's threads, in seconds, from the scheduler's own accounting
 /// (/proc/PID/task/*/schedstat, ns): exact, where the tick-sampled /proc/PID/stat figures are
 /// biased for a process that wakes on a timer.
@@ -177,8 +163,11 @@ struct Run {
     rps: f64,
     p50: f64,
     p99: f64,
-    /// CPU seconds per request: workers + wrk + tracer.
+    /// CPU µs per request: workers + wrk + tracer, and each of them.
     cpu_per_req_us: f64,
+    workers_us: f64,
+    wrk_us: f64,
+    tracer_us: f64,
     tracer_cpu_pct: f64,
     tracer_rss_kib: u64,
     events_per_s: f64,
@@ -252,15 +241,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn measure(cfg: Config, server: &Gunicorn, url: &str, threshold: &str, bin: &std::path::Path, venv: &std::path::Path) -> anyhow::Result<(Run, Option<Value>)> {
     let workers = server.workers();
     let tracer = start_tracer(cfg, server.master_pid(), threshold, bin, venv, &[])?;
-    let w0: f64 = workers.iter().map(|&p| cpu_s(p)).sum();
-    let t0 = tracer.as_ref().map_or(0.0, |t| cpu_s(t.pid));
+    let w0: f64 = workers.iter().map(|&p| exec_s(p)).sum();
+    let t0 = tracer.as_ref().map_or(0.0, |t| exec_s(t.pid));
     let start = Instant::now();
     let r = wrk(url, 1, 4, RUN_SECONDS)?;
     let wall = start.elapsed().as_secs_f64();
-    let w1: f64 = workers.iter().map(|&p| cpu_s(p)).sum();
+    let w1: f64 = workers.iter().map(|&p| exec_s(p)).sum();
     let (tracer_cpu, rss, summary) = match tracer {
         Some(mut t) => {
-            let cpu = cpu_s(t.pid) - t0;
+            let cpu = exec_s(t.pid) - t0;
             let rss = peak_rss_kib(t.pid);
             let sig = if cfg == Config::PySpy { libc::SIGINT } else { libc::SIGTERM };
             t.guard.stop_with(sig, Duration::from_secs(20));
@@ -275,6 +264,9 @@ fn measure(cfg: Config, server: &Gunicorn, url: &str, threshold: &str, bin: &std
         p50: r.p50_ms,
         p99: r.p99_ms,
         cpu_per_req_us: total_cpu / r.requests.max(1.0) * 1e6,
+        workers_us: (w1 - w0) / r.requests.max(1.0) * 1e6,
+        wrk_us: r.cpu_s / r.requests.max(1.0) * 1e6,
+        tracer_us: tracer_cpu / r.requests.max(1.0) * 1e6,
         tracer_cpu_pct: tracer_cpu / wall * 100.0,
         tracer_rss_kib: rss,
         events_per_s: summary.as_ref().and_then(|s| s["events"].as_f64()).unwrap_or(0.0) / wall,
@@ -380,6 +372,8 @@ pub fn run() -> anyhow::Result<()> {
         let base_p50 = median(runs[0].iter().map(|r| r.p50).collect());
         let base_p99 = median(runs[0].iter().map(|r| r.p99).collect());
         let base_cpu = median(runs[0].iter().map(|r| r.cpu_per_req_us).collect());
+        let base_workers = median(runs[0].iter().map(|r| r.workers_us).collect());
+        let base_wrk = median(runs[0].iter().map(|r| r.wrk_us).collect());
         for (i, cfg) in configs.iter().enumerate() {
             let m = |f: fn(&Run) -> f64| median(runs[i].iter().map(f).collect());
             let rps = m(|r| r.rps);
@@ -392,19 +386,27 @@ pub fn run() -> anyhow::Result<()> {
                 "p99_ratio": m(|r| r.p99) / base_p99,
                 "cpu_per_request_us": m(|r| r.cpu_per_req_us),
                 "added_cpu_per_request_us": m(|r| r.cpu_per_req_us) - base_cpu,
+                "added_cpu_per_request_us_split": {
+                    "workers": m(|r| r.workers_us) - base_workers,
+                    "wrk": m(|r| r.wrk_us) - base_wrk,
+                    "tracer": m(|r| r.tracer_us),
+                },
                 "tracer_cpu_pct": m(|r| r.tracer_cpu_pct),
                 "tracer_peak_rss_kib": runs[i].iter().map(|r| r.tracer_rss_kib).max().unwrap_or(0),
                 "events_per_s": m(|r| r.events_per_s),
                 "dropped_events": runs[i].iter().map(|r| r.dropped).sum::<f64>(),
             });
             table.push(format!(
-                "| {label} | {} | {:.0} | {} | {} | {} | {:+.1} | {:.2} | {} | {:.0} | {} |",
+                "| {label} | {} | {:.0} | {} | {} | {} | {:+.1} ({:+.1} {:+.1} {:+.1}) | {:.2} | {} | {:.0} | {} |",
                 cfg.name(),
                 rps,
                 fmt_ratio(rps / base_rps),
                 fmt_ratio(m(|r| r.p50) / base_p50),
                 fmt_ratio(m(|r| r.p99) / base_p99),
                 m(|r| r.cpu_per_req_us) - base_cpu,
+                m(|r| r.workers_us) - base_workers,
+                m(|r| r.wrk_us) - base_wrk,
+                m(|r| r.tracer_us),
                 m(|r| r.tracer_cpu_pct),
                 runs[i].iter().map(|r| r.tracer_rss_kib).max().unwrap_or(0) / 1024,
                 m(|r| r.events_per_s),
@@ -544,7 +546,7 @@ pub fn run() -> anyhow::Result<()> {
     fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&bench)? + "\n")?;
 
     println!("introspect overhead — {machine}, {date} (medians of {ROUNDS} alternating {RUN_SECONDS} s runs; wrk -t1 -c4; gunicorn sync 2 workers + Flask)\n");
-    println!("| endpoint | configuration | req/s | req/s ratio | p50 ratio | p99 ratio | added CPU µs/req | tracer CPU % | tracer peak RSS MiB | events/s | dropped |");
+    println!("| endpoint | configuration | req/s | req/s ratio | p50 ratio | p99 ratio | added CPU µs/req (workers wrk tracer) | tracer CPU % | tracer peak RSS MiB | events/s | dropped |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &table {
         println!("{row}");
@@ -675,13 +677,13 @@ fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow
             if let Some(t) = &tracer {
                 pin(t.pid, 0);
             }
-            let t0 = tracer.as_ref().map_or(0.0, |t| cpu_s(t.pid));
+            let t0 = tracer.as_ref().map_or(0.0, |t| exec_s(t.pid));
             let r = wrk_on(Some(1), &url, 1, 1, 4)?;
             let pipe = pipe_round_trip_us(1, 100_000)?;
             let tcp = tcp_round_trip_us(1, 50_000)?;
             let (ppid, futex) = syscall_loops_ns(1, 1_000_000)?;
             if let Some(mut t) = tracer {
-                tracer_cpu.push((cpu_s(t.pid) - t0) / r.requests.max(1.0) * 1e6);
+                tracer_cpu.push((exec_s(t.pid) - t0) / r.requests.max(1.0) * 1e6);
                 t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
             }
             let s = &mut samples[usize::from(with)];

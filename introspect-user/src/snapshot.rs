@@ -73,7 +73,10 @@ impl SymFile {
 }
 
 struct ProcMaps {
+    /// All of them, anonymous and [vdso] too: an address in one of those is known not to be in
+    /// a file, and must not send us back to /proc/PID/maps.
     maps: Vec<Mapping>,
+    read_at: std::time::Instant,
     /// "" when the process sees the same root as this one (so the ELF files parsed for one
     /// worker serve all of them), else /proc/PID/root (a container).
     root: String,
@@ -95,7 +98,7 @@ fn read_proc_maps(pid: u32) -> Option<ProcMaps> {
     // "/" for a container's root as well.
     let root_id = |p: &str| fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let same_root = root_id(&format!("/proc/{pid}/root")).is_some_and(|id| Some(id) == root_id("/proc/self/root"));
-    Some(ProcMaps { maps: maps.into_iter().filter(|m| m.path.starts_with('/')).collect(), root: if same_root { String::new() } else { format!("/proc/{pid}/root") } })
+    Some(ProcMaps { maps, read_at: std::time::Instant::now(), root: if same_root { String::new() } else { format!("/proc/{pid}/root") } })
 }
 
 fn native_frame(sym: &Symbolized<'_>, kind: FrameKind) -> Frame {
@@ -117,15 +120,23 @@ impl Symbols {
         addrs.iter().map(|&a| self.user_one(pid, a)).collect()
     }
 
-    /// The file (as the process names it), file offset and root prefix `addr` maps to in
-    /// process `pid`.
+    /// The mapping's name (a file as the process names it, `[vdso]`, or empty when anonymous),
+    /// file offset and root prefix `addr` maps to in process `pid`.
     fn locate(&self, pid: u32, addr: u64) -> Option<(String, u64, String)> {
         let find = |p: &ProcMaps| {
             p.maps.iter().find(|m| (m.start..m.end).contains(&addr)).map(|m| (m.path.clone(), addr - m.start + m.offset, p.root.clone()))
         };
         let mut procs = self.procs.borrow_mut();
-        if let Some(found) = procs.get(&pid).and_then(find) {
-            return Some(found);
+        if let Some(p) = procs.get(&pid) {
+            if let Some(found) = find(p) {
+                return Some(found);
+            }
+            // Outside every mapping: a library loaded since, or (far more often) a bogus frame
+            // of a stack walked without frame pointers. Reading /proc/PID/maps of a Python
+            // process costs ~100 µs of kernel time, so at most once a second per process.
+            if p.read_at.elapsed() < std::time::Duration::from_secs(1) {
+                return None;
+            }
         }
         let fresh = read_proc_maps(pid)?;
         let found = find(&fresh);
@@ -135,6 +146,10 @@ impl Symbols {
 
     fn user_one(&self, pid: u32, addr: u64) -> Frame {
         let Some((path, offset, root)) = self.locate(pid, addr) else { return hex_frame(addr, FrameKind::Native) };
+        if !path.starts_with('/') {
+            // [vdso], [stack], an anonymous mapping: no file to read symbols from.
+            return Frame { file: path, ..hex_frame(addr, FrameKind::Native) };
+        }
         let mut files = self.files.borrow_mut();
         let file = files.entry(format!("{root}{path}")).or_insert_with_key(|full| SymFile::read(full, &root));
         let Some((symbols, virt)) = file.as_ref().and_then(|f| Some((f.symbols.clone(), f.virt_offset(offset)?))) else {

@@ -33,6 +33,8 @@ pub struct Symbols {
     /// /proc/PID/maps of a Python process takes milliseconds of kernel time, and symbolizing
     /// through blazesym's process source re-reads it on every call.
     procs: RefCell<HashMap<u32, ProcMaps>>,
+    /// How many times a /proc/PID/maps was read.
+    maps_reads: std::cell::Cell<u64>,
 }
 
 /// The symbol source of one mapped file.
@@ -84,7 +86,7 @@ struct ProcMaps {
 
 impl Default for Symbols {
     fn default() -> Self {
-        Self { inner: Symbolizer::new(), files: RefCell::new(HashMap::new()), procs: RefCell::new(HashMap::new()) }
+        Self { inner: Symbolizer::new(), files: RefCell::new(HashMap::new()), procs: RefCell::new(HashMap::new()), maps_reads: Default::default() }
     }
 }
 
@@ -139,6 +141,7 @@ impl Symbols {
             }
         }
         let fresh = read_proc_maps(pid)?;
+        self.maps_reads.set(self.maps_reads.get() + 1);
         let found = find(&fresh);
         procs.insert(pid, fresh);
         found
@@ -245,8 +248,23 @@ mod tests {
     }
 
     #[test]
-    fn an_address_outside_any_mapping_is_shown_as_hex() {
-        let f = &Symbols::default().user(std::process::id(), &[0x10])[0];
-        assert_eq!(f.function, "0x10");
+    fn an_address_outside_any_mapping_is_shown_as_hex_without_rereading_the_maps_each_time() {
+        let s = Symbols::default();
+        let me = std::process::id();
+        assert_eq!(s.user(me, &[0x10])[0].function, "0x10");
+        let bogus: Vec<u64> = (1..200).map(|i| i * 0x10).collect();
+        assert!(s.user(me, &bogus).iter().all(|f| f.function.starts_with("0x")));
+        assert_eq!(s.maps_reads.get(), 1, "bogus frames must not send each lookup back to /proc/PID/maps");
+    }
+
+    #[test]
+    fn a_vdso_address_is_named_after_its_mapping() {
+        // SAFETY: no preconditions.
+        let vdso = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+        assert_ne!(vdso, 0);
+        let s = Symbols::default();
+        let f = &s.user(std::process::id(), &[vdso + 0x10])[0];
+        assert_eq!(f.file, "[vdso]", "{f:?}");
+        assert_eq!(s.maps_reads.get(), 1);
     }
 }

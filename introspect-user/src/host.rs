@@ -88,10 +88,20 @@ impl Host {
         self.enricher.enrich(ev, runtime.as_ref());
     }
 
+    /// Whether some thread's stacks are being captured.
+    pub fn any_armed(&self) -> bool {
+        !self.armed.is_empty()
+    }
+
     /// Attaches what only this host can tell: wait facts, and symbolized stacks.
     pub fn enrich(&mut self, ev: &mut Event) {
         self.enrich_facts(ev);
         match ev {
+            // A thread's stacks keep coming until its disarm reaches the kernel (up to one drain
+            // after its request ended), while it already serves fast requests: nobody reads
+            // those, so they are not symbolized (that was most of the tracer's CPU with many slow
+            // requests).
+            Event::Stack { hdr, .. } if !self.armed.contains(&hdr.tid) => {}
             Event::Stack { hdr, kstack, ustack, raw, frames, .. } => {
                 let mut out: Vec<Frame> = self.symbols.kernel(&self.probes.stack(*kstack));
                 let skip = out.iter().take_while(|f| is_capture_frame(f)).count();
@@ -156,11 +166,11 @@ impl Live for Host {
         };
         // Arm first: sampling starts now, the snapshot (which may symbolize for a while) after.
         let walk = interp.walk();
+        // Marked armed even if arming failed half-way (its maps entry is there, the perf event
+        // not), so `done` undoes whatever was done.
+        self.armed.insert(r.tid);
         match self.probes.arm(r.tid, Armed { tstate, tgid: r.pid, _pad: 0 }, walk, hz) {
-            Ok(()) => {
-                self.armed.insert(r.tid);
-                self.threads_armed += 1;
-            }
+            Ok(()) => self.threads_armed += 1,
             Err(e) => self.warnings.push(format!("thread {}: cannot sample its stacks: {e}", r.tid)),
         }
         let interp = self.interps.get_mut(&r.pid).and_then(Option::as_mut)?;

@@ -163,7 +163,7 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
             host.set_now(now);
             pipeline.tick(now, &mut host)?;
             let until_crossing = pipeline.next_crossing().map(|c| Duration::from_nanos(c.saturating_sub(now)));
-            wake = tokio::time::Instant::now() + pace.wait(drained, last_drain.elapsed(), until_crossing);
+            wake = tokio::time::Instant::now() + pace.wait(drained, last_drain.elapsed(), until_crossing, host.any_armed());
             last_drain = Instant::now();
             let warnings: Vec<String> = host.warnings.drain(..).chain(host.enricher.warnings.drain(..)).collect();
             for w in warnings {
@@ -236,7 +236,9 @@ fn agent_cost(probes: &Probes) -> AgentCost {
 /// µs on a VM), so a quiet watch wakes seldom; a request is then still seen before it can cross
 /// the threshold (the interval is at most a quarter of it), and the wake-up for the crossing
 /// itself is timed to it. Events arriving fast enough to fill a few MiB of the ring buffer in
-/// the long interval bring the short one back.
+/// the long interval bring the short one back, and so does a thread whose stacks are being
+/// captured: the kernel goes on capturing them until its request's end has been drained and
+/// the thread disarmed.
 struct Pace {
     busy: Duration,
     quiet: Duration,
@@ -259,9 +261,9 @@ impl Pace {
     }
 
     /// How long to wait after a drain that found `drained` events `since` the one before, with
-    /// the next threshold crossing `until_crossing` away.
-    fn wait(&self, drained: u64, since: Duration, until_crossing: Option<Duration>) -> Duration {
-        let busy = drained as f64 > Self::BUSY_RATE * since.as_secs_f64().max(1e-3);
+    /// the next threshold crossing `until_crossing` away and threads `armed` or not.
+    fn wait(&self, drained: u64, since: Duration, until_crossing: Option<Duration>, armed: bool) -> Duration {
+        let busy = armed || drained as f64 > Self::BUSY_RATE * since.as_secs_f64().max(1e-3);
         let wait = if busy { self.busy } else { self.quiet };
         until_crossing.map_or(wait, |c| wait.min(c))
     }
@@ -313,27 +315,29 @@ mod tests {
 
     #[test]
     fn a_quiet_watch_waits_a_quarter_of_the_threshold_within_10_to_100_ms() {
-        assert_eq!(Pace::new(None, 500 * MS).wait(0, 100 * MS, None), 100 * MS);
-        assert_eq!(Pace::new(None, 200 * MS).wait(10, 50 * MS, None), 50 * MS);
-        assert_eq!(Pace::new(None, 2 * MS).wait(0, 10 * MS, None), 10 * MS);
+        assert_eq!(Pace::new(None, 500 * MS).wait(0, 100 * MS, None, false), 100 * MS);
+        assert_eq!(Pace::new(None, 200 * MS).wait(10, 50 * MS, None, false), 50 * MS);
+        assert_eq!(Pace::new(None, 2 * MS).wait(0, 10 * MS, None, false), 10 * MS);
         // 2k requests/s at ~7 events each is quiet.
-        assert_eq!(Pace::new(None, 500 * MS).wait(1_400, 100 * MS, None), 100 * MS);
+        assert_eq!(Pace::new(None, 500 * MS).wait(1_400, 100 * MS, None, false), 100 * MS);
     }
 
     #[test]
     fn a_fast_stream_of_events_brings_the_short_interval_back() {
         let p = Pace::new(None, 500 * MS);
-        assert_eq!(p.wait(45_000, 100 * MS, None), 10 * MS);
-        assert_eq!(p.wait(600, 10 * MS, None), 10 * MS);
-        assert_eq!(p.wait(400, 10 * MS, None), 100 * MS);
+        assert_eq!(p.wait(45_000, 100 * MS, None, false), 10 * MS);
+        assert_eq!(p.wait(600, 10 * MS, None, false), 10 * MS);
+        assert_eq!(p.wait(400, 10 * MS, None, false), 100 * MS);
+        // A thread being captured: its disarm must not wait for the long interval.
+        assert_eq!(p.wait(0, 100 * MS, None, true), 10 * MS);
     }
 
     #[test]
     fn a_coming_crossing_shortens_the_wait_and_a_fixed_interval_is_kept() {
-        assert_eq!(Pace::new(None, 500 * MS).wait(0, 100 * MS, Some(3 * MS)), 3 * MS);
-        assert_eq!(Pace::new(None, 500 * MS).wait(0, 100 * MS, Some(Duration::ZERO)), Duration::ZERO);
+        assert_eq!(Pace::new(None, 500 * MS).wait(0, 100 * MS, Some(3 * MS), false), 3 * MS);
+        assert_eq!(Pace::new(None, 500 * MS).wait(0, 100 * MS, Some(Duration::ZERO), false), Duration::ZERO);
         let fixed = Pace::new(Some(20 * MS), 500 * MS);
-        assert_eq!(fixed.wait(0, 20 * MS, None), 20 * MS);
-        assert_eq!(fixed.wait(1_000_000, 20 * MS, None), 20 * MS);
+        assert_eq!(fixed.wait(0, 20 * MS, None, false), 20 * MS);
+        assert_eq!(fixed.wait(1_000_000, 20 * MS, None, false), 20 * MS);
     }
 }

@@ -23,6 +23,7 @@ pub mod names {
     pub const OFFCPU: &str = "OFFCPU";
     pub const PY_WALK: &str = "PY_WALK";
     pub const ARMED: &str = "ARMED";
+    pub const ARMED_ANY: &str = "ARMED_ANY";
     pub const STACKS: &str = "STACKS";
     /// Offsets of tracepoint fields that are not fixed by the syscall ABI, read from tracefs.
     pub const G_OFFSETS: &str = "OFFSETS";

@@ -74,6 +74,11 @@ pub static PY_WALK: HashMap<u32, PyWalk> = HashMap::with_max_entries(4096, 0);
 #[map(name = "ARMED")]
 pub static ARMED: HashMap<u32, Armed> = HashMap::with_max_entries(4096, 0);
 
+/// 1 while any thread is armed: spares every switch-out of a serving thread the `ARMED` hash
+/// lookup when no request is slow (the usual case).
+#[map(name = "ARMED_ANY")]
+pub static ARMED_ANY: Array<u8> = Array::with_max_entries(1, 0);
+
 /// Kernel and user stacks of captured samples (ids travel in stack events).
 #[map(name = "STACKS")]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);

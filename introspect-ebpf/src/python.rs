@@ -11,7 +11,7 @@ use introspect_common::{Armed, NO_OFFSET, PY_FRAMES_MAX, PyRawFrame, StackEvent,
 
 use crate::{
     emit::{SUBMIT_FLAGS, header},
-    maps::{ARMED, EVENTS, PY_WALK, STACKS, count},
+    maps::{ARMED, ARMED_ANY, EVENTS, PY_WALK, STACKS, count},
 };
 
 /// bpf_get_stackid flags (include/uapi/linux/bpf.h).
@@ -29,6 +29,9 @@ fn read_ptr(addr: u64) -> u64 {
 /// If the current thread is armed, emits its stacks with `flags` and time `ts`.
 #[inline(always)]
 pub fn capture<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64) {
+    if ARMED_ANY.get(0).is_none_or(|any| *any == 0) {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let Some(armed) = ARMED.get_ptr(tid) else { return };

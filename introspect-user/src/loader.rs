@@ -163,6 +163,8 @@ pub struct Probes {
     samplers: StdHashMap<u32, PerfEventLinkId>,
     /// A never-firing event on this process, held from the first armed thread on (see `arm`).
     perf_hooks: Option<PerfEventLinkId>,
+    /// Threads in `ARMED`, mirrored so `ARMED_ANY` says whether there are any.
+    armed: BTreeSet<u32>,
 }
 
 const SAMPLER: &str = "sample_oncpu";
@@ -196,7 +198,7 @@ impl Probes {
             .map_max_entries(names::TRACKED, pids)
             .map_max_entries(names::THREADS, pids)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/introspect")))?;
-        Ok(Self { ebpf, without: Vec::new(), stats: None, samplers: StdHashMap::new(), perf_hooks: None })
+        Ok(Self { ebpf, without: Vec::new(), stats: None, samplers: StdHashMap::new(), perf_hooks: None, armed: BTreeSet::new() })
     }
 
     fn attach(&mut self, table: &[(&'static str, &[(&str, &str)])]) -> Result<(), LoadError> {
@@ -262,6 +264,10 @@ impl Probes {
         self.hash::<u32, Armed>(names::ARMED)?
             .insert(tid, armed, 0)
             .map_err(|source| LoadError::Map { name: names::ARMED, source })?;
+        if self.armed.is_empty() {
+            self.array(names::ARMED_ANY)?.set(0, 1, 0).map_err(|source| LoadError::Map { name: names::ARMED_ANY, source })?;
+        }
+        self.armed.insert(tid);
         if hz > 0 && !self.samplers.contains_key(&tid) {
             let hooks_held = self.perf_hooks.is_some();
             let prog = self.sampler()?;
@@ -300,6 +306,12 @@ impl Probes {
     pub fn disarm(&mut self, tid: u32) {
         if let Ok(mut armed) = self.hash::<u32, Armed>(names::ARMED) {
             let _ = armed.remove(&tid);
+        }
+        if self.armed.remove(&tid)
+            && self.armed.is_empty()
+            && let Ok(mut any) = self.array(names::ARMED_ANY)
+        {
+            let _ = any.set(0, 0, 0);
         }
         if let Some(link) = self.samplers.remove(&tid)
             && let Ok(prog) = self.sampler()

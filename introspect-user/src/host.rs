@@ -1,7 +1,7 @@
 //! The live host side of `watch`: what the pure pipeline asks of the machine — waits in
 //! progress (the kernel's per-thread state), stacks of slow requests (arming per-thread capture in
 //! the kernel, a userspace snapshot at the threshold), and symbolization of captured stacks.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use introspect_common::{Armed, NO_SYSCALL};
 
@@ -22,7 +22,6 @@ pub struct Host {
     symbols: Symbols,
     /// Python readers by process; `None` once attaching failed (warned once).
     interps: HashMap<u32, Option<Interp>>,
-    armed: HashSet<u32>,
     sample_hz: u64,
     now_ns: u64,
     pub threads_armed: u64,
@@ -56,7 +55,6 @@ impl Host {
             enricher: Enricher::default(),
             symbols: Symbols::default(),
             interps: HashMap::new(),
-            armed: HashSet::new(),
             sample_hz,
             now_ns: 0,
             threads_armed: 0,
@@ -88,11 +86,6 @@ impl Host {
         self.enricher.enrich(ev, runtime.as_ref());
     }
 
-    /// Whether some thread's stacks are being captured.
-    pub fn any_armed(&self) -> bool {
-        !self.armed.is_empty()
-    }
-
     /// Attaches what only this host can tell: wait facts, and symbolized stacks.
     pub fn enrich(&mut self, ev: &mut Event) {
         self.enrich_facts(ev);
@@ -101,7 +94,7 @@ impl Host {
             // after its request ended), while it already serves fast requests: nobody reads
             // those, so they are not symbolized (that was most of the tracer's CPU with many slow
             // requests).
-            Event::Stack { hdr, .. } if !self.armed.contains(&hdr.tid) => {}
+            Event::Stack { hdr, .. } if !self.probes.is_armed(hdr.tid) => {}
             Event::Stack { hdr, kstack, ustack, raw, frames, .. } => {
                 let mut out: Vec<Frame> = self.symbols.kernel(&self.probes.stack(*kstack));
                 let skip = out.iter().take_while(|f| is_capture_frame(f)).count();
@@ -166,9 +159,6 @@ impl Live for Host {
         };
         // Arm first: sampling starts now, the snapshot (which may symbolize for a while) after.
         let walk = interp.walk();
-        // Marked armed even if arming failed half-way (its maps entry is there, the perf event
-        // not), so `done` undoes whatever was done.
-        self.armed.insert(r.tid);
         match self.probes.arm(r.tid, Armed { tstate, tgid: r.pid, _pad: 0 }, walk, hz) {
             Ok(()) => self.threads_armed += 1,
             Err(e) => self.warnings.push(format!("thread {}: cannot sample its stacks: {e}", r.tid)),
@@ -180,7 +170,7 @@ impl Live for Host {
     }
 
     fn done(&mut self, _pid: u32, tid: u32) {
-        if self.armed.remove(&tid) {
+        if self.probes.is_armed(tid) {
             self.probes.disarm(tid);
         }
     }

@@ -163,7 +163,8 @@ pub struct Probes {
     samplers: StdHashMap<u32, PerfEventLinkId>,
     /// A never-firing event on this process, held from the first armed thread on (see `arm`).
     perf_hooks: Option<PerfEventLinkId>,
-    /// Threads in `ARMED`, mirrored so `ARMED_ANY` says whether there are any.
+    /// Threads in `ARMED` (even if arming them failed half-way, so their disarm undoes what was
+    /// done), mirrored so `ARMED_ANY` says whether there are any.
     armed: BTreeSet<u32>,
 }
 
@@ -264,26 +265,26 @@ impl Probes {
         self.hash::<u32, Armed>(names::ARMED)?
             .insert(tid, armed, 0)
             .map_err(|source| LoadError::Map { name: names::ARMED, source })?;
-        if self.armed.is_empty() {
+        let first = self.armed.is_empty();
+        self.armed.insert(tid);
+        if first {
             self.array(names::ARMED_ANY)?.set(0, 1, 0).map_err(|source| LoadError::Map { name: names::ARMED_ANY, source })?;
         }
-        self.armed.insert(tid);
         if hz > 0 && !self.samplers.contains_key(&tid) {
-            let hooks_held = self.perf_hooks.is_some();
-            let prog = self.sampler()?;
-            let mut hooks = None;
-            if !hooks_held {
+            if self.perf_hooks.is_none() {
                 // While no per-thread event exists, the kernel's context-switch hooks for them
                 // are off; the first new one turns them on and waits for an RCU grace period, and
                 // they are turned off again a second after the last one closes. With slow
                 // requests coming every second or so, every other alert waited those 4-20 ms.
                 // One dummy event held for the watch keeps the hooks on (a few ns per context
                 // switch for threads without events).
-                let link = prog
+                let link = self
+                    .sampler()?
                     .attach(PerfEventConfig::Software(SoftwareEvent::Dummy), PerfEventScope::CallingProcess { cpu: None }, SamplePolicy::Period(u64::MAX >> 1), false)
                     .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
-                hooks = Some(link);
+                self.perf_hooks = Some(link);
             }
+            let prog = self.sampler()?;
             // A per-thread event counts that thread's CPU time only: it fires only while it runs.
             let link = prog
                 .attach(
@@ -295,11 +296,18 @@ impl Probes {
                 )
                 .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
             self.samplers.insert(tid, link);
-            if hooks.is_some() {
-                self.perf_hooks = hooks;
-            }
         }
         Ok(())
+    }
+
+    /// Whether `tid` is armed (until its `disarm`).
+    pub fn is_armed(&self, tid: u32) -> bool {
+        self.armed.contains(&tid)
+    }
+
+    /// Whether any thread is armed.
+    pub fn any_armed(&self) -> bool {
+        !self.armed.is_empty()
     }
 
     /// Stops capturing a thread's stacks.

@@ -163,7 +163,7 @@ pub fn watch_with(args: &WatchArgs, out: Box<dyn io::Write>, collect_flames: boo
             host.set_now(now);
             pipeline.tick(now, &mut host)?;
             let until_crossing = pipeline.next_crossing().map(|c| Duration::from_nanos(c.saturating_sub(now)));
-            wake = tokio::time::Instant::now() + pace.wait(drained, last_drain.elapsed(), until_crossing, host.any_armed());
+            wake = tokio::time::Instant::now() + pace.wait(drained, last_drain.elapsed(), until_crossing, host.probes.any_armed());
             last_drain = Instant::now();
             let warnings: Vec<String> = host.warnings.drain(..).chain(host.enricher.warnings.drain(..)).collect();
             for w in warnings {

@@ -7,6 +7,8 @@
 
 use core::mem::size_of;
 
+pub mod syscalls;
+
 /// Bytes of a request's or response's head copied into an event (request line, status line,
 /// headers). Enough for method, path and the framing headers of ordinary responses; bodies are
 /// never parsed or emitted.
@@ -27,42 +29,16 @@ pub mod names {
     pub const STACKS: &str = "STACKS";
     /// Offsets of tracepoint fields that are not fixed by the syscall ABI, read from tracefs.
     pub const G_OFFSETS: &str = "OFFSETS";
+    /// What the kernel side copies, set at load time ([`crate::Settings`]).
+    pub const G_SETTINGS: &str = "SETTINGS";
 }
 
-/// x86_64 syscall numbers of the hooked syscalls (arch/x86/entry/syscalls/syscall_64.tbl), for
-/// the kernel side's decoding and userspace's classification alike.
-pub mod nr {
-    pub const READ: u32 = 0;
-    pub const WRITE: u32 = 1;
-    pub const POLL: u32 = 7;
-    pub const PREAD64: u32 = 17;
-    pub const PWRITE64: u32 = 18;
-    pub const READV: u32 = 19;
-    pub const WRITEV: u32 = 20;
-    pub const SELECT: u32 = 23;
-    pub const NANOSLEEP: u32 = 35;
-    pub const SENDFILE: u32 = 40;
-    pub const CONNECT: u32 = 42;
-    pub const ACCEPT: u32 = 43;
-    pub const SENDTO: u32 = 44;
-    pub const RECVFROM: u32 = 45;
-    pub const SENDMSG: u32 = 46;
-    pub const RECVMSG: u32 = 47;
-    pub const FSYNC: u32 = 74;
-    pub const FDATASYNC: u32 = 75;
-    pub const FUTEX: u32 = 202;
-    pub const CLOCK_NANOSLEEP: u32 = 230;
-    pub const EPOLL_WAIT: u32 = 232;
-    pub const OPENAT: u32 = 257;
-    pub const PSELECT6: u32 = 270;
-    pub const PPOLL: u32 = 271;
-    pub const EPOLL_PWAIT: u32 = 281;
-    pub const ACCEPT4: u32 = 288;
-    pub const PREADV: u32 = 295;
-    pub const PWRITEV: u32 = 296;
-}
+/// x86_64 syscall numbers (the table with what each hooked one is for is [`syscalls::TABLE`]).
+pub use syscalls::nr;
 
-/// Event kinds, with fixed numeric ids (recorded streams depend on them).
+/// Event kinds, with fixed numeric ids (recorded streams depend on them), in families with room
+/// to grow: 1-15 connections, processes and the scheduler, 16-23 what file descriptors are; the
+/// next families (signals, protocol heads of outbound calls, TLS) take the ranges after.
 pub mod kind {
     pub const ACCEPT: u16 = 1;
     pub const READ: u16 = 2;
@@ -73,6 +49,14 @@ pub mod kind {
     pub const OFF_CPU: u16 = 7;
     pub const SYSCALL: u16 = 8;
     pub const STACK: u16 = 9;
+    /// `connect`, at its entry (a wait inside it must already know the peer): [`ConnectEvent`].
+    pub const CONNECT: u16 = 16;
+    /// `socket` returned an fd: [`FdEvent`].
+    pub const SOCKET: u16 = 17;
+    /// `openat` returned an fd: [`FdEvent`].
+    pub const OPEN: u16 = 18;
+    /// `dup`, `dup2` or `dup3` returned an fd: [`FdEvent`].
+    pub const DUP: u16 = 19;
 }
 
 /// Flags on a [`StackEvent`].
@@ -90,6 +74,16 @@ pub mod data_flag {
     pub const FIRST: u16 = 1 << 0;
     /// `sendfile`: bytes were written, but there is no user buffer to copy.
     pub const NO_BUFFER: u16 = 1 << 1;
+    /// On a connection the process opened itself (`connect`): it asks, a server answers.
+    pub const OUTBOUND: u16 = 1 << 2;
+}
+
+/// Which side of a connection a watched process is on (`ConnState::role`).
+pub mod role {
+    /// Accepted: the process serves requests on it.
+    pub const SERVED: u8 = 0;
+    /// Connected by the process (a database, a cache, an API): it makes calls on it.
+    pub const OUTBOUND: u8 = 1;
 }
 
 /// Indices into the per-CPU `COUNTERS` array: everything the kernel side had to give up on.
@@ -184,6 +178,37 @@ pub struct CloseEvent {
     pub _pad: u32,
 }
 const _: () = assert!(size_of::<CloseEvent>() == 32);
+
+/// Bytes of a `connect` address copied: a whole `sockaddr_un` (110 bytes), so Unix socket paths
+/// arrive complete.
+pub const SOCKADDR_MAX: usize = 112;
+
+/// `connect(fd, addr, len)` by a watched process, taken at the syscall's entry with the address
+/// as the caller passed it (parsed in userspace).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ConnectEvent {
+    pub hdr: EventHeader,
+    pub fd: i32,
+    /// Bytes of `addr` copied (at most [`SOCKADDR_MAX`]).
+    pub addr_len: u32,
+    pub addr: [u8; SOCKADDR_MAX],
+}
+const _: () = assert!(size_of::<ConnectEvent>() == 32 + SOCKADDR_MAX);
+
+/// A syscall of a watched process returned a new fd (`hdr.kind`: SOCKET, OPEN or DUP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FdEvent {
+    pub hdr: EventHeader,
+    pub fd: i32,
+    /// DUP: the fd it duplicates. SOCKET: the address family. OPEN: unused.
+    pub from: i32,
+    /// SOCKET: the socket type (with its SOCK_NONBLOCK / SOCK_CLOEXEC flags).
+    pub detail: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FdEvent>() == 40);
 
 /// A tracked process forked a child (now tracked too), or a tracked process exited.
 #[repr(C)]
@@ -339,7 +364,9 @@ pub struct ConnState {
     pub phase: u8,
     /// 1 when `peer` is a TCP endpoint whose arrivals tcp_probe records.
     pub has_peer: u8,
-    pub _pad: [u8; 6],
+    /// [`role`]`::SERVED` or `OUTBOUND`.
+    pub role: u8,
+    pub _pad: [u8; 5],
 }
 const _: () = assert!(size_of::<ConnState>() == 32);
 
@@ -364,6 +391,17 @@ pub struct TracepointOffsets {
 }
 const _: () = assert!(size_of::<TracepointOffsets>() == 24);
 
+/// What the kernel side copies, set at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// 1: copy the head of each request and response on outbound connections too (the payload
+    /// of a protocol parser for them); 0: only their sizes and timing.
+    pub outbound_heads: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<Settings>() == 8);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -376,4 +414,5 @@ mod pod {
     unsafe impl aya::Pod for SysCtx {}
     unsafe impl aya::Pod for PyWalk {}
     unsafe impl aya::Pod for Armed {}
+    unsafe impl aya::Pod for Settings {}
 }

@@ -1,6 +1,8 @@
-//! Event headers and the ring-buffer submit policy.
+//! Event headers, the ring-buffer submit policy, and the one way whole events are sent.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use introspect_common::EventHeader;
+use introspect_common::{EventHeader, counter};
+
+use crate::maps::{EVENTS, count};
 
 /// Events are submitted without waking the reader: userspace drains the ring every few
 /// milliseconds, which bounds alert latency and spares the traced threads a wakeup per event.
@@ -16,5 +18,17 @@ pub fn header(kind: u16, flags: u16, pid_tgid: u64) -> EventHeader {
         _pad: 0,
         // SAFETY: no preconditions.
         ts: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// Sends an event, or counts it lost when the ring buffer is full.
+#[inline(always)]
+pub fn send<T: 'static>(ev: T) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(ev);
+            entry.submit(SUBMIT_FLAGS);
+        }
+        None => count(counter::RINGBUF_FULL),
     }
 }

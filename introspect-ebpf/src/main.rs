@@ -4,15 +4,19 @@
 #![no_std]
 #![no_main]
 
+mod conn;
+mod data;
 mod emit;
+mod fd;
 mod field;
 mod maps;
 mod process;
 mod python;
 mod sample;
 mod sched;
-mod syscalls;
+mod syscall;
 mod tcp;
+mod wait;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, SysCtx, TracepointOffsets, counter};
+use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, Settings, SysCtx, TracepointOffsets, counter};
 
 /// All events, in one ring buffer so their order is kept. 8 MiB holds over 100 ms of a 50k
 /// requests/s burst (the bench's) while userspace drains it every 10 ms.
@@ -37,8 +37,9 @@ pub mod thread {
     pub const PENDING: u8 = 1 << 2;
 }
 
-/// Accepted connections of tracked processes. LRU, so fds whose close was never seen (close_range,
-/// dup2 over them, a process killed) age out instead of filling the map.
+/// Connections of tracked processes: accepted ones (served) and the ones they connected
+/// themselves (outbound: databases, caches, APIs). LRU, so fds whose close was never seen
+/// (close_range, a process killed) age out instead of filling the map.
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(65536, 0);
 
@@ -102,6 +103,9 @@ pub static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
     _pad: [0; 2],
 });
 
+#[unsafe(no_mangle)]
+pub static SETTINGS: Global<Settings> = Global::new(Settings { outbound_heads: 0, _pad: [0; 7] });
+
 /// How a pending syscall names its buffer.
 pub mod buf_kind {
     /// `buf` is the data.
@@ -117,13 +121,22 @@ pub mod buf_kind {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
-    /// `introspect_common::kind::{ACCEPT, READ, WRITE}` on a connection, or `SYSCALL` for any
-    /// other hooked syscall of a serving thread.
+    /// `introspect_common::kind::{ACCEPT, READ, WRITE}` on a connection, `SOCKET`, `OPEN` or
+    /// `DUP` for a syscall that makes an fd, or `SYSCALL` for any other hooked syscall of a
+    /// serving thread.
     pub kind: u16,
     pub buf_kind: u8,
-    /// 1 when this syscall starts a new phase of its connection, so its data head is copied.
+    /// 1 when this syscall starts a new phase of its connection.
     pub first: u8,
+    /// READ/WRITE: the connection's `role`.
+    pub role: u8,
+    /// 1: also report it as a syscall of the serving thread (an fd-making syscall that is a wait
+    /// of its own, openat).
+    pub also_syscall: u8,
+    pub _pad: [u8; 2],
+    /// The fd (SOCKET: the address family).
     pub fd: i32,
+    /// READ/WRITE: the user buffer. DUP: the new fd asked for. SOCKET: the type.
     pub buf: u64,
     pub enter_ts: u64,
     /// What the syscall is, for classifying a wait inside it.

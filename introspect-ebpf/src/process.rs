@@ -8,8 +8,8 @@ use aya_ebpf::{
 use introspect_common::{ProcEvent, counter, kind};
 
 use crate::{
-    emit::{SUBMIT_FLAGS, header},
-    maps::{EVENTS, OFFCPU, OFFSETS, PENDING, THREADS, TRACKED, count, is_tracked},
+    emit::{header, send},
+    maps::{OFFCPU, OFFSETS, PENDING, THREADS, TRACKED, count, is_tracked},
 };
 
 /// include/uapi/linux/sched.h
@@ -71,15 +71,5 @@ pub fn sched_sched_process_exit(_ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn emit(kind: u16, pid_tgid: u64, pid: u32) {
-    let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
-        count(counter::RINGBUF_FULL);
-        return;
-    };
-    entry.write(ProcEvent {
-        hdr: header(kind, 0, pid_tgid),
-        pid,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    });
-    entry.submit(SUBMIT_FLAGS);
+    send(ProcEvent { hdr: header(kind, 0, pid_tgid), pid, _pad: 0, comm: bpf_get_current_comm().unwrap_or([0; 16]) });
 }

@@ -6,12 +6,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use introspect_common::{NO_SYSCALL, OffCpuEvent, OffCpuState, SysCtx, counter, kind, stack_flag};
+use introspect_common::{NO_SYSCALL, OffCpuEvent, OffCpuState, SysCtx, kind, stack_flag};
 
 use crate::{
     field,
-    emit::{SUBMIT_FLAGS, header},
-    maps::{EVENTS, OFFCPU, OFFSETS, PENDING, count, set_thread_bits, thread, thread_bits, upsert},
+    emit::{header, send},
+    maps::{OFFCPU, OFFSETS, PENDING, set_thread_bits, thread, thread_bits, upsert},
     python::capture,
 };
 
@@ -72,21 +72,9 @@ pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
         (*st).out_ts = 0;
         copy
     };
-    let Some(mut entry) = EVENTS.reserve::<OffCpuEvent>(0) else {
-        count(counter::RINGBUF_FULL);
-        return 0;
-    };
     let mut hdr = header(kind::OFF_CPU, 0, ((st.tgid as u64) << 32) | next as u64);
     hdr.ts = now;
-    entry.write(OffCpuEvent {
-        hdr,
-        out_ts: st.out_ts,
-        wake_ts: if st.wake_ts == 0 { now } else { st.wake_ts },
-        state: st.state,
-        _pad: 0,
-        sys: st.sys,
-    });
-    entry.submit(SUBMIT_FLAGS);
+    send(OffCpuEvent { hdr, out_ts: st.out_ts, wake_ts: if st.wake_ts == 0 { now } else { st.wake_ts }, state: st.state, _pad: 0, sys: st.sys });
     0
 }
 

@@ -71,7 +71,7 @@ pub struct FlamegraphArgs {
     pub route: Option<String>,
     /// Which time to draw.
     #[arg(long, value_enum, default_value = "wall")]
-    pub kind: crate::flame::Kind,
+    pub kind: crate::output::flame::Kind,
     /// Write the folded stacks instead of an SVG.
     #[arg(long)]
     pub folded: bool,

@@ -40,6 +40,11 @@ impl Clock {
         Self { realtime_minus_mono }
     }
 
+    /// Wall-clock minus monotonic time, in ns (what recordings store to be replayed in wall time).
+    pub fn realtime_minus_mono(&self) -> i128 {
+        self.realtime_minus_mono
+    }
+
     pub fn wall(&self, mono_ns: u64) -> SystemTime {
         let ns = (mono_ns as i128 + self.realtime_minus_mono).max(0) as u64;
         UNIX_EPOCH + Duration::from_nanos(ns)

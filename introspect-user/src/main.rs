@@ -1,25 +1,21 @@
 //! introspect: parse, dispatch, map errors to exit codes (2 for usage and permission errors).
+//!
+//! The tree follows the data: `probe` (the only aya code) → `event` (decode, recordings) →
+//! `proto` (one parser per wire protocol) → `assemble` (requests and calls, what each fd is) →
+//! `breakdown`, `stacks` → `run` (the pipeline, the live host, the watch loop) → `output`
+//! (every output behind one `Sink` trait); `proc` reads /proc; `cmd` has one file per command.
 mod assemble;
 mod breakdown;
 mod cli;
 mod clock;
 mod cmd;
-mod enrich;
 mod event;
-mod flame;
-mod host;
-mod http;
-mod loader;
-mod pipeline;
-mod profile;
-mod pystack;
-mod python;
-mod route;
-mod sink;
-mod snapshot;
-mod summary;
-mod target;
-mod tracefs;
+mod output;
+mod probe;
+mod proc;
+mod proto;
+mod run;
+mod stacks;
 
 use std::{io, process::ExitCode};
 

@@ -196,7 +196,10 @@ def mixed(tag=None):
 
 
 # ---- PostgreSQL (INTROSPECT_PG_DSN) ---------------------------------------------------------------
+# INTROSPECT_PG_PERSISTENT=0: a new connection for every request, closed when it ends (what
+# Django does by default); otherwise one per thread, kept.
 _local = threading.local()
+_PERSISTENT = os.environ.get("INTROSPECT_PG_PERSISTENT", "1") != "0"
 
 
 def _db():
@@ -210,29 +213,39 @@ def _db():
     return conn
 
 
+@app.teardown_request
+def _close_db(exc):
+    conn = getattr(_local, "conn", None)
+    if not _PERSISTENT and conn is not None:
+        conn.close()
+        _local.conn = None
+
+
 @app.route("/db/sleep/<int:ms>")
 @app.route("/db/sleep/<int:ms>/<tag>")
 def db_sleep(ms, tag=None):
-    c0 = time.thread_time()
+    """SELECT pg_sleep; the measured part includes connecting when the connection is new."""
+    c0, t0 = time.thread_time(), time.monotonic()
     with _db().cursor() as cur:
-        _, spent, _ = _timed(lambda: cur.execute("SELECT pg_sleep(%s)", (ms / 1000.0,)))
-    return _measured(spent, (time.thread_time() - c0) * 1e3)
+        cur.execute("SELECT pg_sleep(%s)", (ms / 1000.0,))
+    return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
 
 
 @app.route("/db/forupdate")
 @app.route("/db/forupdate/<tag>")
 def db_forupdate(tag=None):
-    """SELECT ... FOR UPDATE on row 1, which a test may hold locked from another transaction."""
+    """SELECT ... FOR UPDATE on row 1, which a test may hold locked from another transaction.
+    The measured part includes connecting when the connection is new, and the commit."""
+    c0, t0 = time.thread_time(), time.monotonic()
     conn = _db()
-    c0 = time.thread_time()
     conn.autocommit = False
     try:
         with conn.cursor() as cur:
-            _, spent, _ = _timed(lambda: cur.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE"))
+            cur.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE")
         conn.commit()
     finally:
         conn.autocommit = True
-    return _measured(spent, (time.thread_time() - c0) * 1e3)
+    return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
 
 
 # ---- known call chains (the stack suites) ---------------------------------------------------------

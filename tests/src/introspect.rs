@@ -40,6 +40,17 @@ pub fn run(args: &[&str]) -> Output {
     Command::new(introspect_bin()).args(args).output().expect("run introspect")
 }
 
+/// `introspect replay FILE ARGS`: the lines it prints (it must succeed).
+pub fn replay(recording: &std::path::Path, args: &[&str]) -> Vec<Line> {
+    let out = Command::new(introspect_bin()).arg("replay").arg(recording).args(args).output().expect("run introspect replay");
+    assert!(out.status.success(), "replay of {} failed: {}", recording.display(), String::from_utf8_lossy(&out.stderr));
+    let at = Instant::now();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| Line { at, raw: l.to_string(), json: serde_json::from_str(l).unwrap_or_else(|e| panic!("replay printed a line that is not JSON ({e}): {l}")) })
+        .collect()
+}
+
 impl Watch {
     /// Starts `introspect watch ARGS` and waits until it says it is watching.
     pub fn start(args: &[&str]) -> Self {

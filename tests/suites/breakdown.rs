@@ -13,7 +13,7 @@ use introspect_tests::{
     checks::{check_against_client, drive, requests},
     client::{self, Client, Exchange},
     guard::Guard,
-    introspect::Watch,
+    introspect::{self, Line, Watch},
     postgres::Postgres,
     server::Gunicorn,
 };
@@ -74,7 +74,7 @@ fn disk_file() -> std::path::PathBuf {
     path
 }
 
-fn by_path<'a>(lines: &'a [introspect_tests::introspect::Line], path: &str) -> &'a Value {
+fn by_path<'a>(lines: &'a [Line], path: &str) -> &'a Value {
     requests(lines).into_iter().find(|r| r["path"] == path).unwrap_or_else(|| panic!("{path} not reported"))
 }
 
@@ -196,19 +196,28 @@ fn backlog_wait_is_the_queue_part() {
     let lines = watch.stop();
     // The whole duration still matches what each client measured.
     check_against_client(&exchanges, &lines, true);
+    // Ground truth from the clients: one worker serves the connections one after another, so
+    // each waits in the backlog from when it was sent until the previous response was received
+    // (the worker accepts the next connection right after). The first one waits for nothing.
+    // (Not 200 ms per place in line: a fresh worker's first request takes longer than its sleep.)
+    let mut served: Vec<_> = exchanges.iter().collect();
+    served.sort_by_key(|ex| ex.received);
     let mut queues = Vec::new();
-    for r in requests(&lines) {
+    for (i, ex) in served.iter().enumerate() {
+        let r = by_path(&lines, &ex.path);
         check_sum(r);
         assert_eq!(part(r, "queue"), r["queue_ms"].as_f64().unwrap(), "{r}");
         assert!(within(part(r, "sleep"), 200.0), "{r}");
-        queues.push(part(r, "queue"));
+        let want = match i {
+            0 => 0.0,
+            _ => served[i - 1].received.saturating_duration_since(ex.sent).as_secs_f64() * 1e3,
+        };
+        let q = part(r, "queue");
+        queues.push((q, want));
+        assert!((q - want).abs() <= 15.0, "{}: queue {q} ms, but it waited {want:.1} ms behind the previous request: {r}", ex.path);
     }
-    queues.sort_by(f64::total_cmp);
-    eprintln!("queue parts: {queues:?}");
-    for (i, q) in queues.iter().enumerate() {
-        let want = 200.0 * i as f64;
-        assert!((q - want).abs() <= 15.0, "request {i} should wait {want} ms in the backlog: {queues:?}");
-    }
+    eprintln!("queue parts (ours, the clients'): {queues:?}");
+    assert!(queues[3].0 >= 500.0, "the last of four 200 ms requests on one worker queued behind three: {queues:?}");
 }
 
 #[test]
@@ -247,4 +256,91 @@ fn check_sum_elapsed(r: &Value) {
     let sum: f64 = PARTS.iter().map(|p| part(r, p)).sum();
     let elapsed = r["elapsed_ms"].as_f64().unwrap();
     assert!((sum - elapsed).abs() <= elapsed * 0.01 + 0.01, "parts sum to {sum}, elapsed {elapsed}: {r}");
+}
+
+/// A database wait is network time on the database's peer, whether the app keeps its connection
+/// or opens one per request and closes it when the request ends (Django's default,
+/// CONN_MAX_AGE = 0), when the fd is gone by the time introspect reads the wait. Checked live,
+/// on an `inflight` while the query runs, and again on a replay of the recording.
+#[test]
+fn database_waits_with_and_without_persistent_connections() {
+    if !can_trace("database_waits_with_and_without_persistent_connections") {
+        return;
+    }
+    let pg = Postgres::start();
+    let dsn = pg.dsn();
+    let pg_peer = format!("127.0.0.1:{}", pg.port);
+    let apps: [(&str, &str, &[(&str, &str)]); 4] = [
+        ("Flask, one connection per thread", "flaskapp:app", &[("INTROSPECT_PG_PERSISTENT", "1")]),
+        ("Flask, a connection per request", "flaskapp:app", &[("INTROSPECT_PG_PERSISTENT", "0")]),
+        ("Django, default settings (CONN_MAX_AGE = 0)", "djangoapp.wsgi:application", &[]),
+        ("Django, CONN_MAX_AGE = 60", "djangoapp.wsgi:application", &[("INTROSPECT_CONN_MAX_AGE", "60")]),
+    ];
+    for (name, app, extra_env) in apps {
+        eprintln!("--- {name}");
+        let mut env = vec![("INTROSPECT_PG_DSN", dsn.as_str())];
+        env.extend_from_slice(extra_env);
+        // Sync workers, the default.
+        let server = Gunicorn::start_with_env(app, 1, &[], &env);
+        let recording = std::env::temp_dir().join(format!("introspect-db-{}.recording", server.port));
+        let pid = server.master_pid().to_string();
+        let mut watch = Watch::start(&["--pid", &pid, "--all", "--record", recording.to_str().unwrap()]);
+        let mut c = Client::new(server.port, false);
+        // Warm-up: imports the database driver (and opens the kept connection, if any).
+        c.request("GET", "/db/sleep/1/warm").expect("warm-up");
+        let sleep = c.request("GET", "/db/sleep/300/s").expect("pg_sleep");
+        let holder = pg.hold_row_lock(Duration::from_millis(450));
+        let rowlock = c.request("GET", "/db/forupdate/r").expect("row lock");
+        drop(holder);
+        // Still waiting on the database when it crosses the (default 500 ms) threshold.
+        let port = server.port;
+        let slow = thread::spawn(move || Client::new(port, false).request("GET", "/db/sleep/1000/i").expect("slow query"));
+        let inflight = watch
+            .wait_for(Duration::from_secs(5), |l| l.ty() == "inflight" && l.json["path"] == "/db/sleep/1000/i")
+            .unwrap_or_else(|| panic!("{name}: no inflight for the slow query"));
+        slow.join().expect("client");
+        for ex in [&sleep, &rowlock] {
+            assert_eq!(ex.status, 200, "{name} {}: {}", ex.path, ex.head);
+        }
+        assert!(ex_spent(&rowlock) >= 200.0, "{name}: the row lock was not waited for: {}", rowlock.head);
+        thread::sleep(Duration::from_millis(200));
+        let lines = watch.stop();
+        let r = &inflight.json;
+        check_sum_elapsed(r);
+        let elapsed = r["elapsed_ms"].as_f64().unwrap();
+        assert!(part(r, "net_io") >= elapsed - 30.0, "{name}: net_io so far {} of {elapsed} ms: {r}", part(r, "net_io"));
+        assert_eq!(r["net_peers"][0]["peer"], pg_peer.as_str(), "{name}: {r}");
+
+        let replayed = introspect::replay(&recording, &["--all"]);
+        let _ = fs::remove_file(&recording);
+        for (run, lines) in [("live", &lines), ("replay", &replayed)] {
+            for ex in [&sleep, &rowlock] {
+                let r = by_path(lines, &ex.path);
+                check_database_wait(r, ex, &pg_peer, &format!("{name}, {run}"));
+            }
+        }
+        assert_eq!(
+            requests(&lines).iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            requests(&replayed).iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+            "{name}: the replay reports what the live run did"
+        );
+    }
+}
+
+fn ex_spent(ex: &Exchange) -> f64 {
+    ex.header_f64("X-Spent-Ms").expect("X-Spent-Ms")
+}
+
+/// net_io holds the database time the app measured (max(5 ms, 10%)), on the database's peer, and
+/// nothing went to `other`.
+fn check_database_wait(r: &Value, ex: &Exchange, pg_peer: &str, what: &str) {
+    check_sum(r);
+    let spent = ex_spent(ex);
+    let net = part(r, "net_io");
+    assert!((net - spent).abs() <= (spent * 0.10).max(5.0) + ex.stolen_ms, "{what} {}: net_io {net} ms, the app spent {spent:.1} ms: {r}", ex.path);
+    assert!(part(r, "other") < 5.0, "{what} {}: other = {} ms: {r}", ex.path, part(r, "other"));
+    let peers = r["net_peers"].as_array().expect("net_peers");
+    assert_eq!(peers.first().map(|p| &p["peer"]), Some(&Value::from(pg_peer)), "{what} {}: {r}", ex.path);
+    assert!(within(peers[0]["ms"].as_f64().unwrap(), spent), "{what} {}: {r}", ex.path);
+    eprintln!("{what:<52} {:<18} net_io {net:>7.1} ms (the app: {spent:>6.1})  other {:>5.1}  peer {}", ex.path, part(r, "other"), peers[0]["peer"]);
 }

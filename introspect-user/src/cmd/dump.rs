@@ -7,9 +7,8 @@ use serde::Serialize;
 use crate::{
     UsageError,
     cli::DumpArgs,
-    pystack::{Frame, FrameKind, Interp},
-    snapshot::{self, Symbols},
-    target,
+    proc::targets,
+    stacks::{Frame, FrameKind, python::Interp, snapshot, symbolize::Symbols},
 };
 
 #[derive(Serialize)]
@@ -30,7 +29,7 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(UsageError("dump must run as root: it reads another process's memory".into()).into());
     }
-    if !target::exists(args.pid) {
+    if !targets::exists(args.pid) {
         return Err(UsageError(format!("no process with pid {}", args.pid)).into());
     }
     let mut interp = Interp::attach(args.pid).map_err(|e| UsageError(format!("cannot read Python stacks of {}: {e}", args.pid)))?;

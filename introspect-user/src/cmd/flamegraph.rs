@@ -6,7 +6,12 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{UsageError, cli::FlamegraphArgs, flame, profile::ProfileEntry, route};
+use crate::{
+    UsageError,
+    cli::FlamegraphArgs,
+    output::{flame, route},
+    stacks::profile::ProfileEntry,
+};
 
 /// The slow requests' profiles in a JSON-lines file, as `flame::Flames`.
 pub fn load(path: &std::path::Path) -> anyhow::Result<flame::Flames> {

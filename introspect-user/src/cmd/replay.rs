@@ -4,23 +4,14 @@ use std::{
     io::{self, BufRead, BufReader, Write},
 };
 
-use anyhow::Context as _;
-
 use crate::{
     UsageError,
     cli::ReplayArgs,
     clock::Clock,
-    event::Event,
-    pipeline::{Config, NotLive, Pipeline},
-    sink::JsonSink,
+    event::recording::{Reader, RecordingError},
+    output::json::JsonLines,
+    run::pipeline::{Config, NotLive, Pipeline},
 };
-
-/// First line of a recording: how to turn its monotonic timestamps into wall-clock time.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct Meta {
-    pub introspect_recording: u32,
-    pub realtime_minus_mono_ns: i128,
-}
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let file = File::open(&args.file).map_err(|e| UsageError(format!("cannot open {}: {e}", args.file.display())))?;
@@ -30,15 +21,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
 
 /// Feeds a recording through the pipeline, writing what `watch` would have written.
 pub fn replay<R: BufRead, W: Write>(input: R, name: &str, cfg: Config, out: W) -> anyhow::Result<()> {
-    let mut lines = input.lines();
-    let first = lines.next().transpose()?.unwrap_or_default();
-    let meta: Meta = serde_json::from_str(&first)
-        .map_err(|_| UsageError(format!("{name} is not an introspect recording (no header line)")))?;
-    let mut pipeline = Pipeline::new(cfg, JsonSink::new(out, Clock::with_offset(meta.realtime_minus_mono_ns)));
+    let reader = Reader::new(input, name).map_err(|e| match e {
+        RecordingError::NoHeader(_) | RecordingError::Version { .. } => anyhow::Error::from(UsageError(e.to_string())),
+        e => e.into(),
+    })?;
+    let clock = Clock::with_offset(reader.meta.realtime_minus_mono_ns);
+    let mut pipeline = Pipeline::new(cfg, vec![Box::new(JsonLines::new(out, clock))]);
     let (mut first_ts, mut last_ts) = (None, 0);
-    for (n, line) in lines.enumerate() {
-        let line = line?;
-        let ev: Event = serde_json::from_str(&line).with_context(|| format!("{name}:{}: not an event", n + 2))?;
+    for ev in reader {
+        let ev = ev?;
         let ts = ev.hdr().ts;
         let first = *first_ts.get_or_insert(ts);
         // Time stops at each threshold crossing before the event, as watch wakes for it live,
@@ -50,7 +41,7 @@ pub fn replay<R: BufRead, W: Write>(input: R, name: &str, cfg: Config, out: W) -
             pipeline.tick(now, &mut NotLive)?;
         }
         pipeline.tick(ts, &mut NotLive)?;
-        pipeline.event(&ev, &mut NotLive)?;
+        pipeline.event(ev, &mut NotLive)?;
         last_ts = last_ts.max(ts);
     }
     pipeline.counts.duration_s = (last_ts - first_ts.unwrap_or(last_ts)) as f64 / 1e9;

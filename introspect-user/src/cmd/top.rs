@@ -1,168 +1,16 @@
-//! `introspect top`: routes ranked by the time they consume, refreshed live. Full-screen with
-//! keys on a terminal; plain periodic tables when stdout is not one.
+//! `introspect top`: a watch whose only output is the live table ([`crate::output::top`]).
 use std::{
-    io::{self, IsTerminal, Write},
-    time::{Duration, Instant},
+    io::{self, IsTerminal},
+    time::Duration,
 };
 
-use crossterm::{
-    cursor,
-    event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
-    execute, queue,
-    terminal::{self, ClearType},
-};
+use crossterm::{cursor, execute, terminal};
 
 use crate::{
-    cli::{TopArgs, WatchArgs},
-    cmd::watch::{self, Ui},
-    sink::SummaryCounts,
-    summary::{EndpointRow, Summary},
+    cli::TopArgs,
+    output::top::Top,
+    run::live::{self, Session},
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SortBy {
-    Total,
-    Count,
-    Cpu,
-    P99,
-    Slow,
-    Errors,
-    Killed,
-}
-
-impl SortBy {
-    fn from_key(c: char) -> Option<Self> {
-        Some(match c {
-            't' => SortBy::Total,
-            'n' => SortBy::Count,
-            'c' => SortBy::Cpu,
-            'p' => SortBy::P99,
-            's' => SortBy::Slow,
-            'e' => SortBy::Errors,
-            'k' => SortBy::Killed,
-            _ => return None,
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            SortBy::Total => "total time",
-            SortBy::Count => "count",
-            SortBy::Cpu => "CPU share",
-            SortBy::P99 => "p99",
-            SortBy::Slow => "slow",
-            SortBy::Errors => "5xx",
-            SortBy::Killed => "killed",
-        }
-    }
-
-    fn sort(self, rows: &mut [EndpointRow]) {
-        let key = |r: &EndpointRow| -> f64 {
-            match self {
-                SortBy::Total => r.total_ms,
-                SortBy::Count => r.count as f64,
-                SortBy::Cpu => r.share_cpu,
-                SortBy::P99 => r.p99_ms.unwrap_or(0.0),
-                SortBy::Slow => r.slow as f64,
-                SortBy::Errors => r.errors_5xx as f64,
-                SortBy::Killed => r.killed as f64,
-            }
-        };
-        rows.sort_by(|a, b| key(b).total_cmp(&key(a)).then_with(|| a.route.cmp(&b.route)));
-    }
-}
-
-/// The table as lines of text, at most `max_rows` routes.
-fn render(rows: &[EndpointRow], counts: &SummaryCounts, sort: SortBy, max_rows: usize, width: usize) -> Vec<String> {
-    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-    let mut out = vec![
-        format!(
-            "introspect top — {} requests, {} slow, {} dropped events — sorted by {} (keys: t n c p s e k, q quits)",
-            counts.requests,
-            rows.iter().map(|r| r.slow).sum::<u64>(),
-            counts.dropped_events,
-            sort.name()
-        ),
-        String::new(),
-        format!(
-            "{:<36} {:>7} {:>7} {:>6} {:>9} {:>9} {:>9} {:>6} {:>5} {:>6}",
-            "ROUTE", "COUNT", "TIME%", "CPU%", "P50 ms", "P95 ms", "P99 ms", "SLOW", "5XX", "KILLED"
-        ),
-    ];
-    for r in rows.iter().take(max_rows) {
-        let route: String = format!("{} {}", r.method, r.route).chars().take(36).collect();
-        out.push(format!(
-            "{:<36} {:>7} {:>6.1}% {:>5.1}% {:>9} {:>9} {:>9} {:>6} {:>5} {:>6}",
-            route,
-            r.count,
-            r.share_time * 100.0,
-            r.share_cpu * 100.0,
-            ms(r.p50_ms),
-            ms(r.p95_ms),
-            ms(r.p99_ms),
-            r.slow,
-            r.errors_5xx,
-            r.killed
-        ));
-    }
-    out.into_iter().map(|l| l.chars().take(width).collect()).collect()
-}
-
-struct Top {
-    interval: Duration,
-    last: Option<Instant>,
-    sort: SortBy,
-    tty: bool,
-    dirty: bool,
-}
-
-impl Ui for Top {
-    fn tick(&mut self, summary: &Summary, counts: &SummaryCounts) -> io::Result<bool> {
-        if self.tty {
-            while event::poll(Duration::ZERO)? {
-                if let Event::Key(k) = event::read()?
-                    && k.kind == KeyEventKind::Press
-                {
-                    match k.code {
-                        KeyCode::Char('q') | KeyCode::Esc => return Ok(true),
-                        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return Ok(true),
-                        KeyCode::Char(c) => {
-                            if let Some(s) = SortBy::from_key(c) {
-                                self.sort = s;
-                                self.dirty = true;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        if !self.dirty && self.last.is_some_and(|l| l.elapsed() < self.interval) {
-            return Ok(false);
-        }
-        self.dirty = false;
-        self.last = Some(Instant::now());
-        let mut rows = summary.rows();
-        self.sort.sort(&mut rows);
-        let mut out = io::stdout().lock();
-        if self.tty {
-            let (w, h) = terminal::size().unwrap_or((120, 40));
-            let lines = render(&rows, counts, self.sort, (h as usize).saturating_sub(4), w as usize);
-            queue!(out, cursor::MoveTo(0, 0), terminal::Clear(ClearType::All))?;
-            for (i, l) in lines.iter().enumerate() {
-                queue!(out, cursor::MoveTo(0, i as u16))?;
-                write!(out, "{l}")?;
-            }
-        } else {
-            for l in render(&rows, counts, self.sort, usize::MAX, usize::MAX) {
-                writeln!(out, "{l}")?;
-            }
-            writeln!(out)?;
-        }
-        out.flush()?;
-        Ok(false)
-    }
-}
 
 /// Puts the terminal back however `top` ends.
 struct TerminalGuard;
@@ -176,19 +24,9 @@ impl Drop for TerminalGuard {
 
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
     let tty = io::stdout().is_terminal();
-    let wargs = WatchArgs {
-        target: args.target,
-        reporting: args.reporting,
-        duration: args.duration,
-        keep_query: false,
-        record: None,
-        flamegraph: None,
-        bpf_stats: false,
-        without: Vec::new(),
-        // Keys are read between drains: a fixed, short interval keeps it responsive.
-        poll_interval: Some(Duration::from_millis(10)),
-    };
-    let mut ui = Top { interval: args.interval, last: None, sort: SortBy::Total, tty, dirty: false };
+    let mut session = Session::new(args.target, args.reporting, args.duration);
+    // Keys are read between drains: a fixed, short interval keeps it responsive.
+    session.poll_interval = Some(Duration::from_millis(10));
     let _guard = if tty {
         execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
         terminal::enable_raw_mode()?;
@@ -196,41 +34,6 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    watch::watch_with(&wargs, Box::new(io::sink()), false, Some(&mut ui))?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(route: &str, count: u64, total: f64, p99: f64) -> EndpointRow {
-        EndpointRow {
-            method: "GET".into(),
-            route: route.into(),
-            count,
-            slow: 0,
-            errors_5xx: 0,
-            no_status: 0,
-            killed: 0,
-            total_ms: total,
-            share_time: 0.5,
-            share_cpu: 0.25,
-            p50_ms: Some(1.0),
-            p95_ms: Some(2.0),
-            p99_ms: Some(p99),
-        }
-    }
-
-    #[test]
-    fn sorts_and_renders() {
-        let mut rows = vec![row("/a", 10, 50.0, 9.0), row("/b", 99, 20.0, 1.0)];
-        SortBy::Count.sort(&mut rows);
-        assert_eq!(rows[0].route, "/b");
-        SortBy::P99.sort(&mut rows);
-        assert_eq!(rows[0].route, "/a");
-        let lines = render(&rows, &SummaryCounts::default(), SortBy::P99, 10, 200);
-        assert!(lines[0].contains("sorted by p99"));
-        assert!(lines[3].starts_with("GET /a") && lines[3].contains("50.0%") && lines[3].contains("25.0%"));
-    }
+    // A full-screen view owns the terminal: no warnings on stderr.
+    live::watch(&session, vec![Box::new(Top::new(args.interval, tty))])
 }

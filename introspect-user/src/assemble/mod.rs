@@ -1,0 +1,403 @@
+//! Assemble: connection events into requests (on connections the process serves) and calls (on
+//! connections it made itself, attached to the request its thread is serving), whatever the
+//! protocol: the parsers have already turned heads into `RequestHead`/`ResponseHead`.
+//!
+//! A request starts when its first bytes reach the socket (tcp_probe's arrival; the first read
+//! when that was not seen) and ends when the last byte of its response is written: known from the
+//! response's framing (Content-Length, bodiless statuses), or else at the next request on the
+//! connection, end of stream or close. Keep-alive connections carry many requests; a worker that
+//! dies mid-request ends its requests with no status.
+//!
+//! The assembler also keeps what every fd of a watched process is ([`fds::FdTable`]), from the
+//! syscalls that made them, so a wait is classified by what its fd was at that moment.
+pub mod calls;
+pub mod fds;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::HashMap, net::SocketAddr};
+
+pub use calls::Call;
+use calls::Calls;
+use fds::FdTable;
+
+use crate::{
+    event::{Dir, Event, FdOrigin, Hdr, Head},
+    proto::ResponseHead,
+};
+
+/// A completed request, in monotonic nanoseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub pid: u32,
+    /// The thread that wrote the response (the one that read the request if none was written).
+    pub tid: u32,
+    pub comm: String,
+    pub method: String,
+    pub path: String,
+    pub status: Option<u16>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub peer: Option<SocketAddr>,
+    /// Time the request's bytes waited before a worker thread asked for them.
+    pub queue_ns: u64,
+    pub end: EndReason,
+    /// The calls its thread made on outbound connections while serving it (at most
+    /// [`MAX_CALLS`]; `calls_total` counts them all).
+    pub calls: Vec<Call>,
+    pub calls_total: u64,
+}
+
+impl Request {
+    pub fn duration_ns(&self) -> u64 {
+        self.end_ns.saturating_sub(self.start_ns)
+    }
+}
+
+/// Calls kept per request (an N+1 loop can make hundreds of thousands).
+pub const MAX_CALLS: usize = 1000;
+
+/// How the end of a request (or call) was recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// The response's framing says its last byte was written.
+    Complete,
+    /// Found later: the next request on the connection, end of stream or close.
+    Delimited,
+    /// The worker process exited before finishing the response.
+    ProcessExit,
+}
+
+/// A request still running past the threshold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inflight {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub method: String,
+    pub path: String,
+    pub start_ns: u64,
+    pub now_ns: u64,
+    pub peer: Option<SocketAddr>,
+    pub queue_ns: u64,
+    pub bytes_in: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AssemblerStats {
+    /// Requests completed (all of them, reported or not).
+    pub requests: u64,
+    /// Connections whose bytes no parser recognised (TLS, HTTP/2, another protocol).
+    pub non_http_phases: u64,
+    /// Requests still open when the watch ended.
+    pub open_at_exit: u64,
+    /// Calls on outbound connections completed.
+    pub calls: u64,
+    /// ... of which no request of their thread was open (made between requests).
+    pub calls_outside_requests: u64,
+}
+
+#[derive(Debug)]
+struct Open {
+    reader_tid: u32,
+    writer_tid: Option<u32>,
+    comm: String,
+    method: String,
+    path: String,
+    start_ns: u64,
+    queue_ns: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The final (non-1xx) response, once its head was written.
+    response: Option<ResponseHead>,
+    /// Bytes written since the final response's head began.
+    response_bytes: u64,
+    /// Whether a write of any kind happened (a response whose head could not be parsed counts).
+    wrote: bool,
+    last_write_ns: u64,
+    inflight_sent: bool,
+    calls: Vec<Call>,
+    calls_total: u64,
+}
+
+#[derive(Debug, Default)]
+struct Conn {
+    peer: Option<SocketAddr>,
+    /// End of the previous request on this connection: arrivals before it belong to it.
+    last_end_ns: u64,
+    /// A request was recognised here: later unparsable bytes are a body (drained after an early
+    /// response, say), not another protocol.
+    recognised: bool,
+    open: Option<Open>,
+}
+
+pub struct Assembler {
+    /// Served connections by (tgid, fd).
+    conns: HashMap<(u32, i32), Conn>,
+    /// The served connection whose request each thread is serving.
+    serving: HashMap<u32, (u32, i32)>,
+    calls: Calls,
+    fds: FdTable,
+    threshold_ns: u64,
+    pub stats: AssemblerStats,
+}
+
+impl Assembler {
+    pub fn new(threshold_ns: u64) -> Self {
+        Self {
+            conns: HashMap::new(),
+            serving: HashMap::new(),
+            calls: Calls::default(),
+            fds: FdTable::default(),
+            threshold_ns,
+            stats: AssemblerStats::default(),
+        }
+    }
+
+    /// A connection that was already open when watching started.
+    pub fn seed_conn(&mut self, tgid: u32, fd: i32, peer: Option<SocketAddr>) {
+        self.conns.insert((tgid, fd), Conn { peer, ..Conn::default() });
+    }
+
+    /// What each fd of the watched processes is, as of the events seen so far.
+    pub fn fds(&self) -> &FdTable {
+        &self.fds
+    }
+
+    pub fn open_requests(&self) -> usize {
+        self.conns.values().filter(|c| c.open.is_some()).count()
+    }
+
+    pub fn observe(&mut self, ev: &Event, out: &mut Vec<Request>) {
+        let mut done = Vec::new();
+        match ev {
+            Event::Accept { hdr, fd, peer, .. } => {
+                if let Some(old) = self.conns.remove(&(hdr.tgid, *fd)) {
+                    // The fd was reused without a close we saw: whatever was open there ended.
+                    self.end((hdr.tgid, *fd), old, hdr.ts, EndReason::Delimited, out);
+                }
+                self.conns.insert((hdr.tgid, *fd), Conn { peer: *peer, ..Conn::default() });
+            }
+            Event::Data { hdr, dir, fd, bytes, enter_ts, head, outbound: true, .. } => {
+                let peer = self.fds.peer(hdr.tgid, *fd);
+                self.calls.data(hdr, *dir, *fd, *bytes, *enter_ts, head.as_ref(), peer, &mut done);
+            }
+            Event::Data { hdr, dir: Dir::Read, fd, bytes, enter_ts, arrival_ts, head, comm, .. } => {
+                self.on_read(hdr, *fd, *bytes, *enter_ts, *arrival_ts, head.as_ref(), comm.as_deref(), out)
+            }
+            Event::Data { hdr, dir: Dir::Write, fd, bytes, head, .. } => self.on_write(hdr, *fd, *bytes, head.as_ref(), out),
+            Event::Close { hdr, fd } => self.closed(hdr, *fd, out, &mut done),
+            // dup2/dup3 onto an open fd closed it.
+            Event::Fd { hdr, fd, origin: FdOrigin::Dup { from } } if from != fd => self.closed(hdr, *fd, out, &mut done),
+            Event::Exit { hdr, pid } => {
+                self.calls.exit(*pid, hdr.ts, &mut done);
+                let keys: Vec<_> = self.conns.keys().filter(|(tgid, _)| tgid == pid).copied().collect();
+                for key in keys {
+                    if let Some(conn) = self.conns.remove(&key) {
+                        self.end(key, conn, hdr.ts, EndReason::ProcessExit, out);
+                    }
+                }
+            }
+            Event::Fd { .. } | Event::Connect { .. } | Event::Fork { .. } | Event::OffCpu { .. } | Event::Syscall { .. } | Event::Stack { .. } | Event::Slow { .. } => {}
+        }
+        // After the connections: a close must see what the fd was before it is forgotten.
+        self.fds.observe(ev);
+        for call in done {
+            self.attach(call);
+        }
+    }
+
+    fn closed(&mut self, hdr: &Hdr, fd: i32, out: &mut Vec<Request>, done: &mut Vec<Call>) {
+        self.calls.close(hdr.tgid, fd, hdr.ts, done);
+        if let Some(conn) = self.conns.remove(&(hdr.tgid, fd)) {
+            self.end((hdr.tgid, fd), conn, hdr.ts, EndReason::Delimited, out);
+        }
+    }
+
+    /// A completed call joins the request its thread is serving.
+    fn attach(&mut self, call: Call) {
+        self.stats.calls += 1;
+        let open = self.serving.get(&call.tid).and_then(|key| self.conns.get_mut(key)).and_then(|c| c.open.as_mut());
+        match open {
+            Some(open) => {
+                open.calls_total += 1;
+                if open.calls.len() < MAX_CALLS {
+                    open.calls.push(call);
+                }
+            }
+            None => self.stats.calls_outside_requests += 1,
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the fields of one read event")]
+    fn on_read(
+        &mut self,
+        hdr: &Hdr,
+        fd: i32,
+        bytes: u64,
+        enter_ts: u64,
+        arrival_ts: Option<u64>,
+        head: Option<&Head>,
+        comm: Option<&str>,
+        out: &mut Vec<Request>,
+    ) {
+        let key = (hdr.tgid, fd);
+        let conn = self.conns.entry(key).or_default();
+        if bytes == 0 {
+            // End of stream: the client is done. A request whose response was written is over;
+            // one still being served goes on until the server writes or closes.
+            if conn.open.as_ref().is_some_and(|o| o.wrote)
+                && let Some(open) = conn.open.take()
+            {
+                Self::finish(key, conn, open, EndReason::Delimited, None, &mut self.serving, &mut self.stats, out);
+            }
+            return;
+        }
+        match head {
+            Some(Head::Request(req)) => {
+                if let Some(prev) = conn.open.take() {
+                    // The next request on a keep-alive connection delimits the previous one.
+                    Self::finish(key, conn, prev, EndReason::Delimited, Some(hdr.ts), &mut self.serving, &mut self.stats, out);
+                }
+                // The arrival belongs to this request only if it came after the previous one ended.
+                let arrival = arrival_ts.filter(|&a| a >= conn.last_end_ns && a <= hdr.ts);
+                let start_ns = arrival.unwrap_or(hdr.ts);
+                conn.recognised = true;
+                conn.open = Some(Open {
+                    reader_tid: hdr.tid,
+                    writer_tid: None,
+                    comm: comm.unwrap_or_default().to_string(),
+                    method: req.method.clone(),
+                    path: req.target.clone(),
+                    start_ns,
+                    queue_ns: arrival.map_or(0, |a| enter_ts.saturating_sub(a)),
+                    bytes_in: bytes,
+                    bytes_out: 0,
+                    response: None,
+                    response_bytes: 0,
+                    wrote: false,
+                    last_write_ns: 0,
+                    inflight_sent: false,
+                    calls: Vec::new(),
+                    calls_total: 0,
+                });
+                self.serving.insert(hdr.tid, key);
+            }
+            // A body, or bytes after an interim (1xx) response: part of the open request.
+            _ => match conn.open.as_mut() {
+                Some(open) => open.bytes_in += bytes,
+                None if head.is_some() && !conn.recognised => self.stats.non_http_phases += 1,
+                None => {}
+            },
+        }
+    }
+
+    fn on_write(&mut self, hdr: &Hdr, fd: i32, bytes: u64, head: Option<&Head>, out: &mut Vec<Request>) {
+        let key = (hdr.tgid, fd);
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        let Some(open) = conn.open.as_mut() else { return };
+        open.bytes_out += bytes;
+        open.last_write_ns = hdr.ts;
+        open.wrote = true;
+        open.writer_tid.get_or_insert(hdr.tid);
+        match head {
+            Some(Head::Response(resp)) if resp.status >= 200 => {
+                open.response = Some(*resp);
+                open.response_bytes = bytes;
+                open.writer_tid = Some(hdr.tid);
+            }
+            // Interim responses (100 Continue) do not start the final response.
+            Some(Head::Response(_)) => {}
+            _ => open.response_bytes += bytes,
+        }
+        let head_request = open.method == "HEAD";
+        let done = open.response.and_then(|r| r.total_len(head_request)).is_some_and(|total| open.response_bytes >= total);
+        if done && let Some(open) = conn.open.take() {
+            Self::finish(key, conn, open, EndReason::Complete, None, &mut self.serving, &mut self.stats, out);
+        }
+    }
+
+    /// Ends what is open on a connection that is going away at `ts`.
+    fn end(&mut self, key: (u32, i32), mut conn: Conn, ts: u64, reason: EndReason, out: &mut Vec<Request>) {
+        if let Some(open) = conn.open.take() {
+            Self::finish(key, &mut conn, open, reason, Some(ts), &mut self.serving, &mut self.stats, out);
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "split borrows of the assembler's parts")]
+    fn finish(
+        key: (u32, i32),
+        conn: &mut Conn,
+        open: Open,
+        reason: EndReason,
+        end_ns: Option<u64>,
+        serving: &mut HashMap<u32, (u32, i32)>,
+        stats: &mut AssemblerStats,
+        out: &mut Vec<Request>,
+    ) {
+        // A response that was written ended with its last write; one never written (or cut off
+        // by the worker's death) ends when its connection or process did.
+        let end_ns = match end_ns {
+            Some(ts) if !open.wrote || reason == EndReason::ProcessExit => ts,
+            _ => open.last_write_ns,
+        };
+        if serving.get(&open.reader_tid) == Some(&key) {
+            serving.remove(&open.reader_tid);
+        }
+        conn.last_end_ns = end_ns;
+        stats.requests += 1;
+        out.push(Request {
+            pid: key.0,
+            tid: open.writer_tid.unwrap_or(open.reader_tid),
+            comm: open.comm,
+            method: open.method,
+            path: open.path,
+            status: open.response.map(|r| r.status),
+            start_ns: open.start_ns,
+            end_ns: end_ns.max(open.start_ns),
+            bytes_in: open.bytes_in,
+            bytes_out: open.bytes_out,
+            peer: conn.peer,
+            queue_ns: open.queue_ns,
+            end: reason,
+            calls: open.calls,
+            calls_total: open.calls_total,
+        });
+    }
+
+    /// Requests that crossed the threshold since the last tick, once each.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<Inflight>) {
+        for (&(tgid, _), conn) in &mut self.conns {
+            let Some(open) = conn.open.as_mut() else { continue };
+            if open.inflight_sent || now_ns.saturating_sub(open.start_ns) < self.threshold_ns {
+                continue;
+            }
+            open.inflight_sent = true;
+            out.push(Inflight {
+                pid: tgid,
+                tid: open.writer_tid.unwrap_or(open.reader_tid),
+                comm: open.comm.clone(),
+                method: open.method.clone(),
+                path: open.path.clone(),
+                start_ns: open.start_ns,
+                now_ns,
+                peer: conn.peer,
+                queue_ns: open.queue_ns,
+                bytes_in: open.bytes_in,
+            });
+        }
+    }
+
+    /// When the first open request still under the threshold will cross it, if any: the
+    /// moment to look again rather than polling for it.
+    pub fn next_crossing(&self) -> Option<u64> {
+        self.conns.values().filter_map(|c| c.open.as_ref()).filter(|o| !o.inflight_sent).map(|o| o.start_ns.saturating_add(self.threshold_ns)).min()
+    }
+
+    /// At the end of a watch: how many requests were still running.
+    pub fn close(&mut self) {
+        self.stats.open_at_exit = self.open_requests() as u64;
+    }
+}

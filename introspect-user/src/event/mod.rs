@@ -1,0 +1,160 @@
+//! Kernel events as the userspace pipeline sees them: decoded from the ring buffer
+//! ([`decode`]), written to and read from recordings ([`recording`]) in the same form, so a
+//! recording replays exactly what a live run processed.
+pub mod decode;
+pub mod recording;
+
+use std::net::SocketAddr;
+
+use introspect_common::{NO_SYSCALL, SysCtx};
+use serde::{Deserialize, Serialize};
+
+pub use crate::proto::Head;
+use crate::stacks::{Frame, RawFrame};
+
+/// Identity and time of every event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hdr {
+    pub tgid: u32,
+    pub tid: u32,
+    /// CLOCK_MONOTONIC ns.
+    pub ts: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Dir {
+    Read,
+    Write,
+}
+
+/// A hooked syscall: number (x86_64), the fd it concerns (-1 if none) and its telling argument
+/// (futex address, number of polled fds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sys {
+    pub nr: u32,
+    pub fd: i32,
+    pub arg: u64,
+}
+
+impl Sys {
+    pub fn from_ctx(c: &SysCtx) -> Option<Self> {
+        (c.nr != NO_SYSCALL).then_some(Sys { nr: c.nr, fd: c.fd, arg: c.arg })
+    }
+}
+
+/// What an fd is: known from the syscall that made it, else from /proc.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdKind {
+    /// A socket, with its remote endpoint when known (`ip:port`, `unix:PATH`, `unix`).
+    Socket { peer: Option<String> },
+    File,
+    Pipe,
+    Other,
+}
+
+/// How an fd came to be, as far as introspect saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FdOrigin {
+    /// openat.
+    Open,
+    /// socket(family, ...), not connected yet.
+    Socket { family: u16 },
+    /// dup, dup2, dup3 of `from`.
+    Dup { from: i32 },
+    /// What /proc said it is: an fd open before the watch began, or made by a syscall that is
+    /// not hooked (written to recordings, so replays know it too).
+    Proc { kind: FdKind },
+}
+
+/// What a wait was for, as the pipeline knew when it saw the wait (the fd may be closed and its
+/// number reused by the time anyone looks). Recorded with the wait, so replays keep it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitFacts {
+    pub fd: Option<FdKind>,
+    /// The futex address lies inside the interpreter's GIL.
+    pub gil: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Event {
+    Accept { hdr: Hdr, fd: i32, listen_fd: i32, peer: Option<SocketAddr>, enter_ts: u64 },
+    Data {
+        hdr: Hdr,
+        dir: Dir,
+        fd: i32,
+        /// Bytes moved; 0 is end of stream (reads only).
+        bytes: u64,
+        enter_ts: u64,
+        /// First bytes of this request reached the socket (first reads only, when seen).
+        arrival_ts: Option<u64>,
+        /// The first read of a request or first write of a response carries its parsed head.
+        head: Option<Head>,
+        comm: Option<String>,
+        #[serde(default)]
+        nr: u32,
+        /// On a connection the process made itself: its writes are requests, its reads responses.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        outbound: bool,
+    },
+    Close { hdr: Hdr, fd: i32 },
+    /// connect(fd) to `peer` (at the syscall's entry; `None`: an address family without one).
+    Connect { hdr: Hdr, fd: i32, peer: Option<String> },
+    /// A new fd.
+    Fd { hdr: Hdr, fd: i32, origin: FdOrigin },
+    /// A serving thread was off the CPU: blocked from `out_ts` to `wake_ts`, runnable until
+    /// `hdr.ts`.
+    OffCpu {
+        hdr: Hdr,
+        out_ts: u64,
+        wake_ts: u64,
+        /// Task state when it left: 0 preempted, 1 interruptible sleep, 2 uninterruptible (D).
+        state: u32,
+        sys: Option<Sys>,
+        #[serde(default)]
+        facts: WaitFacts,
+    },
+    /// A hooked syscall of a serving thread; `hdr.ts` is its return.
+    Syscall { hdr: Hdr, sys: Sys, enter_ts: u64, ret: i64 },
+    /// A stack of a thread serving a slow request: a CPU-clock sample (`on_cpu`), or taken as it
+    /// left the CPU (`hdr.ts` is then that off-CPU interval's `out_ts`). The kernel's ids and raw
+    /// Python frames are symbolized into `frames` by the live agent (and not recorded).
+    Stack {
+        hdr: Hdr,
+        on_cpu: bool,
+        #[serde(skip)]
+        kstack: i32,
+        #[serde(skip)]
+        ustack: i32,
+        #[serde(skip)]
+        raw: Vec<RawFrame>,
+        frames: Vec<Frame>,
+    },
+    /// A request on `hdr.tid` crossed the threshold and its stacks started being captured: the
+    /// stack then, and since when it was off the CPU if it was. Written to recordings by the
+    /// live agent, so replays reproduce stacks and profiles.
+    Slow { hdr: Hdr, stack: Vec<Frame>, off_cpu_since: Option<u64> },
+    Fork { hdr: Hdr, child: u32 },
+    Exit { hdr: Hdr, pid: u32 },
+}
+
+impl Event {
+    pub fn hdr(&self) -> &Hdr {
+        match self {
+            Event::Accept { hdr, .. }
+            | Event::Data { hdr, .. }
+            | Event::Close { hdr, .. }
+            | Event::Connect { hdr, .. }
+            | Event::Fd { hdr, .. }
+            | Event::OffCpu { hdr, .. }
+            | Event::Syscall { hdr, .. }
+            | Event::Stack { hdr, .. }
+            | Event::Slow { hdr, .. }
+            | Event::Fork { hdr, .. }
+            | Event::Exit { hdr, .. } => hdr,
+        }
+    }
+}
+

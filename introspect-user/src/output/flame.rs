@@ -1,0 +1,218 @@
+//! Flame graphs of slow requests: their profiles folded into `frame;frame;... weight` lines
+//! (root first, the route as the root frame, weights in microseconds), rendered with inferno.
+//! The same folding serves live runs (`record`, `watch --flamegraph`) and recorded events
+//! (`introspect flamegraph EVENTS.jsonl`).
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use super::{Completed, Sink, State, route};
+use crate::stacks::{Frame, FrameKind, profile::ProfileEntry};
+
+/// Which time a graph shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// On-CPU samples only.
+    Cpu,
+    /// Off-CPU waits only.
+    Offcpu,
+    /// Both, off-CPU frames marked with a ` [off-cpu]` suffix.
+    Wall,
+}
+
+/// The suffix that tells off-CPU frames apart in wall-clock graphs.
+pub const OFF_CPU_SUFFIX: &str = " [off-cpu]";
+
+/// A frame's label in a folded line: Python frames carry file and line, kernel frames the
+/// `_[k]` suffix inferno colours as kernel.
+fn frame_label(f: &Frame) -> String {
+    let name = match f.kind {
+        FrameKind::Python => match f.line {
+            Some(l) => format!("{} ({}:{l})", f.function, f.file),
+            None => format!("{} ({})", f.function, f.file),
+        },
+        FrameKind::Native => f.function.clone(),
+        FrameKind::Kernel => format!("{}_[k]", f.function),
+    };
+    // ';' separates frames and a trailing number is the weight: keep both out of names.
+    name.replace(';', ":")
+}
+
+/// Profiles of slow requests, by route.
+#[derive(Default, Debug)]
+pub struct Flames {
+    /// (route label, profile entry)
+    entries: Vec<(String, ProfileEntry)>,
+}
+
+impl Flames {
+    pub fn add(&mut self, method: &str, route: &str, profile: &[ProfileEntry]) {
+        let label = format!("{method} {route}");
+        self.entries.extend(profile.iter().map(|p| (label.clone(), p.clone())));
+    }
+
+    /// Route labels that have profiles.
+    pub fn routes(&self) -> Vec<String> {
+        let mut r: Vec<String> = self.entries.iter().map(|(l, _)| l.clone()).collect();
+        r.sort();
+        r.dedup();
+        r
+    }
+
+    /// Folded lines (sorted, identical stacks merged), for one route or all.
+    pub fn folded(&self, kind: Kind, route: Option<&str>) -> Vec<String> {
+        let mut acc: BTreeMap<String, u64> = BTreeMap::new();
+        for (label, p) in self.entries.iter().filter(|(l, _)| route.is_none_or(|r| l == r || l.ends_with(&format!(" {r}")))) {
+            let on = (p.on_cpu_ms * 1000.0).round() as u64;
+            let off = (p.off_cpu_ms * 1000.0).round() as u64;
+            let root_first = || std::iter::once(label.clone()).chain(p.stack.iter().rev().map(frame_label));
+            if on > 0 && kind != Kind::Offcpu {
+                *acc.entry(root_first().collect::<Vec<_>>().join(";")).or_default() += on;
+            }
+            if off > 0 && kind != Kind::Cpu {
+                let frames: Vec<String> = root_first()
+                    .enumerate()
+                    .map(|(i, f)| if i == 0 || kind == Kind::Offcpu { f } else { format!("{f}{OFF_CPU_SUFFIX}") })
+                    .collect();
+                *acc.entry(frames.join(";")).or_default() += off;
+            }
+        }
+        acc.into_iter().map(|(stack, n)| format!("{stack} {n}")).collect()
+    }
+}
+
+/// Renders folded lines as an SVG flame graph. An empty profile still gives a valid SVG.
+pub fn svg(folded: &[String], title: &str) -> anyhow::Result<Vec<u8>> {
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.to_string();
+    opts.count_name = "µs".to_string();
+    opts.hash = true;
+    let mut out = Vec::new();
+    if folded.is_empty() {
+        let placeholder = ["no slow requests 1"];
+        inferno::flamegraph::from_lines(&mut opts, placeholder.iter().copied(), &mut out)?;
+    } else {
+        inferno::flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Where a [`FlameSink`] writes when the run ends.
+pub enum FlameOut {
+    /// One SVG of all slow requests, on- and off-CPU (`watch --flamegraph`).
+    Svg(PathBuf),
+    /// `record`'s set: slow.folded, slow.svg, cpu.svg, offcpu.svg and routes/*.svg.
+    Dir(PathBuf),
+}
+
+/// Collects the profiles of slow requests and draws them at the end.
+pub struct FlameSink {
+    flames: Flames,
+    out: FlameOut,
+}
+
+impl FlameSink {
+    pub fn new(out: FlameOut) -> Self {
+        Self { flames: Flames::default(), out }
+    }
+}
+
+fn write(path: &Path, bytes: impl AsRef<[u8]>) -> io::Result<()> {
+    fs::write(path, bytes).map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+}
+
+fn svg_io(folded: &[String], title: &str) -> io::Result<Vec<u8>> {
+    svg(folded, title).map_err(io::Error::other)
+}
+
+/// Writes the flame graphs of `flames` into `dir`.
+pub fn write_graphs(dir: &Path, flames: &Flames) -> io::Result<()> {
+    let wall = flames.folded(Kind::Wall, None);
+    write(&dir.join("slow.folded"), wall.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    write(&dir.join("slow.svg"), svg_io(&wall, WALL_TITLE)?)?;
+    write(&dir.join("cpu.svg"), svg_io(&flames.folded(Kind::Cpu, None), "slow requests: on-CPU")?)?;
+    write(&dir.join("offcpu.svg"), svg_io(&flames.folded(Kind::Offcpu, None), "slow requests: off-CPU")?)?;
+    let routes = dir.join("routes");
+    fs::create_dir_all(&routes).map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", routes.display())))?;
+    for r in flames.routes() {
+        let folded = flames.folded(Kind::Wall, Some(&r));
+        write(&routes.join(format!("{}.svg", slug(&r))), svg_io(&folded, &format!("{r}: on-CPU and off-CPU [off-cpu]"))?)?;
+    }
+    Ok(())
+}
+
+const WALL_TITLE: &str = "slow requests: on-CPU and off-CPU [off-cpu]";
+
+impl Sink for FlameSink {
+    fn request(&mut self, c: &Completed<'_>) -> io::Result<()> {
+        if let Some(p) = c.profile {
+            self.flames.add(&c.request.method, &route::normalize(&c.request.path), p);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, _state: &State<'_>) -> io::Result<()> {
+        match &self.out {
+            FlameOut::Svg(path) => {
+                write(path, svg_io(&self.flames.folded(Kind::Wall, None), WALL_TITLE)?)?;
+                eprintln!("introspect: flame graph of slow requests written to {}", path.display());
+            }
+            FlameOut::Dir(dir) => {
+                write_graphs(dir, &self.flames)?;
+                eprintln!(
+                    "introspect: wrote {0}/slow.folded, slow.svg, cpu.svg, offcpu.svg and routes/ ({1} route graphs)",
+                    dir.display(),
+                    self.flames.routes().len()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file-name-safe form of a route label ("GET /users/{id}" → "GET_users_id").
+pub fn slug(label: &str) -> String {
+    let s: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let mut out = String::new();
+    for part in s.split('_').filter(|p| !p.is_empty()) {
+        if !out.is_empty() {
+            out.push('_');
+        }
+        out.push_str(part);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn py(f: &str, line: u32) -> Frame {
+        Frame { function: f.into(), file: "app.py".into(), line: Some(line), kind: FrameKind::Python }
+    }
+
+    #[test]
+    fn folds_root_first_and_marks_off_cpu() {
+        let mut fl = Flames::default();
+        let burn = ProfileEntry { stack: vec![py("helper;cpu", 3), py("view", 9)], on_cpu_ms: 12.5, off_cpu_ms: 0.0, samples: 1 };
+        let k = Frame { function: "schedule".into(), file: String::new(), line: None, kind: FrameKind::Kernel };
+        let sleep = ProfileEntry { stack: vec![k, py("sleep", 5), py("view", 9)], on_cpu_ms: 0.0, off_cpu_ms: 300.0, samples: 0 };
+        fl.add("GET", "/x/{id}", &[burn.clone(), sleep]);
+        fl.add("GET", "/x/{id}", &[burn]);
+        assert_eq!(fl.folded(Kind::Cpu, None), vec!["GET /x/{id};view (app.py:9);helper:cpu (app.py:3) 25000"]);
+        assert_eq!(fl.folded(Kind::Offcpu, None), vec!["GET /x/{id};view (app.py:9);sleep (app.py:5);schedule_[k] 300000"]);
+        let wall = fl.folded(Kind::Wall, Some("/x/{id}"));
+        assert_eq!(wall.len(), 2);
+        assert!(wall.contains(&"GET /x/{id};view (app.py:9) [off-cpu];sleep (app.py:5) [off-cpu];schedule_[k] [off-cpu] 300000".to_string()));
+        assert!(fl.folded(Kind::Wall, Some("/other")).is_empty());
+        let svg = String::from_utf8(svg(&wall, "t").unwrap()).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("helper:cpu (app.py:3)"));
+    }
+
+    #[test]
+    fn slugs() {
+        assert_eq!(slug("GET /users/{id}/orders"), "GET_users_id_orders");
+    }
+}

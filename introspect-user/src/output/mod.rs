@@ -1,0 +1,151 @@
+//! Outputs: everything the pipeline produces goes through one [`Sink`] trait, which each output
+//! implements: the v1 JSON lines ([`json`]), flame graphs ([`flame`]), the live table of `top`
+//! ([`top`]), the summary file of `record` ([`summary`]), warnings on stderr, and the recorder
+//! (`event::recording`). A command picks its sinks; the pipeline feeds them all the same way.
+pub mod flame;
+pub mod json;
+pub mod route;
+pub mod summary;
+pub mod top;
+
+use std::io;
+
+use serde::Serialize;
+pub use summary::Summary;
+
+use crate::{
+    assemble::{Inflight, Request},
+    breakdown::Detail,
+    event::Event,
+    stacks::{Frame, profile::ProfileEntry},
+};
+
+/// A request that ended, as the pipeline hands it to the outputs (every one of them).
+pub struct Completed<'a> {
+    pub request: &'a Request,
+    /// Where its time went, when it is reported (slow, or every request with `--all`).
+    pub detail: Option<&'a Detail>,
+    /// Its stack when it crossed the threshold while running.
+    pub stack: Option<&'a [Frame]>,
+    /// ... and what its thread did from then on, heaviest stacks first.
+    pub profile: Option<&'a [ProfileEntry]>,
+}
+
+/// A running request that just crossed the threshold.
+pub struct Crossed<'a> {
+    pub inflight: &'a Inflight,
+    pub detail: &'a Detail,
+    pub stack: Option<&'a [Frame]>,
+}
+
+/// The run so far: the per-route table and the counters.
+pub struct State<'a> {
+    pub now_ns: u64,
+    pub summary: &'a Summary,
+    pub counts: &'a Counts,
+}
+
+/// An output. Every method has a do-nothing default: a sink implements what it uses.
+pub trait Sink {
+    /// Every event the pipeline processes, with what the live host added to it (the recorder).
+    fn event(&mut self, _ev: &Event) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn request(&mut self, _r: &Completed<'_>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn inflight(&mut self, _c: &Crossed<'_>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn warning(&mut self, _now_ns: u64, _message: &str) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// After each drain of the kernel's events; `true` asks the watch to stop (`top`'s q).
+    fn tick(&mut self, _state: &State<'_>) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    /// The run ended.
+    fn finish(&mut self, _state: &State<'_>) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Writes out what is buffered (after each drain, and at the end).
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Warnings on stderr, for a person watching the terminal (stdout is data only).
+pub struct Stderr;
+
+impl Sink for Stderr {
+    fn warning(&mut self, _now_ns: u64, message: &str) -> io::Result<()> {
+        eprintln!("introspect: warning: {message}");
+        Ok(())
+    }
+}
+
+/// Counts that go into the `summary` line.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Counts {
+    pub requests: u64,
+    pub reported: u64,
+    pub inflight: u64,
+    pub dropped_events: u64,
+    pub duration_s: f64,
+    /// Requests still running when the watch ended (not counted in `requests`).
+    pub open_at_exit: u64,
+    pub processes_followed: u64,
+    pub stacks: StackCounts,
+    /// Kernel events processed.
+    pub events: u64,
+    /// What the agent itself cost.
+    pub agent: AgentCost,
+    /// Connections whose bytes were not HTTP/1 (TLS, HTTP/2, another protocol): not measured.
+    pub non_http: u64,
+    pub losses: Losses,
+}
+
+/// The agent's own cost over the whole watch.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct AgentCost {
+    /// User and system CPU time of the agent process.
+    pub cpu_ms: f64,
+    pub max_rss_kib: u64,
+    /// Per eBPF program (with `--bpf-stats`): runs and run time, in whatever process they ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bpf: Vec<BpfProgram>,
+}
+
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct BpfProgram {
+    pub program: String,
+    pub runs: u64,
+    pub run_ms: f64,
+}
+
+/// Stack capture: all zero when no request was slow (fast requests are never sampled).
+#[derive(Serialize, Clone, Copy, Debug, Default)]
+pub struct StackCounts {
+    /// Threads whose stacks were captured (once per slow request).
+    pub threads_armed: u64,
+    /// Stacks read from userspace as a request crossed the threshold.
+    pub snapshots: u64,
+    pub oncpu_samples: u64,
+    pub offcpu_stacks: u64,
+}
+
+/// Where the dropped events were lost.
+#[derive(Serialize, Clone, Copy, Debug, Default)]
+pub struct Losses {
+    pub ringbuf_full: u64,
+    pub map_full: u64,
+    pub decode_errors: u64,
+    /// Heads that could not be copied from user memory (the request is still measured).
+    pub unreadable_heads: u64,
+}

@@ -1,0 +1,8 @@
+//! Everything introspect reads from /proc: which processes to watch and what they serve, what
+//! an fd is, a process's mappings and memory, a thread's kernel stack and syscall.
+pub mod fds;
+pub mod maps;
+pub mod mem;
+pub mod sockets;
+pub mod targets;
+pub mod task;

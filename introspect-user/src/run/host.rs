@@ -1,0 +1,183 @@
+//! The live host side of `watch`: what the pure pipeline asks of the machine — waits in
+//! progress (the kernel's per-thread state), what an fd is when the syscalls did not say
+//! (/proc), whether a futex is the GIL, stacks of slow requests (arming per-thread capture in the
+//! kernel, a userspace snapshot at the threshold), and symbolization of captured stacks.
+use std::collections::HashMap;
+
+use introspect_common::{Armed, NO_SYSCALL};
+
+use crate::{
+    assemble::Inflight,
+    breakdown::OffCpu,
+    event::{Event, FdKind, Sys, WaitFacts},
+    probe::Probes,
+    proc::fds::Resolver,
+    run::pipeline::{Live, SlowStart},
+    stacks::{
+        Frame,
+        python::{Interp, gil::Gils},
+        snapshot,
+        symbolize::Symbols,
+    },
+};
+
+pub struct Host {
+    pub probes: Probes,
+    symbols: Symbols,
+    /// Python readers by process; `None` once attaching failed (warned once).
+    interps: HashMap<u32, Option<Interp>>,
+    gils: Gils,
+    fds: Resolver,
+    sample_hz: u64,
+    now_ns: u64,
+    pub threads_armed: u64,
+    warnings: Vec<String>,
+}
+
+/// The Python reader of a process, attached on first use.
+fn interp<'a>(interps: &'a mut HashMap<u32, Option<Interp>>, warnings: &mut Vec<String>, pid: u32) -> Option<&'a mut Interp> {
+    interps
+        .entry(pid)
+        .or_insert_with(|| match Interp::attach(pid) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                warnings.push(format!("process {pid}: no Python frames in its stacks: {e}"));
+                None
+            }
+        })
+        .as_mut()
+}
+
+/// Kernel frames that are the capture machinery itself, not what the thread was doing.
+fn is_capture_frame(f: &Frame) -> bool {
+    ["bpf_", "__bpf_", "__traceiter_", "perf_", "__perf_"].iter().any(|p| f.function.starts_with(p))
+}
+
+impl Host {
+    pub fn new(probes: Probes, sample_hz: u64) -> Self {
+        Self {
+            probes,
+            symbols: Symbols::default(),
+            interps: HashMap::new(),
+            gils: Gils::default(),
+            fds: Resolver::default(),
+            sample_hz,
+            now_ns: 0,
+            threads_armed: 0,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Reads each process's interpreter layout ahead of time, so arming a slow request's thread
+    /// does not wait for it.
+    pub fn warm(&mut self, pids: impl IntoIterator<Item = u32>) {
+        for pid in pids {
+            interp(&mut self.interps, &mut self.warnings, pid);
+        }
+    }
+
+    /// Every open fd of `pid` and what it is, for the fds open before the watch began.
+    pub fn fds_of(&mut self, pid: u32) -> Vec<(i32, FdKind)> {
+        self.fds.all(pid)
+    }
+
+    pub fn set_now(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
+    /// Warnings for the user since the last call.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        let mut w = std::mem::take(&mut self.warnings);
+        w.append(&mut self.gils.warnings);
+        w
+    }
+}
+
+impl Live for Host {
+    fn enrich(&mut self, ev: &mut Event) {
+        match ev {
+            // A thread's stacks keep coming until its disarm reaches the kernel (up to one drain
+            // after its request ended), while it already serves fast requests: nobody reads
+            // those, so they are not symbolized (that was most of the tracer's CPU with many slow
+            // requests).
+            Event::Stack { hdr, .. } if !self.probes.is_armed(hdr.tid) => {}
+            Event::Stack { hdr, kstack, ustack, raw, frames, .. } => {
+                let mut out: Vec<Frame> = self.symbols.kernel(&self.probes.stack(*kstack));
+                let skip = out.iter().take_while(|f| is_capture_frame(f)).count();
+                out.drain(..skip);
+                // Without frame pointers in libpython only the innermost user frame is exact.
+                if let Some(&pc) = self.probes.stack(*ustack).first() {
+                    out.extend(self.symbols.user(hdr.tgid, &[pc]));
+                }
+                let raw = std::mem::take(raw);
+                if let Some(interp) = interp(&mut self.interps, &mut self.warnings, hdr.tgid) {
+                    out.extend(interp.symbolize(&raw));
+                }
+                *frames = out;
+            }
+            Event::Fork { hdr, child } => {
+                self.gils.fork(hdr.tgid, *child);
+                let child = *child;
+                self.warm([child]);
+            }
+            Event::Exit { pid, .. } => {
+                self.interps.remove(pid);
+                self.symbols.forget(*pid);
+                self.gils.exit(*pid);
+            }
+            _ => {}
+        }
+    }
+
+    fn is_gil(&mut self, pid: u32, addr: u64) -> bool {
+        let (interps, warnings) = (&mut self.interps, &mut self.warnings);
+        self.gils.contains(pid, addr, || interp(interps, warnings, pid).map(|i| i.rt.clone()))
+    }
+
+    fn proc_fd(&mut self, pid: u32, fd: i32) -> Option<FdKind> {
+        self.fds.describe(pid, fd)
+    }
+
+    fn open_wait(&mut self, tid: u32) -> Option<OffCpu> {
+        let st = self.probes.offcpu(tid)?;
+        let now = self.now_ns;
+        let sys = (st.sys.nr != NO_SYSCALL).then_some(Sys { nr: st.sys.nr, fd: st.sys.fd, arg: st.sys.arg });
+        Some(OffCpu {
+            out_ts: st.out_ts,
+            wake_ts: if st.wake_ts == 0 { now } else { st.wake_ts },
+            in_ts: now,
+            state: st.state,
+            sys,
+            facts: WaitFacts::default(),
+        })
+    }
+
+    fn slow(&mut self, r: &Inflight) -> Option<SlowStart> {
+        let hz = self.sample_hz;
+        // Read before the snapshot: if it is still off the CPU after, the snapshot is that wait's.
+        let off = self.probes.offcpu(r.tid).map(|st| st.out_ts);
+        let found = interp(&mut self.interps, &mut self.warnings, r.pid).and_then(|i| Some((i.tstate_of(r.tid).ok()??, i)));
+        let (tstate, interp) = match found {
+            Some(x) => x,
+            // Not a Python thread, or an interpreter this agent cannot read: kernel and native
+            // frames only.
+            None => return Some(SlowStart { stack: snapshot::native_frames(&self.symbols, r.pid, r.tid), off_cpu_since: None }),
+        };
+        // Arm first: sampling starts now, the snapshot (which may symbolize for a while) after.
+        let walk = interp.walk();
+        match self.probes.arm(r.tid, Armed { tstate, tgid: r.pid, _pad: 0 }, walk, hz) {
+            Ok(()) => self.threads_armed += 1,
+            Err(e) => self.warnings.push(format!("thread {}: cannot sample its stacks: {e}", r.tid)),
+        }
+        let interp = self.interps.get_mut(&r.pid).and_then(Option::as_mut)?;
+        let stack = snapshot::thread_stack(interp, &self.symbols, tstate, r.tid);
+        let still_off = off.is_some() && self.probes.offcpu(r.tid).map(|st| st.out_ts) == off;
+        Some(SlowStart { stack, off_cpu_since: if still_off { off } else { None } })
+    }
+
+    fn done(&mut self, _pid: u32, tid: u32) {
+        if self.probes.is_armed(tid) {
+            self.probes.disarm(tid);
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! A live watch: load and attach the probes, follow the process tree, drain the ring buffer into
+//! the pipeline, and stop on Ctrl-C, SIGTERM, the session's duration, an output's request, or
+//! when every watched process is gone. `watch`, `record` and `top` are this with other outputs.
+use std::{
+    collections::BTreeSet,
+    io,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::{
+    host::Host,
+    pace::Pace,
+    pipeline::{Config, Pipeline},
+};
+use crate::{
+    UsageError,
+    cli::{Reporting, Target},
+    clock::{self, Clock},
+    event::{
+        Event, FdOrigin, Hdr,
+        decode::{Decoder, DecodeError},
+    },
+    output::{AgentCost, BpfProgram, Losses, Sink},
+    probe::{EventRing, KernelLosses, Probes, tracefs},
+    proc::targets,
+    proto::{Options, Protocols},
+};
+
+/// What a live run watches and how: resolved once from the command line and shared by
+/// `watch`, `record` and `top` (each picks its own outputs).
+pub struct Session {
+    pub target: Target,
+    pub reporting: Reporting,
+    pub duration: Option<Duration>,
+    pub keep_query: bool,
+    pub bpf_stats: bool,
+    /// Programs left unattached (overhead diagnosis).
+    pub without: Vec<String>,
+    pub poll_interval: Option<Duration>,
+    /// Monotonic to wall-clock time, taken once for the whole run (outputs and recordings).
+    pub clock: Clock,
+}
+
+impl Session {
+    pub fn new(target: Target, reporting: Reporting, duration: Option<Duration>) -> Self {
+        Self { target, reporting, duration, keep_query: false, bpf_stats: false, without: Vec::new(), poll_interval: None, clock: Clock::new() }
+    }
+
+    pub fn config(&self) -> Config {
+        Config { threshold_ns: self.reporting.threshold.as_nanos() as u64, all: self.reporting.all, sample_hz: self.reporting.sample_hz }
+    }
+}
+
+fn require_root() -> Result<(), UsageError> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(UsageError(
+            "watch must run as root: it loads eBPF programs (CAP_BPF, CAP_PERFMON) and reads other processes' /proc entries; try `sudo introspect watch ...`".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn roots(target: &Target) -> Result<Vec<u32>, UsageError> {
+    match (target.pid, target.port) {
+        (Some(pid), _) if targets::exists(pid) => Ok(vec![pid]),
+        (Some(pid), _) => Err(UsageError(format!("no process with pid {pid}"))),
+        (None, Some(port)) => targets::listeners(port).map_err(|e| UsageError(e.to_string())),
+        (None, None) => Err(UsageError("give --pid or --port".into())),
+    }
+}
+
+/// Runs a live watch into `sinks` until it ends.
+pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()> {
+    require_root()?;
+    let roots = roots(&session.target)?;
+    let (root, mounted) = tracefs::ensure_mounted()?;
+    if mounted {
+        eprintln!("introspect: mounted tracefs at {}", root.display());
+    }
+    let tracefs = tracefs::Tracefs::new(root);
+    let decoder = Decoder::new(Protocols::standard(Options { keep_query: session.keep_query }));
+
+    let mut probes = Probes::load(&tracefs, decoder.protocols.any_outbound()).context("loading eBPF programs")?;
+    probes.without(&session.without);
+    // Roots first, then fork tracking, then the scan: a child born at any point is either seen by
+    // the scan or tracked by the fork probe.
+    probes.track(&roots.iter().copied().collect())?;
+    probes.attach_process_tracking().context("attaching process tracking")?;
+    let pids = targets::with_descendants(&roots);
+    probes.track(&pids)?;
+    let served = targets::served(&pids);
+    probes.watch_ports(&served.ports)?;
+    probes.seed_conns(&served.conns, &served.outbound)?;
+    let missing = probes.attach_request_tracking().context("attaching request tracking")?;
+    if session.bpf_stats {
+        probes.enable_stats()?;
+    }
+    let mut ring = probes.take_events()?;
+
+    let mut pipeline = Pipeline::new(session.config(), sinks);
+    for (pid, fd, peer) in &served.conns {
+        pipeline.assembler().seed_conn(*pid, *fd, Some(*peer));
+    }
+    let ports: Vec<String> = served.ports.iter().map(u16::to_string).collect();
+    eprintln!(
+        "introspect: watching {} process(es) [{}] serving TCP port(s) [{}]; threshold {}{}",
+        pids.len(),
+        pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
+        ports.join(" "),
+        humantime::format_duration(session.reporting.threshold),
+        if session.reporting.all { ", reporting all requests" } else { "" },
+    );
+    for m in missing {
+        pipeline.warning(clock::monotonic_ns(), &m)?;
+    }
+    if served.ports.is_empty() {
+        pipeline.warning(
+            clock::monotonic_ns(),
+            "no listening TCP socket found in the watched processes: requests are still measured, but without their backlog wait (queue_ms is 0)",
+        )?;
+    }
+
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut live = pids;
+    let mut host = Host::new(probes, session.reporting.sample_hz);
+    host.warm(live.iter().copied());
+    // What the fds open before the watch are (the syscalls tell the rest): read now, after the
+    // fd probes were attached, so any change since is an event that comes after these.
+    let now = clock::monotonic_ns();
+    for &pid in &live {
+        for (fd, kind) in host.fds_of(pid) {
+            pipeline.event(Event::Fd { hdr: Hdr { tgid: pid, tid: pid, ts: now }, fd, origin: FdOrigin::Proc { kind } }, &mut host)?;
+        }
+    }
+    rt.block_on(async {
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let pace = Pace::new(session.poll_interval, session.reporting.threshold);
+        let mut wake = tokio::time::Instant::now() + pace.busy;
+        let mut last_drain = Instant::now();
+        let deadline = session.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut reported_losses = KernelLosses::default();
+        let mut decode_errors = 0u64;
+        let mut events = 0u64;
+        let mut warned = std::collections::HashSet::new();
+        let mut last_loss_check = Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
+            }
+            host.set_now(clock::monotonic_ns());
+            let drained = drain(&mut ring, &decoder, &mut pipeline, &mut host, &mut decode_errors, &mut live)?;
+            events += drained;
+            let now = clock::monotonic_ns();
+            host.set_now(now);
+            let stop = pipeline.tick(now, &mut host)?;
+            let until_crossing = pipeline.next_crossing().map(|c| Duration::from_nanos(c.saturating_sub(now)));
+            wake = tokio::time::Instant::now() + pace.wait(drained, last_drain.elapsed(), until_crossing, host.probes.any_armed());
+            last_drain = Instant::now();
+            for w in host.take_warnings() {
+                // Once per kind: 32 workers of a server that is not CPython say the same thing.
+                if warned.insert(w.chars().filter(|c| !c.is_ascii_digit()).collect::<String>()) {
+                    pipeline.warning(now, &w)?;
+                }
+            }
+            if last_loss_check.elapsed() >= Duration::from_secs(1) {
+                last_loss_check = Instant::now();
+                let now = host.probes.losses()?;
+                if now.ringbuf_full > reported_losses.ringbuf_full || now.map_full > reported_losses.map_full {
+                    pipeline.warning(
+                        clock::monotonic_ns(),
+                        &format!(
+                            "dropped events: {} (ring buffer full) and {} (tracking map full) so far; requests in that window may be missing or incomplete",
+                            now.ringbuf_full, now.map_full
+                        ),
+                    )?;
+                }
+                reported_losses = now;
+            }
+            if stop {
+                break;
+            }
+            if live.is_empty() {
+                pipeline.warning(clock::monotonic_ns(), "every watched process has exited")?;
+                break;
+            }
+        }
+        events += drain(&mut ring, &decoder, &mut pipeline, &mut host, &mut decode_errors, &mut live)?;
+        let losses = host.probes.losses()?;
+        pipeline.counts.losses = Losses { ringbuf_full: losses.ringbuf_full, map_full: losses.map_full, decode_errors, unreadable_heads: losses.read_failed };
+        pipeline.counts.dropped_events = losses.ringbuf_full + losses.map_full + decode_errors;
+        pipeline.counts.stacks.threads_armed = host.threads_armed;
+        pipeline.counts.events = events;
+        pipeline.counts.agent = agent_cost(&host.probes);
+        pipeline.counts.duration_s = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        pipeline.finish(clock::monotonic_ns())?;
+        anyhow::Ok(())
+    })
+}
+
+/// The agent's CPU time and peak memory so far, and its programs' run time when accounted.
+fn agent_cost(probes: &Probes) -> AgentCost {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    AgentCost {
+        cpu_ms: ((tv(ru.ru_utime) + tv(ru.ru_stime)) * 1e3).round() / 1e3,
+        max_rss_kib: ru.ru_maxrss as u64,
+        bpf: probes
+            .program_stats()
+            .into_iter()
+            .filter(|(_, runs, _)| *runs > 0)
+            .map(|(program, runs, ns)| BpfProgram { program, runs, run_ms: (ns as f64 / 1e3).round() / 1e3 })
+            .collect(),
+    }
+}
+
+/// Everything in the ring buffer, through the pipeline; returns how many records there were.
+fn drain(ring: &mut EventRing, decoder: &Decoder, pipeline: &mut Pipeline<'_>, host: &mut Host, decode_errors: &mut u64, live: &mut BTreeSet<u32>) -> io::Result<u64> {
+    ring.drain(
+        |record| decoder.decode(record),
+        |decoded: Result<Event, DecodeError>| match decoded {
+            Ok(ev) => {
+                match &ev {
+                    Event::Fork { child, .. } => {
+                        live.insert(*child);
+                    }
+                    Event::Exit { pid, .. } => {
+                        live.remove(pid);
+                    }
+                    _ => {}
+                }
+                pipeline.event(ev, host)
+            }
+            Err(e) => {
+                *decode_errors += 1;
+                if *decode_errors == 1 {
+                    eprintln!("introspect: warning: undecodable event ({e}); counting them in the summary");
+                }
+                Ok(())
+            }
+        },
+    )
+}

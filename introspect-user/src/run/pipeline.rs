@@ -1,0 +1,277 @@
+//! The userspace pipeline, free of aya: decoded events in, outputs fed. `watch` feeds it from
+//! the ring buffer, `replay` from a recording; both produce the same output for the same events.
+//! What only a live system can tell (stacks, /proc, the GIL's address) it asks of a [`Live`],
+//! and it hands every event, with those answers in it, to the sinks (the recorder among them).
+use std::{collections::HashMap, io};
+
+use introspect_common::{
+    CLIENT_CONN,
+    syscalls::{self, Wait},
+};
+
+use crate::{
+    assemble::{Assembler, Inflight, Request},
+    breakdown::{OffCpu, Timeline},
+    event::{Event, FdKind, FdOrigin, Hdr, Sys, WaitFacts},
+    output::{Completed, Counts, Crossed, Sink, State, Summary},
+    stacks::{Frame, profile::Profiles},
+};
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub threshold_ns: u64,
+    /// Report every request, not only slow ones.
+    pub all: bool,
+    /// On-CPU sampling frequency of slow requests' threads.
+    pub sample_hz: u64,
+}
+
+/// What only the live host can do for the pipeline.
+pub trait Live {
+    /// Adds what only the running system knows to an event before anything sees it (symbolized
+    /// stacks), and follows processes for the host's own caches.
+    fn enrich(&mut self, _ev: &mut Event) {}
+    /// Whether futex address `addr` in `pid` lies inside its interpreter's GIL.
+    fn is_gil(&mut self, pid: u32, addr: u64) -> bool;
+    /// What /proc says fd `fd` of `pid` is (open before the watch, or made by an unhooked
+    /// syscall).
+    fn proc_fd(&mut self, pid: u32, fd: i32) -> Option<FdKind>;
+    /// A serving thread's wait still in progress (from the kernel), its facts not filled in.
+    fn open_wait(&mut self, tid: u32) -> Option<OffCpu>;
+    /// A request just crossed the threshold: start capturing its thread's stacks, and return its
+    /// stack right now.
+    fn slow(&mut self, request: &Inflight) -> Option<SlowStart>;
+    /// A slow request ended: stop capturing its thread.
+    fn done(&mut self, pid: u32, tid: u32);
+}
+
+/// A slow request's thread when capture started.
+pub struct SlowStart {
+    pub stack: Vec<Frame>,
+    /// The thread is off the CPU since then (so its stack is that wait's stack).
+    pub off_cpu_since: Option<u64>,
+}
+
+/// For replays: nothing is live (every answer is in the recording already).
+pub struct NotLive;
+
+impl Live for NotLive {
+    fn is_gil(&mut self, _pid: u32, _addr: u64) -> bool {
+        false
+    }
+    fn proc_fd(&mut self, _pid: u32, _fd: i32) -> Option<FdKind> {
+        None
+    }
+    fn open_wait(&mut self, _tid: u32) -> Option<OffCpu> {
+        None
+    }
+    fn slow(&mut self, _request: &Inflight) -> Option<SlowStart> {
+        None
+    }
+    fn done(&mut self, _pid: u32, _tid: u32) {}
+}
+
+pub struct Pipeline<'a> {
+    cfg: Config,
+    asm: Assembler,
+    summary: Summary,
+    sinks: Vec<Box<dyn Sink + 'a>>,
+    timeline: Timeline,
+    profiles: Profiles,
+    /// Threads of requests that crossed the threshold, and their stack at that moment.
+    slow: HashMap<u32, Option<Vec<Frame>>>,
+    last_forget_ns: u64,
+    pub counts: Counts,
+    requests: Vec<Request>,
+    inflight: Vec<Inflight>,
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(cfg: Config, sinks: Vec<Box<dyn Sink + 'a>>) -> Self {
+        Self {
+            cfg,
+            asm: Assembler::new(cfg.threshold_ns),
+            summary: Summary::default(),
+            sinks,
+            timeline: Timeline::default(),
+            profiles: Profiles::new(cfg.sample_hz),
+            slow: HashMap::new(),
+            last_forget_ns: 0,
+            counts: Counts::default(),
+            requests: Vec::new(),
+            inflight: Vec::new(),
+        }
+    }
+
+    pub fn assembler(&mut self) -> &mut Assembler {
+        &mut self.asm
+    }
+
+    fn sinks(&mut self, mut f: impl FnMut(&mut dyn Sink) -> io::Result<()>) -> io::Result<()> {
+        self.sinks.iter_mut().try_for_each(|s| f(s.as_mut()))
+    }
+
+    /// What fd `fd` of `pid` is: from the syscalls seen so far, else (asking /proc once) from
+    /// the live host, whose answer is recorded as an event of its own so replays know it too.
+    fn fd_kind(&mut self, pid: u32, ts: u64, fd: i32, live: &mut dyn Live) -> io::Result<Option<FdKind>> {
+        if fd < 0 {
+            return Ok(None);
+        }
+        if let Some(k) = self.asm.fds().get(pid, fd) {
+            return Ok(Some(k.clone()));
+        }
+        let Some(kind) = live.proc_fd(pid, fd) else { return Ok(None) };
+        let ev = Event::Fd { hdr: Hdr { tgid: pid, tid: pid, ts }, fd, origin: FdOrigin::Proc { kind: kind.clone() } };
+        self.sinks(|s| s.event(&ev))?;
+        self.asm.observe(&ev, &mut Vec::new());
+        Ok(Some(kind))
+    }
+
+    /// Fills in what a wait was for, as known now (a recorded fact is kept: a replay knows no
+    /// more than the live run did).
+    fn wait_facts(&mut self, pid: u32, ts: u64, sys: &Sys, facts: &mut WaitFacts, live: &mut dyn Live) -> io::Result<()> {
+        if sys.arg == CLIENT_CONN {
+            // The request's own connection: the kernel knows it is a socket.
+            facts.fd.get_or_insert(FdKind::Socket { peer: Some("client".into()) });
+            return Ok(());
+        }
+        match syscalls::by_nr(sys.nr).map(|s| s.wait) {
+            Some(Wait::Futex) if !facts.gil => facts.gil = live.is_gil(pid, sys.arg),
+            Some(Wait::Fd | Wait::Poll) if facts.fd.is_none() => facts.fd = self.fd_kind(pid, ts, sys.fd, live)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn event(&mut self, mut ev: Event, live: &mut dyn Live) -> io::Result<()> {
+        live.enrich(&mut ev);
+        if let Event::OffCpu { hdr, sys: Some(sys), facts, .. } = &mut ev {
+            let (pid, ts, sys) = (hdr.tgid, hdr.ts, *sys);
+            self.wait_facts(pid, ts, &sys, facts, live)?;
+        }
+        self.sinks(|s| s.event(&ev))?;
+        let ev = &ev;
+        // Replays: capture started here in the live run.
+        if let Event::Slow { hdr, stack, off_cpu_since } = ev
+            && self.slow.get(&hdr.tid).is_none_or(Option::is_none)
+        {
+            self.profiles.start(hdr.tid);
+            if let Some(since) = off_cpu_since {
+                self.profiles.off_cpu_from(hdr.tid, *since, stack.clone());
+            }
+            self.slow.insert(hdr.tid, Some(stack.clone()));
+        }
+        if let Event::Fork { .. } = ev {
+            self.counts.processes_followed += 1;
+        }
+        self.timeline.observe(ev);
+        self.profiles.observe(ev);
+        self.asm.observe(ev, &mut self.requests);
+        let mut requests = std::mem::take(&mut self.requests);
+        for r in requests.drain(..) {
+            self.completed(&r, live)?;
+        }
+        // Keep the allocation for the next event.
+        self.requests = requests;
+        Ok(())
+    }
+
+    fn completed(&mut self, r: &Request, live: &mut dyn Live) -> io::Result<()> {
+        let slow = r.duration_ns() >= self.cfg.threshold_ns;
+        let (from, to) = (r.start_ns + r.queue_ns, r.end_ns);
+        // Only reported requests need their whole breakdown; the summary needs on-CPU time.
+        let detail = (slow || self.cfg.all).then(|| self.timeline.detail(r.tid, from, to, r.queue_ns, None));
+        let on_cpu_ms = match &detail {
+            Some(d) => d.breakdown.on_cpu,
+            None => self.timeline.on_cpu_ms(r.tid, from, to),
+        };
+        self.summary.record(r, slow, (on_cpu_ms * 1e6) as u64);
+        self.counts.requests += 1;
+        // A request that crossed the threshold while running: its stacks end with it.
+        let (stack, profile) = match self.slow.remove(&r.tid) {
+            Some(stack) => {
+                live.done(r.pid, r.tid);
+                (stack, self.profiles.finish(r.tid))
+            }
+            None => (None, None),
+        };
+        if detail.is_some() {
+            self.counts.reported += 1;
+        }
+        let done = Completed { request: r, detail: detail.as_ref(), stack: stack.as_deref(), profile: profile.as_deref() };
+        self.sinks.iter_mut().try_for_each(|s| s.request(&done))?;
+        self.timeline.forget_before(r.tid, r.end_ns);
+        Ok(())
+    }
+
+    /// Time passes: requests that crossed the threshold while running are reported now, with
+    /// what their time went to so far; `live` tells a wait still going on and captures stacks.
+    /// Returns true when an output asks to stop.
+    pub fn tick(&mut self, now_ns: u64, live: &mut dyn Live) -> io::Result<bool> {
+        self.asm.tick(now_ns, &mut self.inflight);
+        let mut crossed = std::mem::take(&mut self.inflight);
+        for i in crossed.drain(..) {
+            self.counts.inflight += 1;
+            let mut open = live.open_wait(i.tid);
+            if let Some(OffCpu { sys: Some(sys), facts, .. }) = open.as_mut() {
+                let sys = *sys;
+                self.wait_facts(i.pid, now_ns, &sys, facts, live)?;
+            }
+            let detail = self.timeline.detail(i.tid, i.start_ns + i.queue_ns, now_ns, i.queue_ns, open.as_ref());
+            self.profiles.start(i.tid);
+            let stack = match live.slow(&i) {
+                Some(s) => {
+                    self.counts.stacks.snapshots += 1;
+                    if let Some(since) = s.off_cpu_since {
+                        // A wait already in progress: weighted by its whole length when it ends.
+                        self.profiles.off_cpu_from(i.tid, since, s.stack.clone());
+                    }
+                    let ev = Event::Slow { hdr: Hdr { tgid: i.pid, tid: i.tid, ts: now_ns }, stack: s.stack.clone(), off_cpu_since: s.off_cpu_since };
+                    self.sinks(|k| k.event(&ev))?;
+                    Some(s.stack)
+                }
+                None => None,
+            };
+            let c = Crossed { inflight: &i, detail: &detail, stack: stack.as_deref() };
+            self.sinks.iter_mut().try_for_each(|s| s.inflight(&c))?;
+            self.slow.insert(i.tid, stack);
+        }
+        // Keep the allocation for the next tick.
+        self.inflight = crossed;
+        // Waits of threads whose requests never completed are kept for 10 minutes at most.
+        if now_ns.saturating_sub(self.last_forget_ns) > 1_000_000_000 {
+            self.last_forget_ns = now_ns;
+            self.timeline.forget_all_before(now_ns.saturating_sub(600_000_000_000));
+        }
+        let state = State { now_ns, summary: &self.summary, counts: &self.counts };
+        let mut stop = false;
+        for s in &mut self.sinks {
+            stop |= s.tick(&state)?;
+            s.flush()?;
+        }
+        Ok(stop)
+    }
+
+    /// When the next open request will cross the threshold, if one is open.
+    pub fn next_crossing(&self) -> Option<u64> {
+        self.asm.next_crossing()
+    }
+
+    pub fn warning(&mut self, now_ns: u64, message: &str) -> io::Result<()> {
+        self.sinks(|s| s.warning(now_ns, message))
+    }
+
+    pub fn finish(&mut self, now_ns: u64) -> io::Result<()> {
+        self.asm.close();
+        self.counts.open_at_exit = self.asm.stats.open_at_exit;
+        self.counts.non_http = self.asm.stats.non_http_phases;
+        self.counts.stacks.oncpu_samples = self.profiles.oncpu_samples;
+        self.counts.stacks.offcpu_stacks = self.profiles.offcpu_stacks;
+        let state = State { now_ns, summary: &self.summary, counts: &self.counts };
+        for s in &mut self.sinks {
+            s.finish(&state)?;
+            s.flush()?;
+        }
+        Ok(())
+    }
+}

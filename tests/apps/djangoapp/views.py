@@ -1,0 +1,47 @@
+"""Views that spend a known time on one cause, reporting what they measured themselves:
+X-Spent-Ms (wall time of the part that waits) and X-Cpu-Ms (this thread's CPU time over the
+view), the ground truth introspect's tests compare with. X-Tid is the serving thread."""
+import threading
+import time
+
+from django.db import connection, transaction
+from django.http import HttpResponse
+
+
+def _measured(spent_ms, cpu_ms, body="done\n"):
+    resp = HttpResponse(body, content_type="text/plain")
+    resp["X-Spent-Ms"] = f"{spent_ms:.3f}"
+    resp["X-Cpu-Ms"] = f"{cpu_ms:.3f}"
+    resp["X-Tid"] = str(threading.get_native_id())
+    return resp
+
+
+def fast(request, tag=None):
+    return HttpResponse("ok\n", content_type="text/plain")
+
+
+def sleep(request, ms, tag=None):
+    c0, t0 = time.thread_time(), time.monotonic()
+    time.sleep(ms / 1000.0)
+    return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
+
+
+def db_sleep(request, ms, tag=None):
+    """SELECT pg_sleep: with CONN_MAX_AGE = 0 the cursor opens this request's connection, so the
+    measured part includes connecting; Django closes it when the request ends."""
+    c0, t0 = time.thread_time(), time.monotonic()
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_sleep(%s)", [ms / 1000.0])
+    spent = (time.monotonic() - t0) * 1e3
+    return _measured(spent, (time.thread_time() - c0) * 1e3)
+
+
+def db_forupdate(request, tag=None):
+    """SELECT ... FOR UPDATE on row 1 of `items` in a transaction, which a test may hold locked
+    from another one."""
+    c0, t0 = time.thread_time(), time.monotonic()
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE")
+    spent = (time.monotonic() - t0) * 1e3
+    return _measured(spent, (time.thread_time() - c0) * 1e3)

@@ -4,19 +4,10 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
-    let ebpf = metadata
-        .packages
-        .into_iter()
-        .find(|p| p.name.as_str() == "introspect-ebpf")
-        .ok_or_else(|| anyhow!("introspect-ebpf package not found"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("introspect-ebpf manifest has no parent"))?;
+    let metadata = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
+    let ebpf =
+        metadata.packages.into_iter().find(|p| p.name.as_str() == "introspect-ebpf").ok_or_else(|| anyhow!("introspect-ebpf package not found"))?;
+    let root_dir = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("introspect-ebpf manifest has no parent"))?;
     // The shared types change the programs too.
     println!("cargo:rerun-if-changed={}", root_dir.join("../introspect-common/src"));
     aya_build::build_ebpf(

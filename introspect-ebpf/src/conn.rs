@@ -5,9 +5,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use introspect_common::{
-    AcceptEvent, CloseEvent, ConnKey, ConnState, ConnectEvent, PeerKey, SOCKADDR_MAX, SysCtx, counter, kind, phase, role,
-};
+use introspect_common::{AcceptEvent, CloseEvent, ConnKey, ConnState, ConnectEvent, PeerKey, SOCKADDR_MAX, SysCtx, counter, kind, phase, role};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header, send},
@@ -18,12 +16,12 @@ use crate::{
 /// Starts tracking a connection on `key`, over the entry of the fd's previous one if any.
 #[inline(always)]
 fn track(key: ConnKey, state: ConnState) {
-    match CONNS.get_ptr_mut(&key) {
+    match CONNS.get_ptr_mut(key) {
         // The entry of this fd's previous connection (see `phase::CLOSED`).
         // SAFETY: map value pointer from a successful lookup; the fd is this process's.
         Some(slot) => unsafe { *slot = state },
         None => {
-            if CONNS.insert(&key, &state, 0).is_err() {
+            if CONNS.insert(key, state, 0).is_err() {
                 count(counter::MAP_FULL);
             }
         }
@@ -86,13 +84,7 @@ pub fn syscalls_exit_accept(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (family, peer) = read_sockaddr(p.buf);
-    let state = ConnState {
-        peer,
-        phase: phase::IDLE,
-        has_peer: (family == AF_INET || family == AF_INET6) as u8,
-        role: role::SERVED,
-        _pad: [0; 5],
-    };
+    let state = ConnState { peer, phase: phase::IDLE, has_peer: (family == AF_INET || family == AF_INET6) as u8, role: role::SERVED, _pad: [0; 5] };
     track(ConnKey { tgid: (pid_tgid >> 32) as u32, fd: fd as i32 }, state);
     send(AcceptEvent { hdr: header(kind::ACCEPT, 0, pid_tgid), fd: fd as i32, listen_fd: p.fd, family, _pad: [0; 6], peer, enter_ts: p.enter_ts });
     0

@@ -12,9 +12,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use introspect_common::{
-    CLIENT_CONN, ConnKey, DataEvent, DataPayloadEvent, PAYLOAD_MAX, SysCtx, counter, data_flag, kind, phase, role,
-};
+use introspect_common::{CLIENT_CONN, ConnKey, DataEvent, DataPayloadEvent, PAYLOAD_MAX, SysCtx, counter, data_flag, kind, phase, role};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header, send},
@@ -198,7 +196,8 @@ fn data_exit(p: &Pending, n: i64, pid_tgid: u64) {
     if p.role == role::OUTBOUND {
         flags |= data_flag::OUTBOUND;
     }
-    let base = DataEvent { hdr: header(p.kind, flags, pid_tgid), fd: p.fd, payload_len: 0, ret: n, enter_ts: p.enter_ts, arrival_ts, nr: p.sys.nr, _pad: 0 };
+    let base =
+        DataEvent { hdr: header(p.kind, flags, pid_tgid), fd: p.fd, payload_len: 0, ret: n, enter_ts: p.enter_ts, arrival_ts, nr: p.sys.nr, _pad: 0 };
     let served = p.role == role::SERVED;
     let heads = served || SETTINGS.load().outbound_heads != 0;
     // A response that follows an interim one (100 Continue) is written while the connection is

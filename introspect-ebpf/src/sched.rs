@@ -9,8 +9,8 @@ use aya_ebpf::{
 use introspect_common::{NO_SYSCALL, OffCpuEvent, OffCpuState, SysCtx, kind, stack_flag};
 
 use crate::{
-    field,
     emit::{header, send},
+    field,
     maps::{OFFCPU, OFFSETS, PENDING, set_thread_bits, thread, thread_bits, upsert},
     python::capture,
 };
@@ -47,13 +47,7 @@ pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
             Some(p) if prev_bits & thread::PENDING != 0 => unsafe { (*p).sys },
             _ => SysCtx { nr: NO_SYSCALL, fd: -1, arg: 0 },
         };
-        let st = OffCpuState {
-            out_ts: now,
-            wake_ts: if state == 0 { now } else { 0 },
-            tgid: (pid_tgid >> 32) as u32,
-            state: state as u32,
-            sys,
-        };
+        let st = OffCpuState { out_ts: now, wake_ts: if state == 0 { now } else { 0 }, tgid: (pid_tgid >> 32) as u32, state: state as u32, sys };
         upsert(&OFFCPU, prev, st);
         set_thread_bits(prev, thread::OFF_CPU, 0);
         // A thread of a slow request: its stack as it leaves the CPU, weighted later by how long

@@ -4,6 +4,8 @@
 //! `proto` (one parser per wire protocol) → `assemble` (requests and calls, what each fd is) →
 //! `breakdown`, `stacks` → `run` (the pipeline, the live host, the watch loop) → `output`
 //! (every output behind one `Sink` trait); `proc` reads /proc; `cmd` has one file per command.
+#![deny(clippy::print_stdout)] // stdout is data only: every output goes through a sink.
+
 mod assemble;
 mod breakdown;
 mod cli;

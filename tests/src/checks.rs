@@ -83,4 +83,3 @@ pub fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: b
     assert_eq!(s["requests"], exchanges.len(), "summary: {s}");
     assert_eq!(s["dropped_events"], 0, "summary: {s}");
 }
-

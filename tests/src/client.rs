@@ -107,7 +107,8 @@ impl Client {
 
     fn exchange(&mut self, method: &str, path: &str) -> io::Result<Exchange> {
         let conn_header = if self.keep_alive { "keep-alive" } else { "close" };
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: introspect-tests\r\nConnection: {conn_header}\r\n\r\n", self.port);
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: introspect-tests\r\nConnection: {conn_header}\r\n\r\n", self.port);
         let conn = self.connect()?;
         let sent = Instant::now();
         if let Err(e) = conn.write_all(req.as_bytes()) {

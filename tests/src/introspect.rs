@@ -47,7 +47,11 @@ pub fn replay(recording: &std::path::Path, args: &[&str]) -> Vec<Line> {
     let at = Instant::now();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| Line { at, raw: l.to_string(), json: serde_json::from_str(l).unwrap_or_else(|e| panic!("replay printed a line that is not JSON ({e}): {l}")) })
+        .map(|l| Line {
+            at,
+            raw: l.to_string(),
+            json: serde_json::from_str(l).unwrap_or_else(|e| panic!("replay printed a line that is not JSON ({e}): {l}")),
+        })
         .collect()
 }
 

@@ -46,11 +46,8 @@ impl Postgres {
         let status = Command::new("chown").args(["postgres:postgres"]).arg(&dir).status().expect("chown");
         assert!(status.success(), "chown {} failed", dir.display());
         let data = dir.join("data");
-        let out = as_postgres(bin_dir().join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data)
-            .output()
-            .expect("initdb");
+        let out =
+            as_postgres(bin_dir().join("initdb")).args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"]).arg(&data).output().expect("initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         let log = fs::File::create(dir.join("server.log")).expect("server log");
         let mut cmd = as_postgres(bin_dir().join("postgres"));

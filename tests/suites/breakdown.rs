@@ -38,7 +38,6 @@ fn within(got: f64, want: f64) -> bool {
     (got - want).abs() <= (want * 0.10).max(5.0)
 }
 
-
 /// `dominant` holds `want_ms` (max(5 ms, 10%)), the other waits are near zero, the thread's CPU
 /// matches what the app measured, and the parts add up. `stolen` is the hypervisor's steal time
 /// during the request (both CPUs' worth): it may stand in the app's truth but not in ours.
@@ -160,9 +159,8 @@ fn saturated_cpus_show_run_queue_time() {
     let pid = server.master_pid().to_string();
     let watch = Watch::start(&["--pid", &pid, "--all"]);
     // Two busy loops, one per CPU, at normal priority.
-    let hogs: Vec<Guard> = (0..2)
-        .map(|_| Guard::spawn("cpu hog", Command::new("sh").args(["-c", "while :; do :; done"]).stdout(Stdio::null())).expect("hog"))
-        .collect();
+    let hogs: Vec<Guard> =
+        (0..2).map(|_| Guard::spawn("cpu hog", Command::new("sh").args(["-c", "while :; do :; done"]).stdout(Stdio::null())).expect("hog")).collect();
     thread::sleep(Duration::from_millis(300));
     let mut c = Client::new(server.port, false);
     let exchanges: Vec<Exchange> = (0..4).map(|i| c.request("GET", &format!("/cpu/200/h{i}")).expect("cpu request")).collect();
@@ -270,13 +268,19 @@ fn database_waits_with_and_without_persistent_connections() {
     let pg = Postgres::start();
     let dsn = pg.dsn();
     let pg_peer = format!("127.0.0.1:{}", pg.port);
-    let apps: [(&str, &str, &[(&str, &str)]); 4] = [
-        ("Flask, one connection per thread", "flaskapp:app", &[("INTROSPECT_PG_PERSISTENT", "1")]),
-        ("Flask, a connection per request", "flaskapp:app", &[("INTROSPECT_PG_PERSISTENT", "0")]),
-        ("Django, default settings (CONN_MAX_AGE = 0)", "djangoapp.wsgi:application", &[]),
-        ("Django, CONN_MAX_AGE = 60", "djangoapp.wsgi:application", &[("INTROSPECT_CONN_MAX_AGE", "60")]),
+    /// An app, its name, and the environment that sets its connection policy.
+    struct DbApp {
+        name: &'static str,
+        app: &'static str,
+        env: &'static [(&'static str, &'static str)],
+    }
+    let apps = [
+        DbApp { name: "Flask, one connection per thread", app: "flaskapp:app", env: &[("INTROSPECT_PG_PERSISTENT", "1")] },
+        DbApp { name: "Flask, a connection per request", app: "flaskapp:app", env: &[("INTROSPECT_PG_PERSISTENT", "0")] },
+        DbApp { name: "Django, default settings (CONN_MAX_AGE = 0)", app: "djangoapp.wsgi:application", env: &[] },
+        DbApp { name: "Django, CONN_MAX_AGE = 60", app: "djangoapp.wsgi:application", env: &[("INTROSPECT_CONN_MAX_AGE", "60")] },
     ];
-    for (name, app, extra_env) in apps {
+    for DbApp { name, app, env: extra_env } in apps {
         eprintln!("--- {name}");
         let mut env = vec![("INTROSPECT_PG_DSN", dsn.as_str())];
         env.extend_from_slice(extra_env);

@@ -147,7 +147,8 @@ fn record_writes_real_graphs_and_a_table_that_matches_the_client() {
 
     // The folded file is valid input for inferno's flame graph tool.
     let mut svg = Vec::new();
-    inferno::flamegraph::from_files(&mut inferno::flamegraph::Options::default(), &[out.join("slow.folded")], &mut svg).expect("inferno reads slow.folded");
+    inferno::flamegraph::from_files(&mut inferno::flamegraph::Options::default(), &[out.join("slow.folded")], &mut svg)
+        .expect("inferno reads slow.folded");
     assert!(String::from_utf8_lossy(&svg).contains("helper_cpu"));
 
     // Offline, from events.jsonl, without root: the same stacks, the same frames.

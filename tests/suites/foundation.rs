@@ -165,11 +165,8 @@ fn mounts_tracefs_when_it_is_not_mounted() {
         if [ -d /sys/kernel/tracing/events ]; then echo "tracefs still mounted" >&2; exit 99; fi
         exec "$0" watch --pid $$ --duration 1s
     "#;
-    let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", script])
-        .arg(introspect_bin())
-        .output()
-        .expect("unshare");
+    let out =
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", script]).arg(introspect_bin()).output().expect("unshare");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}; stderr: {err}", out.status);
     assert!(err.contains("mounted tracefs at /sys/kernel/tracing"), "stderr: {err}");
@@ -191,10 +188,8 @@ fn backlog_wait_is_counted_as_queue() {
     thread::sleep(Duration::from_millis(200));
     let lines = watch.stop();
     check_against_client(&exchanges, &lines, true);
-    let mut queues: Vec<(f64, f64)> = requests(&lines)
-        .iter()
-        .map(|r| (r["queue_ms"].as_f64().unwrap(), r["duration_ms"].as_f64().unwrap()))
-        .collect();
+    let mut queues: Vec<(f64, f64)> =
+        requests(&lines).iter().map(|r| (r["queue_ms"].as_f64().unwrap(), r["duration_ms"].as_f64().unwrap())).collect();
     queues.sort_by(|a, b| a.0.total_cmp(&b.0));
     eprintln!("(queue_ms, duration_ms): {queues:?}");
     assert!(queues[0].0 < 5.0, "the first request did not wait: {queues:?}");

@@ -1,12 +1,6 @@
 //! Stacks of slow requests on every CPython of this machine kind, against py-spy as the oracle
 //! and the known call chains of tests/apps/chains.py.
-use std::{
-    collections::HashMap,
-    fs,
-    process::Command,
-    thread,
-    time::Duration,
-};
+use std::{collections::HashMap, fs, process::Command, thread, time::Duration};
 
 use introspect_tests::{
     can_trace,
@@ -52,10 +46,8 @@ type Chain = [(&'static str, &'static str, Option<&'static str>)];
 /// names (the class prefix 3.11+ adds via co_qualname is accepted), files and lines.
 fn has_chain(stack: &Value, chain: &Chain, marks: &HashMap<String, u64>) -> Result<(), String> {
     let frames = python_frames(stack);
-    let start = frames
-        .iter()
-        .position(|(f, _, _)| f.rsplit('.').next() == Some(chain[0].0))
-        .ok_or_else(|| format!("{} not in {frames:?}", chain[0].0))?;
+    let start =
+        frames.iter().position(|(f, _, _)| f.rsplit('.').next() == Some(chain[0].0)).ok_or_else(|| format!("{} not in {frames:?}", chain[0].0))?;
     for (k, (name, file, mark)) in chain.iter().enumerate() {
         let (f, path, line) = frames.get(start + k).ok_or_else(|| format!("chain cut at {name}: {frames:?}"))?;
         if f.rsplit('.').next() != Some(name) || !path.ends_with(file) {
@@ -78,10 +70,7 @@ fn heaviest(r: &Value) -> &Value {
 
 /// py-spy's view of thread `tid` of `pid`: (function, file, line), innermost first.
 fn py_spy(venv: &str, pid: u32, tid: u32) -> Vec<(String, String, u64)> {
-    let out = Command::new(venv_named("py311").join("bin/py-spy"))
-        .args(["dump", "--json", "--pid", &pid.to_string()])
-        .output()
-        .expect("py-spy");
+    let out = Command::new(venv_named("py311").join("bin/py-spy")).args(["dump", "--json", "--pid", &pid.to_string()]).output().expect("py-spy");
     assert!(out.status.success(), "{venv}: py-spy dump failed: {}", String::from_utf8_lossy(&out.stderr));
     let threads: Value = serde_json::from_slice(&out.stdout).expect("py-spy json");
     let t = threads
@@ -109,10 +98,20 @@ fn slow_request(watch: &mut Watch, port: u16, path: &'static str) -> (Line, thre
     (line, client)
 }
 
-const SLEEP: &Chain = &[("helper_sleep", "chains.py", Some("helper_sleep")), ("sleepy", "chains.py", Some("service_sleepy")), ("chain_sleep", "flaskapp.py", Some("view_sleep"))];
-const CPU: &Chain = &[("helper_cpu", "chains.py", Some("helper_cpu")), ("busy", "chains.py", Some("service_busy")), ("chain_cpu", "flaskapp.py", Some("view_cpu"))];
-const REGEX: &Chain = &[("helper_regex", "chains.py", Some("helper_regex")), ("matcher", "chains.py", Some("service_matcher")), ("chain_regex", "flaskapp.py", Some("view_regex"))];
-const DB: &Chain = &[("helper_db", "chains.py", Some("helper_db")), ("query", "chains.py", Some("service_query")), ("chain_db", "flaskapp.py", Some("view_db"))];
+const SLEEP: &Chain = &[
+    ("helper_sleep", "chains.py", Some("helper_sleep")),
+    ("sleepy", "chains.py", Some("service_sleepy")),
+    ("chain_sleep", "flaskapp.py", Some("view_sleep")),
+];
+const CPU: &Chain =
+    &[("helper_cpu", "chains.py", Some("helper_cpu")), ("busy", "chains.py", Some("service_busy")), ("chain_cpu", "flaskapp.py", Some("view_cpu"))];
+const REGEX: &Chain = &[
+    ("helper_regex", "chains.py", Some("helper_regex")),
+    ("matcher", "chains.py", Some("service_matcher")),
+    ("chain_regex", "flaskapp.py", Some("view_regex")),
+];
+const DB: &Chain =
+    &[("helper_db", "chains.py", Some("helper_db")), ("query", "chains.py", Some("service_query")), ("chain_db", "flaskapp.py", Some("view_db"))];
 
 fn chains_on(venv: &str) {
     let marks = markers();

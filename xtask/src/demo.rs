@@ -152,9 +152,16 @@ pub fn run() -> anyhow::Result<()> {
     if let Some(s) = summary {
         eprintln!(
             "\ndemo: {} requests seen ({} sent), {} reported slow, {} dropped events in {} s",
-            s["requests"], sent.load(Ordering::Relaxed), s["reported"], s["dropped_events"], s["duration_s"]
+            s["requests"],
+            sent.load(Ordering::Relaxed),
+            s["reported"],
+            s["dropped_events"],
+            s["duration_s"]
         );
-        eprintln!("\n  {:<7} {:<18} {:>7} {:>6} {:>5} {:>10} {:>10} {:>10}", "method", "route", "count", "slow", "5xx", "total ms", "p50 ms", "p99 ms");
+        eprintln!(
+            "\n  {:<7} {:<18} {:>7} {:>6} {:>5} {:>10} {:>10} {:>10}",
+            "method", "route", "count", "slow", "5xx", "total ms", "p50 ms", "p99 ms"
+        );
         for e in s["endpoints"].as_array().into_iter().flatten() {
             eprintln!(
                 "  {:<7} {:<18} {:>7} {:>6} {:>5} {:>10.1} {:>10.2} {:>10.2}",

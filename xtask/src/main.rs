@@ -81,8 +81,33 @@ pub fn build() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/release/introspect"))
 }
 
+/// Formatting and lints, before anything runs: `cargo fmt --check` over every crate, clippy with
+/// warnings denied over the host crates and, with the nightly, over the eBPF programs.
+fn lint() -> anyhow::Result<()> {
+    eprintln!("xtask: cargo fmt --check, clippy -D warnings");
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--release", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new("rustup")
+        .current_dir(root())
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--release",
+            "--package",
+            "introspect-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .args(["--", "-D", "warnings"]))
+}
+
 fn test(args: &[String]) -> anyhow::Result<()> {
     let env = setup::setup()?;
+    lint()?;
     let bin = build()?;
     eprintln!("xtask: unit tests");
     run(cargo().args(["test", "--release", "--package", "introspect-common", "--package", "introspect-user"]))?;

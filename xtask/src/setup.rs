@@ -15,8 +15,21 @@ use crate::{root, run};
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM major), wrk for
 /// load, PostgreSQL for the database suites, Chromium (renders the flame graphs in tests), tmux
 /// (a real terminal for `top`), curl and util-linux tools used by the suites.
-const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "wrk", "curl", "util-linux", "postgresql", "postgresql-contrib", "python3.11", "python3.11-venv", "chromium", "tmux"];
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "wrk",
+    "curl",
+    "util-linux",
+    "postgresql",
+    "postgresql-contrib",
+    "python3.11",
+    "python3.11-venv",
+    "chromium",
+    "tmux",
+];
 
 /// The interpreters the suites run the apps on: every pyenv minor version of this machine kind,
 /// and Debian's own python3.11 (a static, non-PIE build with different symbols).
@@ -58,13 +71,20 @@ fn apt_packages() -> anyhow::Result<()> {
     run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn rust_src() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]));
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        return Ok(());
+/// rust-src for the nightly (the eBPF target builds core from source), and rustfmt and clippy
+/// for both toolchains (`cargo xtask test` checks formatting and lints). Adding a component keeps
+/// the toolchain's date.
+fn components() -> anyhow::Result<()> {
+    for (toolchain, wanted) in [("nightly", &["rust-src", "clippy", "rustfmt"][..]), ("stable", &["clippy", "rustfmt"][..])] {
+        let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", toolchain, "--installed"]));
+        for c in wanted {
+            if !installed.lines().any(|l| l.starts_with(c)) {
+                eprintln!("xtask: adding {c} to the {toolchain} toolchain");
+                run(Command::new("rustup").args(["component", "add", c, "--toolchain", toolchain]))?;
+            }
+        }
     }
-    eprintln!("xtask: adding rust-src to the nightly toolchain");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
@@ -121,7 +141,7 @@ pub fn setup() -> anyhow::Result<Env> {
         bail!("setup installs Debian packages and the suites load eBPF programs: run as root");
     }
     apt_packages()?;
-    rust_src()?;
+    components()?;
     bpf_linker()?;
     let requirements = root().join("tests/apps/requirements.txt");
     for (name, spec) in PYTHONS {

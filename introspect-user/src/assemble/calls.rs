@@ -43,17 +43,7 @@ pub struct Calls {
 impl Calls {
     /// A write or read on an outbound connection; a call it completes goes to `done`.
     #[expect(clippy::too_many_arguments, reason = "the fields of one data event")]
-    pub fn data(
-        &mut self,
-        hdr: &Hdr,
-        dir: Dir,
-        fd: i32,
-        bytes: u64,
-        enter_ts: u64,
-        head: Option<&Head>,
-        peer: Option<String>,
-        done: &mut Vec<Call>,
-    ) {
+    pub fn data(&mut self, hdr: &Hdr, dir: Dir, fd: i32, bytes: u64, enter_ts: u64, head: Option<&Head>, peer: Option<String>, done: &mut Vec<Call>) {
         let key = (hdr.tgid, fd);
         match dir {
             Dir::Write => {
@@ -74,7 +64,17 @@ impl Calls {
                     Some(Head::Request(r)) => Some(r.clone()),
                     _ => None,
                 };
-                let call = Call { tid: hdr.tid, peer, start_ns: enter_ts, end_ns: hdr.ts, bytes_out: bytes, bytes_in: 0, head, response: None, end: EndReason::Delimited };
+                let call = Call {
+                    tid: hdr.tid,
+                    peer,
+                    start_ns: enter_ts,
+                    end_ns: hdr.ts,
+                    bytes_out: bytes,
+                    bytes_in: 0,
+                    head,
+                    response: None,
+                    end: EndReason::Delimited,
+                };
                 self.open.insert(key, Open { call, response_bytes: 0 });
             }
             Dir::Read => {

@@ -200,7 +200,13 @@ impl Assembler {
                     }
                 }
             }
-            Event::Fd { .. } | Event::Connect { .. } | Event::Fork { .. } | Event::OffCpu { .. } | Event::Syscall { .. } | Event::Stack { .. } | Event::Slow { .. } => {}
+            Event::Fd { .. }
+            | Event::Connect { .. }
+            | Event::Fork { .. }
+            | Event::OffCpu { .. }
+            | Event::Syscall { .. }
+            | Event::Stack { .. }
+            | Event::Slow { .. } => {}
         }
         // After the connections: a close must see what the fd was before it is forgotten.
         self.fds.observe(ev);

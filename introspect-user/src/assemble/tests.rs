@@ -97,12 +97,7 @@ fn chunked_response_is_delimited_by_the_next_request() {
 
 #[test]
 fn a_worker_dying_mid_request_ends_it_without_status() {
-    let (out, a) = run(&[
-        accept(7, 1_000),
-        req(101, 7, 2_000, None, "POST", "/slow"),
-        accept(8, 2_500),
-        Event::Exit { hdr: h(T, 50_000), pid: T },
-    ]);
+    let (out, a) = run(&[accept(7, 1_000), req(101, 7, 2_000, None, "POST", "/slow"), accept(8, 2_500), Event::Exit { hdr: h(T, 50_000), pid: T }]);
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].status, out[0].start_ns, out[0].end_ns, out[0].end), (None, 2_000, 50_000, EndReason::ProcessExit));
     assert_eq!(a.open_requests(), 0);
@@ -223,6 +218,9 @@ fn a_protocol_is_one_impl_of_the_trait() {
     let events: Vec<Event> = raw.iter().map(|r| decoder.decode(r).expect("decodes")).collect();
     let (out, a) = run(&events);
     let got: Vec<_> = out.iter().map(|r| (r.method.as_str(), r.path.as_str(), r.status, r.start_ns, r.end_ns, r.end)).collect();
-    assert_eq!(got, vec![("PING", "/health", Some(204), 900, 3_000, EndReason::Complete), ("PING", "/slow", Some(503), 4_000, 9_000, EndReason::Complete)]);
+    assert_eq!(
+        got,
+        vec![("PING", "/health", Some(204), 900, 3_000, EndReason::Complete), ("PING", "/slow", Some(503), 4_000, 9_000, EndReason::Complete)]
+    );
     assert_eq!(a.stats.non_http_phases, 1);
 }

@@ -12,9 +12,9 @@ pub mod classify;
 
 use serde::Serialize;
 
+use crate::event::Event;
 pub use classify::{Category, OffCpu};
 use classify::{STATE_RUNNING, classify};
-use crate::event::Event;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SysRec {
@@ -191,9 +191,9 @@ impl Timeline {
             if blocked == 0 {
                 continue;
             }
-            let ret = off.sys.and_then(|sys| {
-                log.syscalls.iter().find(|s| s.nr == sys.nr && s.enter_ts <= off.out_ts && s.exit_ts >= off.in_ts).map(|s| s.ret)
-            });
+            let ret = off
+                .sys
+                .and_then(|sys| log.syscalls.iter().find(|s| s.nr == sys.nr && s.enter_ts <= off.out_ts && s.exit_ts >= off.in_ts).map(|s| s.ret));
             let key = match classify(off, ret) {
                 Category::Disk => "disk_io",
                 Category::Net { peer } => {
@@ -223,8 +223,7 @@ impl Timeline {
             sleep: get("sleep"),
             other: get("other"),
         };
-        let mut net_peers: Vec<PeerWait> =
-            peers.into_iter().map(|(peer, (t, n))| PeerWait { peer, ms: ms(t), round_trips: n }).collect();
+        let mut net_peers: Vec<PeerWait> = peers.into_iter().map(|(peer, (t, n))| PeerWait { peer, ms: ms(t), round_trips: n }).collect();
         net_peers.sort_by(|a, b| b.ms.total_cmp(&a.ms));
 
         let mut by_nr: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
@@ -270,7 +269,12 @@ mod tests {
         // Request window [100 ms, 1000 ms] after 20 ms of queue.
         t.observe(&off(7, 150 * ms, 350 * ms, 352 * ms, 1, sys(nr::CLOCK_NANOSLEEP, -1, 0), WaitFacts::default()));
         t.observe(&off(7, 400 * ms, 600 * ms, 601 * ms, 1, sys(nr::POLL, 9, 1), sock("127.0.0.1:5432")));
-        t.observe(&Event::Syscall { hdr: Hdr { tgid: 1, tid: 7, ts: 601 * ms }, sys: Sys { nr: nr::POLL, fd: 9, arg: 1 }, enter_ts: 399 * ms, ret: 1 });
+        t.observe(&Event::Syscall {
+            hdr: Hdr { tgid: 1, tid: 7, ts: 601 * ms },
+            sys: Sys { nr: nr::POLL, fd: 9, arg: 1 },
+            enter_ts: 399 * ms,
+            ret: 1,
+        });
         t.observe(&off(7, 650 * ms, 700 * ms, 710 * ms, 1, sys(nr::FUTEX, -1, 0x1000), WaitFacts { fd: None, gil: true }));
         t.observe(&off(7, 720 * ms, 730 * ms, 731 * ms, 1, sys(nr::FUTEX, -1, 0x2000), WaitFacts::default()));
         t.observe(&off(7, 800 * ms, 800 * ms, 850 * ms, 0, None, WaitFacts::default()));
@@ -302,7 +306,14 @@ mod tests {
     #[test]
     fn open_waits_count_for_requests_still_running() {
         let t = Timeline::default();
-        let open = OffCpu { out_ts: 500, wake_ts: 1_000_000, in_ts: 1_000_000, state: 2, sys: sys(nr::READ, 4, 0), facts: WaitFacts { fd: Some(FdKind::File), gil: false } };
+        let open = OffCpu {
+            out_ts: 500,
+            wake_ts: 1_000_000,
+            in_ts: 1_000_000,
+            state: 2,
+            sys: sys(nr::READ, 4, 0),
+            facts: WaitFacts { fd: Some(FdKind::File), gil: false },
+        };
         let d = t.detail(9, 0, 1_000_000, 0, Some(&open));
         assert_eq!(d.breakdown.disk_io, super::ms(1_000_000 - 500));
     }

@@ -24,7 +24,8 @@ pub fn load(path: &std::path::Path) -> anyhow::Result<flame::Flames> {
         if v["type"] != "request" || v["profile"].is_null() {
             continue;
         }
-        let profile: Vec<ProfileEntry> = serde_json::from_value(v["profile"].clone()).with_context(|| format!("{}:{}: profile", path.display(), n + 1))?;
+        let profile: Vec<ProfileEntry> =
+            serde_json::from_value(v["profile"].clone()).with_context(|| format!("{}:{}: profile", path.display(), n + 1))?;
         let (method, path_s) = (v["method"].as_str().unwrap_or("?"), v["path"].as_str().unwrap_or("?"));
         flames.add(method, &route::normalize(path_s), &profile);
     }

@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use introspect_common::{
-    AcceptEvent, CloseEvent, ConnectEvent, DataEvent, DataPayloadEvent, EventHeader, FdEvent, OffCpuEvent, PAYLOAD_MAX, PY_FRAMES_MAX,
-    PeerKey, ProcEvent, SOCKADDR_MAX, StackEvent, SyscallEvent, data_flag, kind, stack_flag,
+    AcceptEvent, CloseEvent, ConnectEvent, DataEvent, DataPayloadEvent, EventHeader, FdEvent, OffCpuEvent, PAYLOAD_MAX, PY_FRAMES_MAX, PeerKey,
+    ProcEvent, SOCKADDR_MAX, StackEvent, SyscallEvent, data_flag, kind, stack_flag,
 };
 
 use super::{Dir, Event, FdOrigin, Hdr, Sys, WaitFacts};
@@ -293,8 +293,16 @@ pub mod tests {
         assert_eq!(sockaddr(&[0, 0, 0, 0]), None);
         assert_eq!(sockaddr(&[2, 0, 1]), None, "a truncated address names no peer");
         // The kernel event: a connect carries its address as passed.
-        let mut e = ConnectEvent { hdr: EventHeader { kind: kind::CONNECT, tgid: 10, tid: 11, ts: 5, ..Default::default() }, fd: 9, addr_len: 16, addr: [0; SOCKADDR_MAX] };
+        let mut e = ConnectEvent {
+            hdr: EventHeader { kind: kind::CONNECT, tgid: 10, tid: 11, ts: 5, ..Default::default() },
+            fd: 9,
+            addr_len: 16,
+            addr: [0; SOCKADDR_MAX],
+        };
         e.addr[..16].copy_from_slice(&v4);
-        assert_eq!(decoder().decode(&bytes_of(&e)).unwrap(), Event::Connect { hdr: Hdr { tgid: 10, tid: 11, ts: 5 }, fd: 9, peer: Some("10.0.0.7:5432".into()) });
+        assert_eq!(
+            decoder().decode(&bytes_of(&e)).unwrap(),
+            Event::Connect { hdr: Hdr { tgid: 10, tid: 11, ts: 5 }, fd: 9, peer: Some("10.0.0.7:5432".into()) }
+        );
     }
 }

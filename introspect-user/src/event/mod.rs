@@ -47,7 +47,9 @@ impl Sys {
 #[serde(rename_all = "snake_case")]
 pub enum FdKind {
     /// A socket, with its remote endpoint when known (`ip:port`, `unix:PATH`, `unix`).
-    Socket { peer: Option<String> },
+    Socket {
+        peer: Option<String>,
+    },
     File,
     Pipe,
     Other,
@@ -80,7 +82,13 @@ pub struct WaitFacts {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 pub enum Event {
-    Accept { hdr: Hdr, fd: i32, listen_fd: i32, peer: Option<SocketAddr>, enter_ts: u64 },
+    Accept {
+        hdr: Hdr,
+        fd: i32,
+        listen_fd: i32,
+        peer: Option<SocketAddr>,
+        enter_ts: u64,
+    },
     Data {
         hdr: Hdr,
         dir: Dir,
@@ -99,11 +107,22 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         outbound: bool,
     },
-    Close { hdr: Hdr, fd: i32 },
+    Close {
+        hdr: Hdr,
+        fd: i32,
+    },
     /// connect(fd) to `peer` (at the syscall's entry; `None`: an address family without one).
-    Connect { hdr: Hdr, fd: i32, peer: Option<String> },
+    Connect {
+        hdr: Hdr,
+        fd: i32,
+        peer: Option<String>,
+    },
     /// A new fd.
-    Fd { hdr: Hdr, fd: i32, origin: FdOrigin },
+    Fd {
+        hdr: Hdr,
+        fd: i32,
+        origin: FdOrigin,
+    },
     /// A serving thread was off the CPU: blocked from `out_ts` to `wake_ts`, runnable until
     /// `hdr.ts`.
     OffCpu {
@@ -117,7 +136,12 @@ pub enum Event {
         facts: WaitFacts,
     },
     /// A hooked syscall of a serving thread; `hdr.ts` is its return.
-    Syscall { hdr: Hdr, sys: Sys, enter_ts: u64, ret: i64 },
+    Syscall {
+        hdr: Hdr,
+        sys: Sys,
+        enter_ts: u64,
+        ret: i64,
+    },
     /// A stack of a thread serving a slow request: a CPU-clock sample (`on_cpu`), or taken as it
     /// left the CPU (`hdr.ts` is then that off-CPU interval's `out_ts`). The kernel's ids and raw
     /// Python frames are symbolized into `frames` by the live agent (and not recorded).
@@ -135,9 +159,19 @@ pub enum Event {
     /// A request on `hdr.tid` crossed the threshold and its stacks started being captured: the
     /// stack then, and since when it was off the CPU if it was. Written to recordings by the
     /// live agent, so replays reproduce stacks and profiles.
-    Slow { hdr: Hdr, stack: Vec<Frame>, off_cpu_since: Option<u64> },
-    Fork { hdr: Hdr, child: u32 },
-    Exit { hdr: Hdr, pid: u32 },
+    Slow {
+        hdr: Hdr,
+        stack: Vec<Frame>,
+        off_cpu_since: Option<u64>,
+    },
+    Fork {
+        hdr: Hdr,
+        child: u32,
+    },
+    Exit {
+        hdr: Hdr,
+        pid: u32,
+    },
 }
 
 impl Event {
@@ -157,4 +191,3 @@ impl Event {
         }
     }
 }
-

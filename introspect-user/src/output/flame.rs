@@ -72,10 +72,8 @@ impl Flames {
                 *acc.entry(root_first().collect::<Vec<_>>().join(";")).or_default() += on;
             }
             if off > 0 && kind != Kind::Cpu {
-                let frames: Vec<String> = root_first()
-                    .enumerate()
-                    .map(|(i, f)| if i == 0 || kind == Kind::Offcpu { f } else { format!("{f}{OFF_CPU_SUFFIX}") })
-                    .collect();
+                let frames: Vec<String> =
+                    root_first().enumerate().map(|(i, f)| if i == 0 || kind == Kind::Offcpu { f } else { format!("{f}{OFF_CPU_SUFFIX}") }).collect();
                 *acc.entry(frames.join(";")).or_default() += off;
             }
         }

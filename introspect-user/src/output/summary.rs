@@ -113,7 +113,6 @@ impl Summary {
         s.hist.record(r.duration_ns());
     }
 
-
     /// Routes ranked by total time consumed.
     pub fn rows(&self) -> Vec<EndpointRow> {
         let all_time: u64 = self.routes.values().map(|s| s.total_ns).sum();

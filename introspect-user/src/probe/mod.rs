@@ -79,11 +79,7 @@ const SAMPLER: &str = "sample_oncpu";
 /// kernel's default. A pid_max raised after the watch starts yields pids beyond the arrays; the
 /// kernel side counts those as map-full losses.
 fn pid_slots() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(1 << 22)
-        .clamp(32768, 1 << 22)
+    std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u32>().ok()).unwrap_or(1 << 22).clamp(32768, 1 << 22)
 }
 
 fn idle() -> ConnState {
@@ -173,7 +169,12 @@ impl Probes {
         // SAFETY: gettid has no preconditions.
         let me = unsafe { libc::gettid() } as u32;
         let link = prog
-            .attach(PerfEventConfig::Software(SoftwareEvent::CpuClock), PerfEventScope::OneProcess { pid: me, cpu: None }, SamplePolicy::Period(u64::MAX / 2), false)
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::OneProcess { pid: me, cpu: None },
+                SamplePolicy::Period(u64::MAX / 2),
+                false,
+            )
             .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
         prog.detach(link).map_err(|source| LoadError::Program { name: SAMPLER, source })?;
         Ok(lost)
@@ -182,12 +183,8 @@ impl Probes {
     /// Starts capturing a thread's stacks: on-CPU samples at `hz` and a stack each time it leaves
     /// the CPU.
     pub fn arm(&mut self, tid: u32, armed: Armed, walk: PyWalk, hz: u64) -> Result<(), LoadError> {
-        self.hash::<u32, PyWalk>(names::PY_WALK)?
-            .insert(armed.tgid, walk, 0)
-            .map_err(|source| LoadError::Map { name: names::PY_WALK, source })?;
-        self.hash::<u32, Armed>(names::ARMED)?
-            .insert(tid, armed, 0)
-            .map_err(|source| LoadError::Map { name: names::ARMED, source })?;
+        self.hash::<u32, PyWalk>(names::PY_WALK)?.insert(armed.tgid, walk, 0).map_err(|source| LoadError::Map { name: names::PY_WALK, source })?;
+        self.hash::<u32, Armed>(names::ARMED)?.insert(tid, armed, 0).map_err(|source| LoadError::Map { name: names::ARMED, source })?;
         let first = self.armed.is_empty();
         self.armed.insert(tid);
         if first {
@@ -203,7 +200,12 @@ impl Probes {
                 // switch for threads without events).
                 let link = self
                     .sampler()?
-                    .attach(PerfEventConfig::Software(SoftwareEvent::Dummy), PerfEventScope::CallingProcess { cpu: None }, SamplePolicy::Period(u64::MAX >> 1), false)
+                    .attach(
+                        PerfEventConfig::Software(SoftwareEvent::Dummy),
+                        PerfEventScope::CallingProcess { cpu: None },
+                        SamplePolicy::Period(u64::MAX >> 1),
+                        false,
+                    )
                     .map_err(|source| LoadError::Program { name: SAMPLER, source })?;
                 self.perf_hooks = Some(link);
             }
@@ -292,8 +294,10 @@ impl Probes {
     pub fn seed_conns(&mut self, served: &[(u32, i32, SocketAddr)], outbound: &[(u32, i32)]) -> Result<(), LoadError> {
         let map = self.ebpf.map_mut(names::CONNS).ok_or(LoadError::MissingMap(names::CONNS))?;
         // aya reads LRU hash maps through its HashMap type.
-        let mut map: HashMap<&mut MapData, ConnKey, ConnState> = HashMap::try_from(map).map_err(|source| LoadError::Map { name: names::CONNS, source })?;
-        let served = served.iter().map(|(tgid, fd, peer)| (*tgid, *fd, ConnState { peer: peer_key(peer), has_peer: 1, role: role::SERVED, ..idle() }));
+        let mut map: HashMap<&mut MapData, ConnKey, ConnState> =
+            HashMap::try_from(map).map_err(|source| LoadError::Map { name: names::CONNS, source })?;
+        let served =
+            served.iter().map(|(tgid, fd, peer)| (*tgid, *fd, ConnState { peer: peer_key(peer), has_peer: 1, role: role::SERVED, ..idle() }));
         let outbound = outbound.iter().map(|(tgid, fd)| (*tgid, *fd, ConnState { role: role::OUTBOUND, ..idle() }));
         for (tgid, fd, state) in served.chain(outbound) {
             map.insert(ConnKey { tgid, fd }, state, 0).map_err(|source| LoadError::Map { name: names::CONNS, source })?;
@@ -336,16 +340,11 @@ impl Probes {
     /// Kernel-side losses, summed over CPUs: (ring buffer full, map full, user read failed).
     pub fn losses(&self) -> Result<KernelLosses, LoadError> {
         let map = self.ebpf.map(names::COUNTERS).ok_or(LoadError::MissingMap(names::COUNTERS))?;
-        let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| LoadError::Map { name: names::COUNTERS, source })?;
+        let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|source| LoadError::Map { name: names::COUNTERS, source })?;
         let sum = |i: u32| -> Result<u64, LoadError> {
             Ok(arr.get(&i, 0).map_err(|source| LoadError::Map { name: names::COUNTERS, source })?.iter().sum())
         };
-        Ok(KernelLosses {
-            ringbuf_full: sum(counter::RINGBUF_FULL)?,
-            map_full: sum(counter::MAP_FULL)?,
-            read_failed: sum(counter::READ_FAILED)?,
-        })
+        Ok(KernelLosses { ringbuf_full: sum(counter::RINGBUF_FULL)?, map_full: sum(counter::MAP_FULL)?, read_failed: sum(counter::READ_FAILED)? })
     }
 }
 

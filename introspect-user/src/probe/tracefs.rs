@@ -10,9 +10,7 @@ use std::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
-    #[error(
-        "tracefs is not mounted and mounting it failed ({0}); run `mount -t tracefs nodev /sys/kernel/tracing` and try again"
-    )]
+    #[error("tracefs is not mounted and mounting it failed ({0}); run `mount -t tracefs nodev /sys/kernel/tracing` and try again")]
     Mount(std::io::Error),
     #[error("tracepoint {0} does not exist on this kernel (is CONFIG_FTRACE_SYSCALLS enabled?)")]
     Missing(String),

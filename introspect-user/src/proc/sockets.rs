@@ -55,11 +55,7 @@ pub fn parse_proc_net_tcp(text: &str) -> Vec<TcpSocket> {
 
 /// All TCP sockets of the host's network namespace (as seen by `pid`).
 pub fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
-    ["tcp", "tcp6"]
-        .iter()
-        .filter_map(|f| fs::read_to_string(format!("/proc/{pid}/net/{f}")).ok())
-        .flat_map(|t| parse_proc_net_tcp(&t))
-        .collect()
+    ["tcp", "tcp6"].iter().filter_map(|f| fs::read_to_string(format!("/proc/{pid}/net/{f}")).ok()).flat_map(|t| parse_proc_net_tcp(&t)).collect()
 }
 
 /// Unix sockets of the process's namespace: (inode, bound path or "").

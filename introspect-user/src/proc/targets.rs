@@ -52,15 +52,9 @@ pub fn with_descendants(roots: &[u32]) -> BTreeSet<u32> {
 
 /// The processes holding a socket listening on `port`.
 pub fn listeners(port: u16) -> Result<Vec<u32>, TargetError> {
-    let inodes: HashSet<u64> = tcp_sockets(std::process::id())
-        .into_iter()
-        .filter(|s| s.state == TCP_LISTEN && s.local.port() == port)
-        .map(|s| s.inode)
-        .collect();
-    let pids: Vec<u32> = all_pids()
-        .into_iter()
-        .filter(|&pid| socket_fds(pid).iter().any(|(_, ino)| inodes.contains(ino)))
-        .collect();
+    let inodes: HashSet<u64> =
+        tcp_sockets(std::process::id()).into_iter().filter(|s| s.state == TCP_LISTEN && s.local.port() == port).map(|s| s.inode).collect();
+    let pids: Vec<u32> = all_pids().into_iter().filter(|&pid| socket_fds(pid).iter().any(|(_, ino)| inodes.contains(ino))).collect();
     if pids.is_empty() {
         return Err(TargetError::NoListener(port));
     }

@@ -89,9 +89,7 @@ pub fn parse_response(prefix: &[u8]) -> Option<ResponseHead> {
             {
                 body = BodyLen::Length(n);
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            && value.to_ascii_lowercase().ends_with(b"chunked")
-        {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") && value.to_ascii_lowercase().ends_with(b"chunked") {
             // RFC 9112 §6.3: chunked wins over Content-Length.
             body = BodyLen::Chunked;
         }

@@ -21,7 +21,7 @@ use crate::{
     clock::{self, Clock},
     event::{
         Event, FdOrigin, Hdr,
-        decode::{Decoder, DecodeError},
+        decode::{DecodeError, Decoder},
     },
     output::{AgentCost, BpfProgram, Losses, Sink},
     probe::{EventRing, KernelLosses, Probes, tracefs},
@@ -225,7 +225,14 @@ fn agent_cost(probes: &Probes) -> AgentCost {
 }
 
 /// Everything in the ring buffer, through the pipeline; returns how many records there were.
-fn drain(ring: &mut EventRing, decoder: &Decoder, pipeline: &mut Pipeline<'_>, host: &mut Host, decode_errors: &mut u64, live: &mut BTreeSet<u32>) -> io::Result<u64> {
+fn drain(
+    ring: &mut EventRing,
+    decoder: &Decoder,
+    pipeline: &mut Pipeline<'_>,
+    host: &mut Host,
+    decode_errors: &mut u64,
+    live: &mut BTreeSet<u32>,
+) -> io::Result<u64> {
     ring.drain(
         |record| decoder.decode(record),
         |decoded: Result<Event, DecodeError>| match decoded {

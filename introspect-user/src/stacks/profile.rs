@@ -120,7 +120,14 @@ mod tests {
             p.observe(&stack(7, 10 + i, true, "burn"));
         }
         p.observe(&stack(7, 1_000, false, "sleep"));
-        p.observe(&Event::OffCpu { hdr: Hdr { tgid: 1, tid: 7, ts: 301_001_000 }, out_ts: 1_000, wake_ts: 301_000_000, state: 1, sys: None, facts: WaitFacts::default() });
+        p.observe(&Event::OffCpu {
+            hdr: Hdr { tgid: 1, tid: 7, ts: 301_001_000 },
+            out_ts: 1_000,
+            wake_ts: 301_000_000,
+            state: 1,
+            sys: None,
+            facts: WaitFacts::default(),
+        });
         let prof = p.finish(7).unwrap();
         assert_eq!(prof.len(), 2);
         assert_eq!((prof[0].stack[0].function.as_str(), prof[0].off_cpu_ms), ("sleep", 301.0));

@@ -44,7 +44,6 @@ pub fn gil_range(pid: u32, rt: &Runtime) -> Result<(u64, u64), PyError> {
     Ok((gil, gil + GIL_SIZE))
 }
 
-
 /// GIL ranges per process, found once each (forked workers inherit their parent's).
 #[derive(Default)]
 pub struct Gils {

@@ -122,14 +122,8 @@ fn from_debug_offsets(pid: u32, rt: &Runtime) -> Result<Layout, PyError> {
         return Err(PyError::Invalid(pid, rt.major, rt.minor, "free-threaded builds are not supported"));
     }
     // (size field, [member offsets]) per struct: every member must lie inside its struct.
-    let groups: [(usize, &[usize]); 6] = [
-        (24, &[40]),
-        (48, &[72]),
-        (152, &[168, 184, 192, 200]),
-        (224, &[232, 240, 248, 264]),
-        (272, &[280, 288, 296, 304, 312, 344]),
-        (536, &[552]),
-    ];
+    let groups: [(usize, &[usize]); 6] =
+        [(24, &[40]), (48, &[72]), (152, &[168, 184, 192, 200]), (224, &[232, 240, 248, 264]), (272, &[280, 288, 296, 304, 312, 344]), (536, &[552])];
     for (size_at, members) in groups {
         let size = at(size_at);
         if size == 0 || size > 1 << 20 || members.iter().any(|&m| at(m) >= size) {
@@ -167,7 +161,6 @@ pub fn layout(pid: u32, rt: &Runtime) -> Result<Layout, PyError> {
         (major, minor) => Err(PyError::Unsupported(major, minor)),
     }
 }
-
 
 /// Size of `struct _gil_runtime_state` (interval, last_holder, locked, switch_number, cond,
 /// mutex, switch_cond, switch_mutex: Include/internal/pycore_gil.h).

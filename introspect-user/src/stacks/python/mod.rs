@@ -102,10 +102,8 @@ impl Interp {
     /// Finds where glibc keeps the tid in `struct pthread`: an offset whose value is one of the
     /// process's thread ids (0x2d0 on glibc 2.36 x86_64, tried first).
     fn find_pthread_tid_offset(&self, pthread: u64) -> Option<u64> {
-        let tids: Vec<u32> = std::fs::read_dir(format!("/proc/{}/task", self.pid))
-            .ok()?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+        let tids: Vec<u32> =
+            std::fs::read_dir(format!("/proc/{}/task", self.pid)).ok()?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
         let mut buf = vec![0u8; 0x800];
         read_mem(self.pid, pthread, &mut buf).ok()?;
         let at = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().expect("4 bytes"));

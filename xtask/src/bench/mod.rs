@@ -8,8 +8,7 @@
 //! requests/s, and a burst.
 use std::{
     fs,
-    io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
+    io::{BufRead, BufReader, Read},
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -29,6 +28,13 @@ use introspect_tests::{
 use serde_json::{Value, json};
 
 use crate::{prepare, root};
+
+mod burst;
+mod serial;
+
+use burst::burst_server;
+pub use burst::serve_burst;
+use serial::serial_and_unrelated;
 
 const ROUNDS: usize = 5;
 const RUN_SECONDS: u64 = 5;
@@ -92,9 +98,8 @@ fn wrk(url: &str, threads: u32, conns: u32, seconds: u64) -> anyhow::Result<WrkR
 
 /// Pins a process (all its threads) to one CPU.
 fn pin(pid: u32, cpu: usize) {
-    let tids: Vec<u32> = fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
+    let tids: Vec<u32> =
+        fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()).unwrap_or_default();
     for tid in tids {
         pin_thread(tid, cpu);
     }
@@ -180,7 +185,14 @@ struct Tracer {
     stdout: Option<thread::JoinHandle<String>>,
 }
 
-fn start_tracer(cfg: Config, master: u32, threshold: &str, bin: &std::path::Path, venv: &std::path::Path, extra: &[&str]) -> anyhow::Result<Option<Tracer>> {
+fn start_tracer(
+    cfg: Config,
+    master: u32,
+    threshold: &str,
+    bin: &std::path::Path,
+    venv: &std::path::Path,
+    extra: &[&str],
+) -> anyhow::Result<Option<Tracer>> {
     let mut cmd = match cfg {
         Config::Baseline => return Ok(None),
         Config::Default | Config::Slow10 => {
@@ -194,7 +206,19 @@ fn start_tracer(cfg: Config, master: u32, threshold: &str, bin: &std::path::Path
         }
         Config::PySpy => {
             let mut c = Command::new(venv.join("bin/py-spy"));
-            c.args(["record", "--rate", "100", "--nonblocking", "--subprocesses", "--format", "raw", "-o", "/dev/null", "--pid", &master.to_string()]);
+            c.args([
+                "record",
+                "--rate",
+                "100",
+                "--nonblocking",
+                "--subprocesses",
+                "--format",
+                "raw",
+                "-o",
+                "/dev/null",
+                "--pid",
+                &master.to_string(),
+            ]);
             c
         }
     };
@@ -238,7 +262,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn measure(cfg: Config, server: &Gunicorn, url: &str, threshold: &str, bin: &std::path::Path, venv: &std::path::Path) -> anyhow::Result<(Run, Option<Value>)> {
+fn measure(
+    cfg: Config,
+    server: &Gunicorn,
+    url: &str,
+    threshold: &str,
+    bin: &std::path::Path,
+    venv: &std::path::Path,
+) -> anyhow::Result<(Run, Option<Value>)> {
     let workers = server.workers();
     let tracer = start_tracer(cfg, server.master_pid(), threshold, bin, venv, &[])?;
     let w0: f64 = workers.iter().map(|&p| exec_s(p)).sum();
@@ -273,58 +304,6 @@ fn measure(cfg: Config, server: &Gunicorn, url: &str, threshold: &str, bin: &std
         dropped: summary.as_ref().and_then(|s| s["dropped_events"].as_f64()).unwrap_or(0.0),
     };
     Ok((run, summary))
-}
-
-/// A minimal keep-alive HTTP server for the burst (Python cannot serve 20k requests/s on two
-/// cores; the tracer's ring buffer is what is under test). `/slow` answers after 600 ms.
-fn burst_server() -> anyhow::Result<(u16, Child)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    drop(listener);
-    // Re-exec this binary as the server so it is a separate process introspect can watch.
-    let child = Command::new(std::env::current_exe()?)
-        .args(["burst-server", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("burst server did not start");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    Ok((port, child))
-}
-
-/// The burst server's main loop (`cargo xtask burst-server PORT`, used by the bench only).
-pub fn serve_burst(port: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port))?;
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            let mut pending = Vec::new();
-            loop {
-                let n = match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                pending.extend_from_slice(&buf[..n]);
-                while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&pending[..end]).into_owned();
-                    pending.drain(..end + 4);
-                    if head.starts_with("GET /slow") {
-                        thread::sleep(Duration::from_millis(600));
-                    }
-                    if conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n").is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-    }
-    Ok(())
 }
 
 fn fmt_ratio(v: f64) -> String {
@@ -431,7 +410,13 @@ pub fn run() -> anyhow::Result<()> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|p| (p["program"].as_str().unwrap_or("?").to_string(), p["runs"].as_f64().unwrap_or(0.0) / r.requests, p["run_ms"].as_f64().unwrap_or(0.0) * 1e3 / r.requests))
+                .map(|p| {
+                    (
+                        p["program"].as_str().unwrap_or("?").to_string(),
+                        p["runs"].as_f64().unwrap_or(0.0) / r.requests,
+                        p["run_ms"].as_f64().unwrap_or(0.0) * 1e3 / r.requests,
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -545,8 +530,12 @@ pub fn run() -> anyhow::Result<()> {
     });
     fs::write(out_dir.join("bench.json"), serde_json::to_string_pretty(&bench)? + "\n")?;
 
-    println!("introspect overhead — {machine}, {date} (medians of {ROUNDS} alternating {RUN_SECONDS} s runs; wrk -t1 -c4; gunicorn sync 2 workers + Flask)\n");
-    println!("| endpoint | configuration | req/s | req/s ratio | p50 ratio | p99 ratio | added CPU µs/req (workers wrk tracer) | tracer CPU % | tracer peak RSS MiB | events/s | dropped |");
+    println!(
+        "introspect overhead — {machine}, {date} (medians of {ROUNDS} alternating {RUN_SECONDS} s runs; wrk -t1 -c4; gunicorn sync 2 workers + Flask)\n"
+    );
+    println!(
+        "| endpoint | configuration | req/s | req/s ratio | p50 ratio | p99 ratio | added CPU µs/req (workers wrk tracer) | tracer CPU % | tracer peak RSS MiB | events/s | dropped |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in &table {
         println!("{row}");
@@ -574,236 +563,4 @@ impl Drop for BurstServer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// One figure without and with the tracer (medians).
-#[derive(Clone, Copy)]
-struct Ab {
-    untraced: f64,
-    traced: f64,
-}
-
-impl Ab {
-    fn of(samples: &[Samples; 2], pick: fn(&Samples) -> &Vec<f64>) -> Self {
-        Self { untraced: median(pick(&samples[0]).clone()), traced: median(pick(&samples[1]).clone()) }
-    }
-
-    fn added(self) -> f64 {
-        self.traced - self.untraced
-    }
-
-    fn json(self) -> Value {
-        json!({"no_tracer": self.untraced, "introspect": self.traced, "added": self.added()})
-    }
-
-    /// "U unit untraced, T traced: +A unit" with `decimals` digits.
-    fn line(self, unit: &str, decimals: usize) -> String {
-        format!("{:.decimals$} {unit} untraced, {:.decimals$} traced: +{:.decimals$} {unit}", self.untraced, self.traced, self.added())
-    }
-}
-
-/// Per-run samples of one configuration (index 0 untraced, 1 traced).
-#[derive(Default)]
-struct Samples {
-    request_us: Vec<f64>,
-    pipe_us: Vec<f64>,
-    tcp_us: Vec<f64>,
-    getppid_ns: Vec<f64>,
-    futex_ns: Vec<f64>,
-}
-
-/// Results of the serial and unrelated-process measurements.
-struct Serial {
-    request_us: Ab,
-    /// The tracer's own CPU per request.
-    tracer_us: f64,
-    pipe_us: Ab,
-    tcp_us: Ab,
-    /// ns per call of an unhooked syscall and of a hooked futex.
-    getppid_ns: Ab,
-    futex_ns: Ab,
-}
-
-impl Serial {
-    fn json(&self) -> Value {
-        let mut hello = self.request_us.json();
-        hello["tracer_own_cpu"] = json!(self.tracer_us);
-        json!({
-            "hello_world_us_per_request": hello,
-            "unrelated_pipe_round_trip_us": self.pipe_us.json(),
-            "unrelated_tcp_round_trip_us": self.tcp_us.json(),
-            "unrelated_getppid_ns": self.getppid_ns.json(),
-            "unrelated_futex_wake_ns": self.futex_ns.json(),
-        })
-    }
-
-    fn print(&self) {
-        println!(
-            "\nSerial hello-world (1 worker, wrk -c1, both on CPU 1; tracer on CPU 0): {:.1} µs/request untraced, {:.1} traced: +{:.1} µs on the serving CPU, +{:.1} µs in the tracer, +{:.1} µs in all",
-            self.request_us.untraced,
-            self.request_us.traced,
-            self.request_us.added(),
-            self.tracer_us,
-            self.request_us.added() + self.tracer_us
-        );
-        println!("Unwatched process, pipe round trip (2 writes, 2 reads, 2 context switches): {}", self.pipe_us.line("µs", 2));
-        println!("Unwatched process, loopback TCP round trip (2 writes, 2 reads, 2 segments, 2 context switches): {}", self.tcp_us.line("µs", 2));
-        println!(
-            "Unwatched process, a syscall no program hooks (getppid): {} (every syscall of every process takes the tracing slow path while any syscall tracepoint is attached)",
-            self.getppid_ns.line("ns", 0)
-        );
-        println!("Unwatched process, an uncontended futex wake (hooked, rejected by the programs): {}", self.futex_ns.line("ns", 0));
-    }
-}
-
-const SERIAL_ROUNDS: usize = 5;
-
-fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow::Result<Serial> {
-    if thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        bail!("the serial measurement needs two CPUs");
-    }
-    let server = Gunicorn::start("flaskapp:app", 1, &[]);
-    pin(server.master_pid(), 1);
-    for w in server.workers() {
-        pin(w, 1);
-    }
-    let url = format!("http://127.0.0.1:{}/fast", server.port);
-    wrk_on(Some(1), &url, 1, 1, 2)?;
-    let mut samples: [Samples; 2] = Default::default();
-    let mut tracer_cpu = Vec::new();
-    for round in 0..SERIAL_ROUNDS {
-        for with in if round % 2 == 0 { [false, true] } else { [true, false] } {
-            let tracer = if with { start_tracer(Config::Default, server.master_pid(), "500ms", bin, venv, &[])? } else { None };
-            if let Some(t) = &tracer {
-                pin(t.pid, 0);
-            }
-            let t0 = tracer.as_ref().map_or(0.0, |t| exec_s(t.pid));
-            let r = wrk_on(Some(1), &url, 1, 1, 4)?;
-            let pipe = pipe_round_trip_us(1, 100_000)?;
-            let tcp = tcp_round_trip_us(1, 50_000)?;
-            let (ppid, futex) = syscall_loops_ns(1, 1_000_000)?;
-            if let Some(mut t) = tracer {
-                tracer_cpu.push((exec_s(t.pid) - t0) / r.requests.max(1.0) * 1e6);
-                t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
-            }
-            let s = &mut samples[usize::from(with)];
-            s.request_us.push(1e6 / r.rps);
-            s.pipe_us.push(pipe);
-            s.tcp_us.push(tcp);
-            s.getppid_ns.push(ppid);
-            s.futex_ns.push(futex);
-            eprintln!(
-                "bench: serial round {round} {}: {:.1} µs/request, pipe round trip {pipe:.2} µs, TCP round trip {tcp:.2} µs",
-                if with { "introspect" } else { "no tracer" },
-                1e6 / r.rps
-            );
-        }
-    }
-    Ok(Serial {
-        request_us: Ab::of(&samples, |s| &s.request_us),
-        tracer_us: median(tracer_cpu),
-        pipe_us: Ab::of(&samples, |s| &s.pipe_us),
-        tcp_us: Ab::of(&samples, |s| &s.tcp_us),
-        getppid_ns: Ab::of(&samples, |s| &s.getppid_ns),
-        futex_ns: Ab::of(&samples, |s| &s.futex_ns),
-    })
-}
-
-/// Two threads of this (unwatched) process on one CPU bounce a byte through two pipes; µs per
-/// round trip.
-fn pipe_round_trip_us(cpu: usize, rounds: u32) -> anyhow::Result<f64> {
-    let mut a = [0i32; 2];
-    let mut b = [0i32; 2];
-    // SAFETY: pipe fills the arrays.
-    if unsafe { libc::pipe(a.as_mut_ptr()) } != 0 || unsafe { libc::pipe(b.as_mut_ptr()) } != 0 {
-        bail!("pipe: {}", std::io::Error::last_os_error());
-    }
-    let echo = thread::spawn(move || {
-        pin_thread(0, cpu);
-        let mut byte = 0u8;
-        for _ in 0..rounds {
-            // SAFETY: valid fds and a one-byte buffer.
-            unsafe {
-                libc::read(a[0], (&raw mut byte).cast(), 1);
-                libc::write(b[1], (&raw const byte).cast(), 1);
-            }
-        }
-    });
-    let t = thread::spawn(move || {
-        pin_thread(0, cpu);
-        let start = Instant::now();
-        let mut byte = 1u8;
-        for _ in 0..rounds {
-            // SAFETY: as above.
-            unsafe {
-                libc::write(a[1], (&raw const byte).cast(), 1);
-                libc::read(b[0], (&raw mut byte).cast(), 1);
-            }
-        }
-        start.elapsed()
-    });
-    let elapsed = t.join().map_err(|_| anyhow::anyhow!("pipe thread panicked"))?;
-    echo.join().map_err(|_| anyhow::anyhow!("pipe thread panicked"))?;
-    for fd in a.into_iter().chain(b) {
-        // SAFETY: our fds.
-        unsafe { libc::close(fd) };
-    }
-    Ok(elapsed.as_secs_f64() * 1e6 / f64::from(rounds))
-}
-
-/// Two threads of this (unwatched) process on one CPU bounce a byte over a loopback TCP
-/// connection (no Nagle); µs per round trip.
-fn tcp_round_trip_us(cpu: usize, rounds: u32) -> anyhow::Result<f64> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let echo = thread::spawn(move || -> std::io::Result<()> {
-        pin_thread(0, cpu);
-        let (mut c, _) = listener.accept()?;
-        c.set_nodelay(true)?;
-        let mut byte = [0u8; 1];
-        for _ in 0..rounds {
-            c.read_exact(&mut byte)?;
-            c.write_all(&byte)?;
-        }
-        Ok(())
-    });
-    let t = thread::spawn(move || -> std::io::Result<Duration> {
-        pin_thread(0, cpu);
-        let mut c = TcpStream::connect(addr)?;
-        c.set_nodelay(true)?;
-        let mut byte = [1u8; 1];
-        let start = Instant::now();
-        for _ in 0..rounds {
-            c.write_all(&byte)?;
-            c.read_exact(&mut byte)?;
-        }
-        Ok(start.elapsed())
-    });
-    let elapsed = t.join().map_err(|_| anyhow::anyhow!("TCP thread panicked"))??;
-    echo.join().map_err(|_| anyhow::anyhow!("TCP thread panicked"))??;
-    Ok(elapsed.as_secs_f64() * 1e6 / f64::from(rounds))
-}
-
-/// ns per getppid (no program hooks it) and per uncontended FUTEX_WAKE (hooked), in a thread of
-/// this unwatched process pinned to `cpu`.
-fn syscall_loops_ns(cpu: usize, calls: u32) -> anyhow::Result<(f64, f64)> {
-    let t = thread::spawn(move || {
-        pin_thread(0, cpu);
-        let start = Instant::now();
-        for _ in 0..calls {
-            // SAFETY: getppid has no arguments and no side effects.
-            unsafe { libc::syscall(libc::SYS_getppid) };
-        }
-        let ppid = start.elapsed();
-        let word = 0u32;
-        let start = Instant::now();
-        for _ in 0..calls {
-            // SAFETY: a wake on a private word nobody waits on returns at once.
-            unsafe { libc::syscall(libc::SYS_futex, &raw const word, libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1, 0, 0, 0) };
-        }
-        (ppid, start.elapsed())
-    });
-    let (ppid, futex) = t.join().map_err(|_| anyhow::anyhow!("syscall loop panicked"))?;
-    let per = |d: Duration| d.as_secs_f64() * 1e9 / f64::from(calls);
-    Ok((per(ppid), per(futex)))
 }

@@ -27,6 +27,8 @@ pub struct Call {
     pub head: Option<RequestHead>,
     pub response: Option<ResponseHead>,
     pub end: EndReason,
+    /// The request its thread was serving when it began (the assembler's sequence number).
+    pub request_seq: Option<u64>,
 }
 
 struct Open {
@@ -43,7 +45,18 @@ pub struct Calls {
 impl Calls {
     /// A write or read on an outbound connection; a call it completes goes to `done`.
     #[expect(clippy::too_many_arguments, reason = "the fields of one data event")]
-    pub fn data(&mut self, hdr: &Hdr, dir: Dir, fd: i32, bytes: u64, enter_ts: u64, head: Option<&Head>, peer: Option<String>, done: &mut Vec<Call>) {
+    pub fn data(
+        &mut self,
+        hdr: &Hdr,
+        dir: Dir,
+        fd: i32,
+        bytes: u64,
+        enter_ts: u64,
+        head: Option<&Head>,
+        peer: Option<String>,
+        request_seq: Option<u64>,
+        done: &mut Vec<Call>,
+    ) {
         let key = (hdr.tgid, fd);
         match dir {
             Dir::Write => {
@@ -74,6 +87,7 @@ impl Calls {
                     head,
                     response: None,
                     end: EndReason::Delimited,
+                    request_seq,
                 };
                 self.open.insert(key, Open { call, response_bytes: 0 });
             }
@@ -104,11 +118,17 @@ impl Calls {
         }
     }
 
-    /// The connection's fd was closed at `ts`.
-    pub fn close(&mut self, tgid: u32, fd: i32, _ts: u64, done: &mut Vec<Call>) {
+    /// The connection's fd was closed.
+    pub fn close(&mut self, tgid: u32, fd: i32, done: &mut Vec<Call>) {
         if let Some(o) = self.open.remove(&(tgid, fd)) {
             done.push(finish(o, EndReason::Delimited));
         }
+    }
+
+    /// The calls still open that began in request `seq` (which is ending), finished.
+    pub fn take_made_in(&mut self, seq: u64) -> Vec<Call> {
+        let keys: Vec<_> = self.open.iter().filter(|(_, o)| o.call.request_seq == Some(seq)).map(|(k, _)| *k).collect();
+        keys.into_iter().filter_map(|k| self.open.remove(&k)).map(|o| finish(o, EndReason::Delimited)).collect()
     }
 
     /// The process exited at `ts`: a call still waiting for its response ends there.

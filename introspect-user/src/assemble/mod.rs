@@ -118,6 +118,8 @@ struct Open {
     wrote: bool,
     last_write_ns: u64,
     inflight_sent: bool,
+    /// Which request this is, among all the assembler has seen (calls are matched by it).
+    seq: u64,
     calls: Vec<Call>,
     calls_total: u64,
 }
@@ -133,27 +135,39 @@ struct Conn {
     open: Option<Open>,
 }
 
+/// The request a thread is serving: its connection and sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Serving {
+    key: (u32, i32),
+    seq: u64,
+}
+
+/// What finishing a request touches besides its connection (kept apart from `conns` so both can
+/// be borrowed at once).
+#[derive(Default)]
+struct Parts {
+    /// The request each thread is serving.
+    serving: HashMap<u32, Serving>,
+    calls: Calls,
+    next_seq: u64,
+    stats: AssemblerStats,
+}
+
 pub struct Assembler {
     /// Served connections by (tgid, fd).
     conns: HashMap<(u32, i32), Conn>,
-    /// The served connection whose request each thread is serving.
-    serving: HashMap<u32, (u32, i32)>,
-    calls: Calls,
+    parts: Parts,
     fds: FdTable,
     threshold_ns: u64,
-    pub stats: AssemblerStats,
 }
 
 impl Assembler {
     pub fn new(threshold_ns: u64) -> Self {
-        Self {
-            conns: HashMap::new(),
-            serving: HashMap::new(),
-            calls: Calls::default(),
-            fds: FdTable::default(),
-            threshold_ns,
-            stats: AssemblerStats::default(),
-        }
+        Self { conns: HashMap::new(), parts: Parts::default(), fds: FdTable::default(), threshold_ns }
+    }
+
+    pub fn stats(&self) -> &AssemblerStats {
+        &self.parts.stats
     }
 
     /// A connection that was already open when watching started.
@@ -182,7 +196,8 @@ impl Assembler {
             }
             Event::Data { hdr, dir, fd, bytes, enter_ts, head, outbound: true, .. } => {
                 let peer = self.fds.peer(hdr.tgid, *fd);
-                self.calls.data(hdr, *dir, *fd, *bytes, *enter_ts, head.as_ref(), peer, &mut done);
+                let serving = self.parts.serving.get(&hdr.tid).map(|s| s.seq);
+                self.parts.calls.data(hdr, *dir, *fd, *bytes, *enter_ts, head.as_ref(), peer, serving, &mut done);
             }
             Event::Data { hdr, dir: Dir::Read, fd, bytes, enter_ts, arrival_ts, head, comm, .. } => {
                 self.on_read(hdr, *fd, *bytes, *enter_ts, *arrival_ts, head.as_ref(), comm.as_deref(), out)
@@ -192,7 +207,7 @@ impl Assembler {
             // dup2/dup3 onto an open fd closed it.
             Event::Fd { hdr, fd, origin: FdOrigin::Dup { from } } if from != fd => self.closed(hdr, *fd, out, &mut done),
             Event::Exit { hdr, pid } => {
-                self.calls.exit(*pid, hdr.ts, &mut done);
+                self.parts.calls.exit(*pid, hdr.ts, &mut done);
                 let keys: Vec<_> = self.conns.keys().filter(|(tgid, _)| tgid == pid).copied().collect();
                 for key in keys {
                     if let Some(conn) = self.conns.remove(&key) {
@@ -216,24 +231,22 @@ impl Assembler {
     }
 
     fn closed(&mut self, hdr: &Hdr, fd: i32, out: &mut Vec<Request>, done: &mut Vec<Call>) {
-        self.calls.close(hdr.tgid, fd, hdr.ts, done);
+        self.parts.calls.close(hdr.tgid, fd, done);
         if let Some(conn) = self.conns.remove(&(hdr.tgid, fd)) {
             self.end((hdr.tgid, fd), conn, hdr.ts, EndReason::Delimited, out);
         }
     }
 
-    /// A completed call joins the request its thread is serving.
+    /// A completed call joins the request its thread was serving when the call began, if that
+    /// request is still open.
     fn attach(&mut self, call: Call) {
-        self.stats.calls += 1;
-        let open = self.serving.get(&call.tid).and_then(|key| self.conns.get_mut(key)).and_then(|c| c.open.as_mut());
-        match open {
-            Some(open) => {
-                open.calls_total += 1;
-                if open.calls.len() < MAX_CALLS {
-                    open.calls.push(call);
-                }
+        let serving = self.parts.serving.get(&call.tid).copied().filter(|s| Some(s.seq) == call.request_seq);
+        match serving.and_then(|s| self.conns.get_mut(&s.key)).and_then(|c| c.open.as_mut()) {
+            Some(open) => keep_call(open, call, &mut self.parts.stats),
+            None => {
+                self.parts.stats.calls += 1;
+                self.parts.stats.calls_outside_requests += 1;
             }
-            None => self.stats.calls_outside_requests += 1,
         }
     }
 
@@ -257,7 +270,7 @@ impl Assembler {
             if conn.open.as_ref().is_some_and(|o| o.wrote)
                 && let Some(open) = conn.open.take()
             {
-                Self::finish(key, conn, open, EndReason::Delimited, None, &mut self.serving, &mut self.stats, out);
+                Self::finish(key, conn, open, EndReason::Delimited, None, &mut self.parts, out);
             }
             return;
         }
@@ -265,7 +278,7 @@ impl Assembler {
             Some(Head::Request(req)) => {
                 if let Some(prev) = conn.open.take() {
                     // The next request on a keep-alive connection delimits the previous one.
-                    Self::finish(key, conn, prev, EndReason::Delimited, Some(hdr.ts), &mut self.serving, &mut self.stats, out);
+                    Self::finish(key, conn, prev, EndReason::Delimited, Some(hdr.ts), &mut self.parts, out);
                 }
                 // The arrival belongs to this request only if it came after the previous one ended.
                 let arrival = arrival_ts.filter(|&a| a >= conn.last_end_ns && a <= hdr.ts);
@@ -286,15 +299,17 @@ impl Assembler {
                     wrote: false,
                     last_write_ns: 0,
                     inflight_sent: false,
+                    seq: self.parts.next_seq,
                     calls: Vec::new(),
                     calls_total: 0,
                 });
-                self.serving.insert(hdr.tid, key);
+                self.parts.serving.insert(hdr.tid, Serving { key, seq: self.parts.next_seq });
+                self.parts.next_seq += 1;
             }
             // A body, or bytes after an interim (1xx) response: part of the open request.
             _ => match conn.open.as_mut() {
                 Some(open) => open.bytes_in += bytes,
-                None if head.is_some() && !conn.recognised => self.stats.non_http_phases += 1,
+                None if head.is_some() && !conn.recognised => self.parts.stats.non_http_phases += 1,
                 None => {}
             },
         }
@@ -321,39 +336,34 @@ impl Assembler {
         let head_request = open.method == "HEAD";
         let done = open.response.and_then(|r| r.total_len(head_request)).is_some_and(|total| open.response_bytes >= total);
         if done && let Some(open) = conn.open.take() {
-            Self::finish(key, conn, open, EndReason::Complete, None, &mut self.serving, &mut self.stats, out);
+            Self::finish(key, conn, open, EndReason::Complete, None, &mut self.parts, out);
         }
     }
 
     /// Ends what is open on a connection that is going away at `ts`.
     fn end(&mut self, key: (u32, i32), mut conn: Conn, ts: u64, reason: EndReason, out: &mut Vec<Request>) {
         if let Some(open) = conn.open.take() {
-            Self::finish(key, &mut conn, open, reason, Some(ts), &mut self.serving, &mut self.stats, out);
+            Self::finish(key, &mut conn, open, reason, Some(ts), &mut self.parts, out);
         }
     }
 
-    #[expect(clippy::too_many_arguments, reason = "split borrows of the assembler's parts")]
-    fn finish(
-        key: (u32, i32),
-        conn: &mut Conn,
-        open: Open,
-        reason: EndReason,
-        end_ns: Option<u64>,
-        serving: &mut HashMap<u32, (u32, i32)>,
-        stats: &mut AssemblerStats,
-        out: &mut Vec<Request>,
-    ) {
+    fn finish(key: (u32, i32), conn: &mut Conn, mut open: Open, reason: EndReason, end_ns: Option<u64>, parts: &mut Parts, out: &mut Vec<Request>) {
         // A response that was written ended with its last write; one never written (or cut off
         // by the worker's death) ends when its connection or process did.
         let end_ns = match end_ns {
             Some(ts) if !open.wrote || reason == EndReason::ProcessExit => ts,
             _ => open.last_write_ns,
         };
-        if serving.get(&open.reader_tid) == Some(&key) {
-            serving.remove(&open.reader_tid);
+        if parts.serving.get(&open.reader_tid).is_some_and(|s| s.seq == open.seq) {
+            parts.serving.remove(&open.reader_tid);
+        }
+        // Its calls end with it at the latest (without a parser, a call on a kept connection
+        // would otherwise end only at the next one, in a later request).
+        for call in parts.calls.take_made_in(open.seq) {
+            keep_call(&mut open, call, &mut parts.stats);
         }
         conn.last_end_ns = end_ns;
-        stats.requests += 1;
+        parts.stats.requests += 1;
         out.push(Request {
             pid: key.0,
             tid: open.writer_tid.unwrap_or(open.reader_tid),
@@ -404,6 +414,14 @@ impl Assembler {
 
     /// At the end of a watch: how many requests were still running.
     pub fn close(&mut self) {
-        self.stats.open_at_exit = self.open_requests() as u64;
+        self.parts.stats.open_at_exit = self.open_requests() as u64;
+    }
+}
+
+fn keep_call(open: &mut Open, call: Call, stats: &mut AssemblerStats) {
+    stats.calls += 1;
+    open.calls_total += 1;
+    if open.calls.len() < MAX_CALLS {
+        open.calls.push(call);
     }
 }

@@ -131,7 +131,7 @@ fn bytes_that_are_not_http_are_counted_not_reported() {
     };
     let (out, a) = run(&[accept(7, 1_000), other, Event::Close { hdr: h(101, 3_000), fd: 7 }]);
     assert!(out.is_empty());
-    assert_eq!(a.stats.non_http_phases, 1);
+    assert_eq!(a.stats().non_http_phases, 1);
 }
 
 fn outbound(tid: u32, dir: Dir, fd: i32, ts: u64, bytes: u64) -> Event {
@@ -165,8 +165,30 @@ fn calls_on_outbound_connections_join_the_request_their_thread_serves() {
     assert_eq!((calls[0].start_ns, calls[0].end_ns, calls[0].bytes_out, calls[0].bytes_in), (2_990, 4_500, 40, 120));
     assert_eq!((calls[1].start_ns, calls[1].end_ns, calls[1].bytes_in), (4_990, 6_000, 10));
     assert!(calls.iter().all(|c| c.peer == db && c.tid == 101));
-    assert_eq!((a.stats.calls, a.stats.calls_outside_requests), (3, 1));
+    assert_eq!((a.stats().calls, a.stats().calls_outside_requests), (3, 1));
     assert_eq!(a.fds().get(T, 9), None, "closed fds are forgotten");
+}
+
+#[test]
+fn a_call_on_a_kept_connection_ends_with_its_request_and_never_joins_a_later_one() {
+    let (out, a) = run(&[
+        accept(7, 1_000),
+        Event::Connect { hdr: h(101, 1_100), fd: 9, peer: Some("10.0.0.5:6379".into()) },
+        req(101, 7, 2_000, None, "GET", "/a"),
+        outbound(101, Dir::Write, 9, 3_000, 40),
+        outbound(101, Dir::Read, 9, 4_000, 100),
+        resp(101, 7, 5_000, 200, 100, BodyLen::Length(0), 100),
+        // After the response, before the next request: the thread's own business.
+        outbound(101, Dir::Write, 9, 6_000, 40),
+        outbound(101, Dir::Read, 9, 6_500, 10),
+        req(101, 7, 7_000, None, "GET", "/b"),
+        outbound(101, Dir::Write, 9, 8_000, 40),
+        outbound(101, Dir::Read, 9, 9_000, 100),
+        resp(101, 7, 10_000, 200, 100, BodyLen::Length(0), 100),
+    ]);
+    let calls: Vec<_> = out.iter().map(|r| r.calls.iter().map(|c| (c.start_ns, c.end_ns)).collect::<Vec<_>>()).collect();
+    assert_eq!(calls, vec![vec![(2_990, 4_000)], vec![(7_990, 9_000)]]);
+    assert_eq!((a.stats().calls, a.stats().calls_outside_requests), (3, 1));
 }
 
 /// A protocol that exists only here: `PING <what>\n` asks, `PONG <status> <len>\n` and `len`
@@ -222,5 +244,5 @@ fn a_protocol_is_one_impl_of_the_trait() {
         got,
         vec![("PING", "/health", Some(204), 900, 3_000, EndReason::Complete), ("PING", "/slow", Some(503), 4_000, 9_000, EndReason::Complete)]
     );
-    assert_eq!(a.stats.non_http_phases, 1);
+    assert_eq!(a.stats().non_http_phases, 1);
 }

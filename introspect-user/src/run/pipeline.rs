@@ -263,8 +263,8 @@ impl<'a> Pipeline<'a> {
 
     pub fn finish(&mut self, now_ns: u64) -> io::Result<()> {
         self.asm.close();
-        self.counts.open_at_exit = self.asm.stats.open_at_exit;
-        self.counts.non_http = self.asm.stats.non_http_phases;
+        self.counts.open_at_exit = self.asm.stats().open_at_exit;
+        self.counts.non_http = self.asm.stats().non_http_phases;
         self.counts.stacks.oncpu_samples = self.profiles.oncpu_samples;
         self.counts.stacks.offcpu_stacks = self.profiles.offcpu_stacks;
         let state = State { now_ns, summary: &self.summary, counts: &self.counts };

@@ -143,19 +143,7 @@ pub fn syscalls_enter_connect(ctx: TracePointContext) -> u32 {
     }
     if thread_bits(tid) & thread::SERVING != 0 {
         // A wait of the request's own (a slow or refused connection).
-        let pending = Pending {
-            kind: kind::SYSCALL,
-            buf_kind: buf_kind::NONE,
-            first: 0,
-            role: role::OUTBOUND,
-            also_syscall: 0,
-            _pad: [0; 2],
-            fd,
-            buf: 0,
-            enter_ts: now(),
-            sys: SysCtx { nr: nr(&ctx), fd, arg: 0 },
-        };
-        remember(tid, pending);
+        remember(tid, Pending::syscall(SysCtx { nr: nr(&ctx), fd, arg: 0 }, now()));
     }
     0
 }

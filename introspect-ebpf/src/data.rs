@@ -55,18 +55,7 @@ fn data_enter(ctx: &TracePointContext, buf_kind: u8, dir: u16) -> u32 {
             let sys = if conn_role == role::SERVED { SysCtx { arg: CLIENT_CONN, ..sys } } else { sys };
             Pending { kind: dir, buf_kind, first: first as u8, role: conn_role, also_syscall: 0, _pad: [0; 2], fd, buf, enter_ts: now(), sys }
         }
-        _ if serving => Pending {
-            kind: kind::SYSCALL,
-            buf_kind: buf_kind::NONE,
-            first: 0,
-            role: role::SERVED,
-            also_syscall: 0,
-            _pad: [0; 2],
-            fd,
-            buf: 0,
-            enter_ts: now(),
-            sys,
-        },
+        _ if serving => Pending::syscall(sys, now()),
         _ => return 0,
     };
     remember(tid, pending);

@@ -143,6 +143,26 @@ pub struct Pending {
     pub sys: SysCtx,
 }
 
+impl Pending {
+    /// A hooked syscall of a serving thread that is not on a connection: reported as a syscall,
+    /// and what it waits for classified by `sys`.
+    #[inline(always)]
+    pub fn syscall(sys: SysCtx, enter_ts: u64) -> Self {
+        Pending {
+            kind: introspect_common::kind::SYSCALL,
+            buf_kind: buf_kind::NONE,
+            first: 0,
+            role: introspect_common::role::SERVED,
+            also_syscall: 0,
+            _pad: [0; 2],
+            fd: sys.fd,
+            buf: 0,
+            enter_ts,
+            sys,
+        }
+    }
+}
+
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {

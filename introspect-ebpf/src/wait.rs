@@ -7,13 +7,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use introspect_common::{
-    SysCtx, kind,
+    SysCtx,
     nr::{FUTEX as NR_FUTEX, POLL as NR_POLL, PPOLL as NR_PPOLL, PSELECT6 as NR_PSELECT6, SELECT as NR_SELECT},
-    role,
 };
 
 use crate::{
-    maps::{Pending, buf_kind, thread, thread_bits},
+    maps::{Pending, thread, thread_bits},
     syscall::{arg, arg_any, now, nr, remember},
 };
 
@@ -51,18 +50,6 @@ pub fn syscalls_enter_blocking(ctx: TracePointContext) -> u32 {
         }
         _ => SysCtx { nr, fd: a0 as i32, arg: arg_any(&ctx, 3) },
     };
-    let pending = Pending {
-        kind: kind::SYSCALL,
-        buf_kind: buf_kind::NONE,
-        first: 0,
-        role: role::SERVED,
-        also_syscall: 0,
-        _pad: [0; 2],
-        fd: sys.fd,
-        buf: 0,
-        enter_ts: now(),
-        sys,
-    };
-    remember(tid, pending);
+    remember(tid, Pending::syscall(sys, now()));
     0
 }

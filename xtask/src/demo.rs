@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use introspect_tests::{client::Client, introspect::Watch, server::Gunicorn};
+use introspect_tests::{client::Client, introspect::Watch, postgres::Postgres, server::Gunicorn};
 use serde_json::Value;
 
 use crate::{prepare, root};
@@ -19,28 +19,29 @@ use crate::{prepare, root};
 const LOAD_SECONDS: u64 = 40;
 const CLIENTS: usize = 4;
 
-/// A fixed mix of endpoints: mostly fast, some sleepy, some CPU-bound, some failing.
+/// A fixed mix of endpoints: mostly fast, some sleepy, some CPU-bound, some waiting on the
+/// database, some failing.
 fn path_for(n: u64) -> String {
     // A small LCG so the demo is the same every run.
     let r = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33;
     match r % 100 {
-        0..=64 => format!("/fast/{n}"),
-        65..=79 => format!("/sleep/{}", 100 + (r / 100) % 8 * 100),
-        80..=89 => format!("/cpu/{}", 50 + (r / 100) % 8 * 50),
+        0..=61 => format!("/fast/{n}"),
+        62..=75 => format!("/sleep/{}", 100 + (r / 100) % 8 * 100),
+        76..=84 => format!("/cpu/{}", 50 + (r / 100) % 8 * 50),
+        85..=89 => format!("/db/sleep/{}", 200 + (r / 100) % 4 * 100),
         90..=94 => "/fail".to_string(),
         _ => format!("/status/404/{n}"),
     }
 }
 
-/// "sleep 499.2 ms" for the largest part of a breakdown.
+/// "mostly sleep 499 ms" for the largest part of a breakdown ("on 127.0.0.1:5432" for network).
 fn dominant(line: &Value) -> String {
     let Some(parts) = line["breakdown_ms"].as_object() else { return String::new() };
-    parts
-        .iter()
-        .filter_map(|(k, v)| Some((k, v.as_f64()?)))
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(k, v)| format!("mostly {k} {v:.0} ms"))
-        .unwrap_or_default()
+    let Some((k, v)) = parts.iter().filter_map(|(k, v)| Some((k, v.as_f64()?))).max_by(|a, b| a.1.total_cmp(&b.1)) else { return String::new() };
+    match line["net_peers"][0]["peer"].as_str() {
+        Some(peer) if k == "net_io" => format!("mostly {k} {v:.0} ms on {peer}"),
+        _ => format!("mostly {k} {v:.0} ms"),
+    }
 }
 
 /// The innermost Python frame of a stack: where the request was.
@@ -86,8 +87,12 @@ pub fn run() -> anyhow::Result<()> {
     let out_dir = root().join("demo-out");
     fs::create_dir_all(&out_dir)?;
 
-    eprintln!("demo: starting gunicorn (gthread: 2 workers x 4 threads) with tests/apps/flaskapp.py");
-    let server = Gunicorn::start("flaskapp:app", 2, &["--worker-class", "gthread", "--threads", "4"]);
+    eprintln!("demo: starting PostgreSQL, then gunicorn (gthread: 2 workers x 4 threads) with tests/apps/flaskapp.py");
+    let pg = Postgres::start();
+    // A new database connection for every request, closed when it ends: Django's default.
+    let dsn = pg.dsn();
+    let env = [("INTROSPECT_PG_DSN", dsn.as_str()), ("INTROSPECT_PG_PERSISTENT", "0")];
+    let server = Gunicorn::start_with_env("flaskapp:app", 2, &["--worker-class", "gthread", "--threads", "4"], &env);
     let port = server.port.to_string();
     let recording = out_dir.join("events.recording");
     let flamegraph = out_dir.join("slow.svg");
@@ -148,6 +153,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     fs::write(out_dir.join("introspect.stderr"), stderr)?;
     drop(server);
+    drop(pg);
 
     if let Some(s) = summary {
         eprintln!(

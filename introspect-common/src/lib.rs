@@ -27,6 +27,7 @@ pub mod names {
     pub const ARMED: &str = "ARMED";
     pub const ARMED_ANY: &str = "ARMED_ANY";
     pub const STACKS: &str = "STACKS";
+    pub const HEARTBEATS: &str = "HEARTBEATS";
     /// Offsets of tracepoint fields that are not fixed by the syscall ABI, read from tracefs.
     pub const G_OFFSETS: &str = "OFFSETS";
     /// What the kernel side copies, set at load time ([`crate::Settings`]).
@@ -57,6 +58,13 @@ pub mod kind {
     pub const OPEN: u16 = 18;
     /// `dup`, `dup2` or `dup3` returned an fd: [`FdEvent`].
     pub const DUP: u16 = 19;
+    /// A signal to a watched process or to a thread serving a request (`hdr` names the sender):
+    /// [`SignalEvent`].
+    pub const SIGNAL: u16 = 24;
+    /// The OOM killer chose a watched process: [`OomEvent`].
+    pub const OOM: u16 = 25;
+    /// A thread of a watched process called exit_group: [`ProcEvent`], `code` the exit code.
+    pub const EXIT_CALL: u16 = 26;
 }
 
 /// Flags on a [`StackEvent`].
@@ -66,6 +74,9 @@ pub mod stack_flag {
     /// Taken as the armed thread left the CPU; `hdr.ts` equals the `out_ts` of its off-CPU
     /// interval.
     pub const OFF_CPU: u16 = 1 << 1;
+    /// Taken as a fatal signal was delivered to a serving thread: where it was when it was
+    /// killed (or when its handler was about to run).
+    pub const SIGNAL: u16 = 1 << 2;
 }
 
 /// Flags on a [`DataEvent`].
@@ -210,17 +221,56 @@ pub struct FdEvent {
 }
 const _: () = assert!(size_of::<FdEvent>() == 40);
 
-/// A tracked process forked a child (now tracked too), or a tracked process exited.
+/// A tracked process forked a child (now tracked too), exited, or called exit_group.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcEvent {
     pub hdr: EventHeader,
-    /// FORK: the new process. EXIT: the process that exited.
+    /// FORK: the new process. EXIT, EXIT_CALL: the process exiting.
     pub pid: u32,
-    pub _pad: u32,
+    /// EXIT_CALL: the exit code passed to exit_group.
+    pub code: i32,
     pub comm: [u8; 16],
 }
 const _: () = assert!(size_of::<ProcEvent>() == 48);
+
+/// A signal generated for a watched process or a serving thread, in the sender's context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SignalEvent {
+    /// The sender (the current task when the signal was generated: the kernel's own signals, an
+    /// OOM kill or a fault, are sent in some task's context too).
+    pub hdr: EventHeader,
+    /// The process (or thread) signalled.
+    pub target: u32,
+    pub sig: i32,
+    /// si_code: SI_USER 0 (kill), SI_TKILL -6 (tgkill), SI_KERNEL 128 (the kernel: the OOM
+    /// killer), a fault's code for SIGSEGV and its kin.
+    pub code: i32,
+    /// 1 when sent to the whole process, 0 to one thread.
+    pub group: i32,
+    /// The tracepoint's result: 0 delivered, 2 already pending, 3 and 4 lost (ignored signals
+    /// are not reported).
+    pub result: i32,
+    pub _pad: u32,
+    /// The sender's command.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<SignalEvent>() == 64);
+
+/// oom:mark_victim for a watched process: its memory when the OOM killer chose it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OomEvent {
+    pub hdr: EventHeader,
+    pub pid: u32,
+    pub _pad: u32,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+}
+const _: () = assert!(size_of::<OomEvent>() == 64);
 
 /// The syscall a thread was in, as far as the hooked syscalls tell.
 #[repr(C)]
@@ -387,9 +437,20 @@ pub struct TracepointOffsets {
     pub switch_prev_state: u16,
     pub switch_next_pid: u16,
     pub wakeup_pid: u16,
-    pub _pad: [u16; 2],
+    pub signal_pid: u16,
+    pub signal_sig: u16,
+    pub signal_code: u16,
+    pub signal_group: u16,
+    pub signal_result: u16,
+    pub deliver_sig: u16,
+    pub oom_pid: u16,
+    pub oom_total_vm: u16,
+    pub oom_anon_rss: u16,
+    pub oom_file_rss: u16,
+    pub oom_shmem_rss: u16,
+    pub _pad: [u16; 3],
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 24);
+const _: () = assert!(size_of::<TracepointOffsets>() == 48);
 
 /// What the kernel side copies, set at load time.
 #[repr(C)]

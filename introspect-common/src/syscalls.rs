@@ -30,9 +30,11 @@ pub mod nr {
     pub const FDATASYNC: u32 = 75;
     pub const FUTEX: u32 = 202;
     pub const CLOCK_NANOSLEEP: u32 = 230;
+    pub const EXIT_GROUP: u32 = 231;
     pub const OPENAT: u32 = 257;
     pub const PSELECT6: u32 = 270;
     pub const PPOLL: u32 = 271;
+    pub const UTIMENSAT: u32 = 280;
     pub const ACCEPT4: u32 = 288;
     pub const DUP3: u32 = 292;
     pub const PREADV: u32 = 295;
@@ -54,6 +56,8 @@ pub mod prog {
     pub const CONNECT: &str = "syscalls_enter_connect";
     pub const FD: &str = "syscalls_enter_fd";
     pub const CLOSE: &str = "syscalls_enter_close";
+    pub const EXIT_GROUP: &str = "syscalls_enter_exit_group";
+    pub const UTIMENSAT: &str = "syscalls_enter_utimensat";
     /// The exit of every hooked syscall but accept: the enter side recorded what it was.
     pub const EXIT: &str = "syscalls_exit";
 }
@@ -107,15 +111,18 @@ pub struct Syscall {
     /// index): the loader checks each is where the syscall ABI puts argument `index`.
     pub args: &'static [(&'static str, u8)],
     pub wait: Wait,
-    /// Without it introspect still works, with less: its tracepoint may be missing.
-    pub optional: bool,
+    /// `Some(what is lost)`: without it introspect still works, with less (its tracepoint may be
+    /// missing on a kernel).
+    pub optional: Option<&'static str>,
 }
 
 const fn sc(nr: u32, name: &'static str, enter: &'static str, fd: FdArg, args: &'static [(&'static str, u8)], wait: Wait) -> Syscall {
-    Syscall { nr, name, tp: name, enter, exit: Exit::Shared, fd, args, wait, optional: false }
+    Syscall { nr, name, tp: name, enter, exit: Exit::Shared, fd, args, wait, optional: None }
 }
 
 const FD0: FdArg = FdArg::Arg(0);
+
+const FDS_FROM_PROC: Option<&str> = Some("what the fds it makes are is looked up in /proc instead, and missed once they are closed");
 
 /// Every hooked syscall.
 pub const TABLE: &[Syscall] = &[
@@ -156,11 +163,24 @@ pub const TABLE: &[Syscall] = &[
     // per connection, and an fd it makes is a number no open fd has, so userspace finds it
     // unknown and looks it up in /proc once.
     sc(nr::OPENAT, "openat", prog::FD, FdArg::Arg(0), &[("dfd", 0)], Wait::Plain),
-    Syscall { optional: true, ..sc(nr::SOCKET, "socket", prog::FD, FdArg::None, &[("family", 0), ("type", 1)], Wait::Plain) },
-    Syscall { optional: true, ..sc(nr::DUP, "dup", prog::FD, FD0, &[("fildes", 0)], Wait::Plain) },
-    Syscall { optional: true, ..sc(nr::DUP2, "dup2", prog::FD, FD0, &[("oldfd", 0), ("newfd", 1)], Wait::Plain) },
-    Syscall { optional: true, ..sc(nr::DUP3, "dup3", prog::FD, FD0, &[("oldfd", 0), ("newfd", 1)], Wait::Plain) },
+    Syscall { optional: FDS_FROM_PROC, ..sc(nr::SOCKET, "socket", prog::FD, FdArg::None, &[("family", 0), ("type", 1)], Wait::Plain) },
+    Syscall { optional: FDS_FROM_PROC, ..sc(nr::DUP, "dup", prog::FD, FD0, &[("fildes", 0)], Wait::Plain) },
+    Syscall { optional: FDS_FROM_PROC, ..sc(nr::DUP2, "dup2", prog::FD, FD0, &[("oldfd", 0), ("newfd", 1)], Wait::Plain) },
+    Syscall { optional: FDS_FROM_PROC, ..sc(nr::DUP3, "dup3", prog::FD, FD0, &[("oldfd", 0), ("newfd", 1)], Wait::Plain) },
     Syscall { exit: Exit::None, ..sc(nr::CLOSE, "close", prog::CLOSE, FD0, &[("fd", 0)], Wait::Plain) },
+    // How workers end and whether they are alive: the exit code a process leaves with, and
+    // gunicorn's heartbeat (each worker touches its temporary file with futimens, which the
+    // arbiter's timeout is measured from).
+    Syscall {
+        exit: Exit::None,
+        optional: Some("the exit codes of workers that die are not known"),
+        ..sc(nr::EXIT_GROUP, "exit_group", prog::EXIT_GROUP, FdArg::None, &[("error_code", 0)], Wait::Plain)
+    },
+    Syscall {
+        exit: Exit::None,
+        optional: Some("gunicorn's worker timeouts cannot be foreseen from its heartbeat"),
+        ..sc(nr::UTIMENSAT, "utimensat", prog::UTIMENSAT, FD0, &[("dfd", 0), ("filename", 1)], Wait::Plain)
+    },
 ];
 
 /// The table entry of a syscall number.

@@ -14,6 +14,7 @@ mod process;
 mod python;
 mod sample;
 mod sched;
+mod signal;
 mod syscall;
 mod tcp;
 mod wait;

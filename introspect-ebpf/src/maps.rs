@@ -80,6 +80,11 @@ pub static ARMED: HashMap<u32, Armed> = HashMap::with_max_entries(4096, 0);
 #[map(name = "ARMED_ANY")]
 pub static ARMED_ANY: Array<u8> = Array::with_max_entries(1, 0);
 
+/// When each watched process last touched a file by fd (futimens: gunicorn's worker heartbeat),
+/// by tgid. Read by userspace for the processes with a slow request only.
+#[map(name = "HEARTBEATS")]
+pub static HEARTBEATS: HashMap<u32, u64> = HashMap::with_max_entries(8192, 0);
+
 /// Kernel and user stacks of captured samples (ids travel in stack events).
 #[map(name = "STACKS")]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
@@ -100,7 +105,18 @@ pub static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
     switch_prev_state: 0,
     switch_next_pid: 0,
     wakeup_pid: 0,
-    _pad: [0; 2],
+    signal_pid: 0,
+    signal_sig: 0,
+    signal_code: 0,
+    signal_group: 0,
+    signal_result: 0,
+    deliver_sig: 0,
+    oom_pid: 0,
+    oom_total_vm: 0,
+    oom_anon_rss: 0,
+    oom_file_rss: 0,
+    oom_shmem_rss: 0,
+    _pad: [0; 3],
 });
 
 #[unsafe(no_mangle)]

@@ -71,5 +71,5 @@ pub fn sched_sched_process_exit(_ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn emit(kind: u16, pid_tgid: u64, pid: u32) {
-    send(ProcEvent { hdr: header(kind, 0, pid_tgid), pid, _pad: 0, comm: bpf_get_current_comm().unwrap_or([0; 16]) });
+    send(ProcEvent { hdr: header(kind, 0, pid_tgid), pid, code: 0, comm: bpf_get_current_comm().unwrap_or([0; 16]) });
 }

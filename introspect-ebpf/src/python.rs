@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     programs::tracing::StackIdContext,
 };
-use introspect_common::{Armed, NO_OFFSET, PY_FRAMES_MAX, PyRawFrame, StackEvent, counter, kind};
+use introspect_common::{Armed, NO_OFFSET, PY_FRAMES_MAX, PyRawFrame, PyWalk, StackEvent, counter, kind, stack_flag};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header},
@@ -26,20 +26,37 @@ fn read_ptr(addr: u64) -> u64 {
     unsafe { bpf_probe_read_user(addr as *const u64) }.unwrap_or(0)
 }
 
+/// How to walk the current thread's Python frames, if it is armed.
+#[inline(always)]
+fn armed_walk(tid: u32) -> Option<(u64, PyWalk)> {
+    if ARMED_ANY.get(0).is_none_or(|any| *any == 0) {
+        return None;
+    }
+    // SAFETY: map value pointers from successful lookups.
+    let armed: Armed = unsafe { *ARMED.get_ptr(tid)? };
+    let walk = unsafe { *PY_WALK.get_ptr(armed.tgid)? };
+    Some((armed.tstate, walk))
+}
+
 /// If the current thread is armed, emits its stacks with `flags` and time `ts`.
 #[inline(always)]
 pub fn capture<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64) {
-    if ARMED_ANY.get(0).is_none_or(|any| *any == 0) {
-        return;
-    }
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let Some(armed) = ARMED.get_ptr(tid) else { return };
-    // SAFETY: map value pointer from a successful lookup.
-    let armed: Armed = unsafe { *armed };
-    let Some(walk) = PY_WALK.get_ptr(armed.tgid) else { return };
-    // SAFETY: as above.
-    let walk = unsafe { *walk };
+    if let Some(walk) = armed_walk(pid_tgid as u32) {
+        emit(ctx, flags, ts, pid_tgid, Some(walk));
+    }
+}
+
+/// The current thread, serving a request, is taking a fatal signal: its kernel and native
+/// stacks, and its Python frames when it is armed (its request is slow).
+#[inline(always)]
+pub fn capture_dying<C: EbpfContext + StackIdContext>(ctx: &C, ts: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    emit(ctx, stack_flag::SIGNAL, ts, pid_tgid, armed_walk(pid_tgid as u32));
+}
+
+#[inline(always)]
+fn emit<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64, pid_tgid: u64, walk: Option<(u64, PyWalk)>) {
     let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return;
@@ -49,10 +66,16 @@ pub fn capture<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64) {
     hdr.ts = ts;
     let kstack = ctx.get_stackid(&STACKS, BPF_F_REUSE_STACKID).map_or(-1, |id| id as i32);
     let ustack = ctx.get_stackid(&STACKS, BPF_F_USER_STACK | BPF_F_REUSE_STACKID).map_or(-1, |id| id as i32);
-    let mut frame = read_ptr(armed.tstate + walk.tstate_frame as u64);
-    if walk.cframe_frame != NO_OFFSET && frame != 0 {
-        frame = read_ptr(frame + walk.cframe_frame as u64);
-    }
+    let (mut frame, walk) = match walk {
+        Some((tstate, walk)) => {
+            let mut frame = read_ptr(tstate + walk.tstate_frame as u64);
+            if walk.cframe_frame != NO_OFFSET && frame != 0 {
+                frame = read_ptr(frame + walk.cframe_frame as u64);
+            }
+            (frame, walk)
+        }
+        None => (0, PyWalk::default()),
+    };
     let mut n = 0u32;
     // SAFETY: `ev` points at reserved ring-buffer memory of the right size; every field that
     // userspace reads (hdr, ids, nframes and frames[..nframes]) is written before submit.

@@ -47,6 +47,8 @@ pub struct RecordArgs {
     pub target: Target,
     #[command(flatten)]
     pub reporting: Reporting,
+    #[command(flatten)]
+    pub servers: Servers,
     /// How long to record (e.g. 60s, 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -83,6 +85,8 @@ pub struct TopArgs {
     pub target: Target,
     #[command(flatten)]
     pub reporting: Reporting,
+    #[command(flatten)]
+    pub servers: Servers,
     /// Refresh period.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -132,6 +136,15 @@ pub struct Target {
     pub port: Option<u16>,
 }
 
+/// How the watched server kills its workers, when introspect cannot read it.
+#[derive(Args, Debug, Clone)]
+pub struct Servers {
+    /// The server's worker timeout (gunicorn --timeout, uWSGI --harakiri), when it cannot be read
+    /// from the master's command line (a gunicorn config file sets it).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub kill_timeout: Option<Duration>,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct Reporting {
     /// Report completed requests at least this slow, and running requests as they cross it.
@@ -152,6 +165,8 @@ pub struct WatchArgs {
     pub target: Target,
     #[command(flatten)]
     pub reporting: Reporting,
+    #[command(flatten)]
+    pub servers: Servers,
     /// Stop by itself after this long (e.g. 30s, 5m). Without it, runs until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,

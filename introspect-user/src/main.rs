@@ -12,6 +12,7 @@ mod cli;
 mod clock;
 mod cmd;
 mod event;
+mod kills;
 mod output;
 mod probe;
 mod proc;

@@ -85,6 +85,31 @@ def stream(chunks, tag=None):
     return Response(gen(), mimetype="text/plain")
 
 
+@app.route("/bigint")
+@app.route("/bigint/<tag>")
+def bigint(tag=None):
+    """7 ** (7 ** 9): about a minute inside one C call (long_pow) holding the GIL. No Python
+    code runs until it returns: no signal handler, no eval-breaker check."""
+    x = 7 ** (7 ** 9)  # LINE:bigint
+    return f"{x.bit_length()} bits\n"
+
+
+@app.route("/sum/<int:n>")
+@app.route("/sum/<int:n>/<tag>")
+def csum(n, tag=None):
+    """sum(range(n)): a loop inside one C call holding the GIL that, unlike 7 ** (7 ** 9), never
+    checks for signals: a Python signal handler cannot run until it returns."""
+    return f"{sum(range(n))}\n"  # LINE:sum
+
+
+@app.route("/alloc/<int:mb>")
+@app.route("/alloc/<int:mb>/<tag>")
+def alloc(mb, tag=None):
+    """Allocate and touch `mb` MiB (the OOM tests run the worker under a memory limit)."""
+    blocks = [b"\x01" * (1 << 20) for _ in range(mb)]  # LINE:alloc
+    return f"allocated {len(blocks)} MiB\n"
+
+
 @app.route("/pid")
 def pid():
     return f"{os.getpid()}\n"

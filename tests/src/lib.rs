@@ -1,12 +1,15 @@
 //! The harness behind introspect's integration suites and demo: real gunicorn servers, a real
 //! HTTP client that records ground truth, and `introspect` itself — each process held by a guard
 //! that kills its whole process group when dropped, on success or failure.
+pub mod apps;
+pub mod cgroup;
 pub mod checks;
 pub mod client;
 pub mod guard;
 pub mod introspect;
 pub mod postgres;
 pub mod server;
+pub mod uwsgi;
 
 use std::path::PathBuf;
 

@@ -1,32 +1,18 @@
 //! Stacks of slow requests on every CPython of this machine kind, against py-spy as the oracle
 //! and the known call chains of tests/apps/chains.py.
-use std::{collections::HashMap, fs, process::Command, thread, time::Duration};
+use std::{collections::HashMap, process::Command, thread, time::Duration};
 
 use introspect_tests::{
+    apps::markers,
     can_trace,
     checks::requests,
     client::Client,
     introspect::{self, Line, Watch},
     postgres::Postgres,
-    repo_root,
     server::Gunicorn,
     venv_named,
 };
 use serde_json::Value;
-
-/// `# LINE:name` markers of the test apps: the line numbers the chains run through.
-fn markers() -> HashMap<String, u64> {
-    let mut out = HashMap::new();
-    for file in ["chains.py", "flaskapp.py"] {
-        let text = fs::read_to_string(repo_root().join("tests/apps").join(file)).expect("read app");
-        for (i, line) in text.lines().enumerate() {
-            if let Some(name) = line.split("# LINE:").nth(1) {
-                out.insert(name.trim().to_string(), i as u64 + 1);
-            }
-        }
-    }
-    out
-}
 
 /// (function, file suffix, line) of the Python frames of a stack, innermost first.
 fn python_frames(stack: &Value) -> Vec<(String, String, u64)> {

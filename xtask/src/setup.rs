@@ -14,7 +14,8 @@ use crate::{root, run};
 
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM major), wrk for
 /// load, PostgreSQL for the database suites, Chromium (renders the flame graphs in tests), tmux
-/// (a real terminal for `top`), curl and util-linux tools used by the suites.
+/// (a real terminal for `top`), curl and util-linux tools used by the suites, a C compiler for
+/// building uWSGI.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -29,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3.11-venv",
     "chromium",
     "tmux",
+    "gcc",
+    "libc6-dev",
 ];
 
 /// The interpreters the suites run the apps on: every pyenv minor version of this machine kind,
@@ -44,6 +47,9 @@ pub const PYTHONS: &[(&str, &str)] = &[
     ("py313", "3.13"),
     ("debian311", "/usr/bin/python3.11"),
 ];
+
+/// The environment that also gets uWSGI.
+pub const UWSGI_PYTHON: &str = "py311";
 
 pub struct Env {
     pub venv: PathBuf,
@@ -118,8 +124,11 @@ fn interpreter(spec: &str) -> anyhow::Result<PathBuf> {
     candidates.pop().with_context(|| format!("CPython {spec} not found in {} (pyenv)", pyenv.display()))
 }
 
-fn venv(python: &Path, dir: &Path, requirements: &Path) -> anyhow::Result<()> {
-    let reqs = fs::read_to_string(requirements).with_context(|| format!("reading {}", requirements.display()))?;
+fn venv(python: &Path, dir: &Path, requirements: &[PathBuf]) -> anyhow::Result<()> {
+    let mut reqs = String::new();
+    for r in requirements {
+        reqs += &fs::read_to_string(r).with_context(|| format!("reading {}", r.display()))?;
+    }
     let mut h = DefaultHasher::new();
     (python, &reqs).hash(&mut h);
     let stamp_value = format!("{:016x}\n", h.finish());
@@ -130,7 +139,12 @@ fn venv(python: &Path, dir: &Path, requirements: &Path) -> anyhow::Result<()> {
     eprintln!("xtask: creating Python environment {} from {}", dir.display(), python.display());
     let _ = fs::remove_dir_all(dir);
     run(Command::new(python).args(["-m", "venv"]).arg(dir))?;
-    run(Command::new(dir.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", "-r"]).arg(requirements))?;
+    let mut pip = Command::new(dir.join("bin/pip"));
+    pip.args(["install", "--quiet", "--disable-pip-version-check"]);
+    for r in requirements {
+        pip.arg("-r").arg(r);
+    }
+    run(&mut pip)?;
     fs::write(&stamp, stamp_value)?;
     Ok(())
 }
@@ -143,8 +157,14 @@ pub fn setup() -> anyhow::Result<Env> {
     apt_packages()?;
     components()?;
     bpf_linker()?;
-    let requirements = root().join("tests/apps/requirements.txt");
+    let apps = root().join("tests/apps");
     for (name, spec) in PYTHONS {
+        let mut requirements = vec![apps.join("requirements.txt")];
+        // uWSGI is built from source (a C compiler and the interpreter's headers, which the
+        // pyenv builds have): once, for the interpreter the suites run uWSGI on.
+        if *name == UWSGI_PYTHON {
+            requirements.push(apps.join("requirements-uwsgi.txt"));
+        }
         venv(&interpreter(spec)?, &root().join("target/venv").join(name), &requirements)?;
     }
     Ok(Env { venv: root().join("target/venv/py311") })

@@ -70,6 +70,15 @@ pub enum EndReason {
     ProcessExit,
 }
 
+/// A request running past the threshold, borrowed from the assembler.
+pub struct RunningRequest<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
 /// A request still running past the threshold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inflight {
@@ -221,7 +230,14 @@ impl Assembler {
             | Event::OffCpu { .. }
             | Event::Syscall { .. }
             | Event::Stack { .. }
-            | Event::Slow { .. } => {}
+            | Event::Slow { .. }
+            | Event::Signal { .. }
+            | Event::Oom { .. }
+            | Event::ExitCall { .. }
+            | Event::Proc { .. }
+            | Event::Server { .. }
+            | Event::Heartbeat { .. }
+            | Event::Snapshot { .. } => {}
         }
         // After the connections: a close must see what the fd was before it is forgotten.
         self.fds.observe(ev);
@@ -404,6 +420,14 @@ impl Assembler {
                 bytes_in: open.bytes_in,
             });
         }
+    }
+
+    /// The open requests that crossed the threshold, as of now.
+    pub fn running(&self) -> impl Iterator<Item = RunningRequest<'_>> {
+        self.conns.iter().filter_map(|(&(pid, _), c)| {
+            let o = c.open.as_ref().filter(|o| o.inflight_sent)?;
+            Some(RunningRequest { pid, tid: o.writer_tid.unwrap_or(o.reader_tid), start_ns: o.start_ns, method: &o.method, path: &o.path })
+        })
     }
 
     /// When the first open request still under the threshold will cross it, if any: the

@@ -116,7 +116,14 @@ impl Timeline {
             | Event::Fd { .. }
             | Event::Fork { .. }
             | Event::Stack { .. }
-            | Event::Slow { .. } => return,
+            | Event::Slow { .. }
+            | Event::Signal { .. }
+            | Event::Oom { .. }
+            | Event::ExitCall { .. }
+            | Event::Proc { .. }
+            | Event::Server { .. }
+            | Event::Heartbeat { .. }
+            | Event::Snapshot { .. } => return,
         };
         if entry > MAX_PER_THREAD
             && let Some(log) = self.threads.get_mut(&tid)

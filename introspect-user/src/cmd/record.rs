@@ -23,6 +23,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let events = File::create(&events_path).with_context(|| format!("creating {}", events_path.display()))?;
     let mut session = Session::new(args.target, args.reporting, Some(args.duration));
     session.keep_query = args.keep_query;
+    session.kill_timeout = args.servers.kill_timeout;
     let sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(Stderr),
         Box::new(JsonLines::new(BufWriter::new(events), session.clock)),

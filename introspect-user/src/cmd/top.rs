@@ -27,6 +27,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     let mut session = Session::new(args.target, args.reporting, args.duration);
     // Keys are read between drains: a fixed, short interval keeps it responsive.
     session.poll_interval = Some(Duration::from_millis(10));
+    session.kill_timeout = args.servers.kill_timeout;
     let _guard = if tty {
         execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
         terminal::enable_raw_mode()?;

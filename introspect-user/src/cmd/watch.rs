@@ -24,6 +24,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     session.bpf_stats = args.bpf_stats;
     session.without = args.without;
     session.poll_interval = args.poll_interval;
+    session.kill_timeout = args.servers.kill_timeout;
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(Stderr), Box::new(JsonLines::new(BufWriter::new(io::stdout().lock()), session.clock))];
     if let Some(path) = &args.record {
         let file = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);

@@ -6,12 +6,13 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use introspect_common::{
-    AcceptEvent, CloseEvent, ConnectEvent, DataEvent, DataPayloadEvent, EventHeader, FdEvent, OffCpuEvent, PAYLOAD_MAX, PY_FRAMES_MAX, PeerKey,
-    ProcEvent, SOCKADDR_MAX, StackEvent, SyscallEvent, data_flag, kind, stack_flag,
+    AcceptEvent, CloseEvent, ConnectEvent, DataEvent, DataPayloadEvent, EventHeader, FdEvent, OffCpuEvent, OomEvent, PAYLOAD_MAX, PY_FRAMES_MAX,
+    PeerKey, ProcEvent, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, data_flag, kind, stack_flag,
 };
 
 use super::{Dir, Event, FdOrigin, Hdr, Sys, WaitFacts};
 use crate::{
+    kills::OomRss,
     proto::{Protocols, Side},
     stacks::RawFrame,
 };
@@ -130,6 +131,7 @@ impl Decoder {
                 Event::Stack {
                     hdr: hdr(&e.hdr),
                     on_cpu: e.hdr.flags & stack_flag::ON_CPU != 0,
+                    at_signal: e.hdr.flags & stack_flag::SIGNAL != 0,
                     kstack: e.kstack,
                     ustack: e.ustack,
                     raw: e.frames[..n].iter().map(|f| RawFrame { code: f.code, lasti: f.lasti }).collect(),
@@ -161,6 +163,19 @@ impl Decoder {
             kind::EXIT => {
                 let e: ProcEvent = read(buf, h.kind)?;
                 Event::Exit { hdr: hdr(&e.hdr), pid: e.pid }
+            }
+            kind::EXIT_CALL => {
+                let e: ProcEvent = read(buf, h.kind)?;
+                Event::ExitCall { hdr: hdr(&e.hdr), code: e.code }
+            }
+            kind::SIGNAL => {
+                let e: SignalEvent = read(buf, h.kind)?;
+                Event::Signal { hdr: hdr(&e.hdr), target: e.target, sig: e.sig, code: e.code, group: e.group, sender_comm: comm(&e.comm) }
+            }
+            kind::OOM => {
+                let e: OomEvent = read(buf, h.kind)?;
+                let rss = OomRss { total_vm_kb: e.total_vm_kb, anon_rss_kb: e.anon_rss_kb, file_rss_kb: e.file_rss_kb, shmem_rss_kb: e.shmem_rss_kb };
+                Event::Oom { hdr: hdr(&e.hdr), pid: e.pid, rss }
             }
             k => return Err(DecodeError::UnknownKind(k)),
         })

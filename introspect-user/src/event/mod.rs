@@ -10,7 +10,10 @@ use introspect_common::{NO_SYSCALL, SysCtx};
 use serde::{Deserialize, Serialize};
 
 pub use crate::proto::Head;
-use crate::stacks::{Frame, RawFrame};
+use crate::{
+    kills::{OomRss, Server},
+    stacks::{Frame, RawFrame},
+};
 
 /// Identity and time of every event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +151,9 @@ pub enum Event {
     Stack {
         hdr: Hdr,
         on_cpu: bool,
+        /// Taken as a fatal signal reached the thread (where it was when it was killed).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        at_signal: bool,
         #[serde(skip)]
         kstack: i32,
         #[serde(skip)]
@@ -172,6 +178,50 @@ pub enum Event {
         hdr: Hdr,
         pid: u32,
     },
+    /// A fatal signal for `target` (a watched process, or a thread serving a request), sent by
+    /// `hdr` (the kernel's own come from whatever task was running).
+    Signal {
+        hdr: Hdr,
+        target: u32,
+        sig: i32,
+        code: i32,
+        group: i32,
+        sender_comm: String,
+    },
+    /// The OOM killer chose `pid`.
+    Oom {
+        hdr: Hdr,
+        pid: u32,
+        rss: OomRss,
+    },
+    /// `hdr.tgid` called exit_group(`code`).
+    ExitCall {
+        hdr: Hdr,
+        code: i32,
+    },
+    /// A process watched from the start, and its parent (from /proc; later ones are forks).
+    Proc {
+        hdr: Hdr,
+        pid: u32,
+        ppid: u32,
+    },
+    /// What server master `pid` is and when it kills workers (from its command line).
+    Server {
+        hdr: Hdr,
+        pid: u32,
+        server: Server,
+    },
+    /// Worker `pid`'s heartbeat was last at `at` (gunicorn), as read when it mattered.
+    Heartbeat {
+        hdr: Hdr,
+        pid: u32,
+        at: u64,
+    },
+    /// A stack of `hdr.tid` read from userspace as its request neared the server's kill.
+    Snapshot {
+        hdr: Hdr,
+        stack: Vec<Frame>,
+    },
 }
 
 impl Event {
@@ -187,7 +237,14 @@ impl Event {
             | Event::Stack { hdr, .. }
             | Event::Slow { hdr, .. }
             | Event::Fork { hdr, .. }
-            | Event::Exit { hdr, .. } => hdr,
+            | Event::Exit { hdr, .. }
+            | Event::Signal { hdr, .. }
+            | Event::Oom { hdr, .. }
+            | Event::ExitCall { hdr, .. }
+            | Event::Proc { hdr, .. }
+            | Event::Server { hdr, .. }
+            | Event::Heartbeat { hdr, .. }
+            | Event::Snapshot { hdr, .. } => hdr,
         }
     }
 }

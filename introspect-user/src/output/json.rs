@@ -4,10 +4,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{Completed, Counts, Crossed, Sink, State, summary::EndpointRow};
+use super::{Completed, Counts, Crossed, KillReport, Sink, State, summary::EndpointRow};
 use crate::{
     assemble::EndReason,
-    breakdown::{Breakdown, PeerWait, SyscallStat},
+    breakdown::{Breakdown, Detail, PeerWait, SyscallStat},
     clock::Clock,
     stacks::{Frame, profile::ProfileEntry},
 };
@@ -45,6 +45,9 @@ struct RequestLine<'a> {
     /// ... and what their thread did from then on, heaviest stacks first.
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<&'a [ProfileEntry]>,
+    /// Its worker was killed with it in flight (a `killed` line says how).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    killed: bool,
 }
 
 #[derive(Serialize)]
@@ -67,6 +70,72 @@ struct InflightLine<'a> {
     syscalls: &'a [SyscallStat],
     #[serde(skip_serializing_if = "Option::is_none")]
     stack: Option<&'a [Frame]>,
+    /// Time left before the server kills its worker (negative: overdue), when it will.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kill_in_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kill_by: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct SignalLine<'a> {
+    signal: &'a str,
+    signal_number: i32,
+    sender_pid: u32,
+    sender_comm: &'a str,
+    /// When it was sent, from the request's start.
+    at_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    /// When it was taken, from the request's start.
+    at_ms: f64,
+    stack: &'a [Frame],
+}
+
+/// A request whose worker was killed with it in flight.
+#[derive(Serialize)]
+struct KilledLine<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    ts: String,
+    pid: u32,
+    tid: u32,
+    comm: &'a str,
+    method: &'a str,
+    path: &'a str,
+    start_ts: String,
+    elapsed_ms: f64,
+    peer: Option<String>,
+    queue_ms: f64,
+    reason: &'static str,
+    /// The fatal signal that ended it (null when the worker left on its own).
+    signal: Option<&'a str>,
+    signal_number: Option<i32>,
+    sender_pid: Option<u32>,
+    sender_comm: Option<&'a str>,
+    /// Every fatal signal its worker got while it ran.
+    signals: Vec<SignalLine<'a>>,
+    exit_code: Option<i32>,
+    /// What the client got: the status the server wrote (gunicorn's 500 after its SIGABRT), or
+    /// null.
+    status: Option<u16>,
+    /// "complete", "partial" (cut off) or "none".
+    response: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    oom: Option<&'a crate::kills::OomRss>,
+    breakdown_ms: &'a Breakdown,
+    net_peers: &'a [PeerWait],
+    syscalls: &'a [SyscallStat],
+    /// Its thread's stack as the fatal signal reached it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack: Option<&'a [Frame]>,
+    /// Stacks taken in the last second before the predicted kill.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    stacks_before_kill: Vec<Snapshot<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profile: Option<&'a [ProfileEntry]>,
 }
 
 #[derive(Serialize)]
@@ -112,9 +181,59 @@ impl<W: Write> JsonLines<W> {
     }
 }
 
-impl<W: Write> Sink for JsonLines<W> {
-    fn request(&mut self, c: &Completed<'_>) -> io::Result<()> {
-        let Some(d) = c.detail else { return Ok(()) };
+impl<W: Write> JsonLines<W> {
+    fn killed(&mut self, c: &Completed<'_>, k: &KillReport<'_>) -> io::Result<()> {
+        let r = c.request;
+        let (kill, d) = (k.kill, k.detail);
+        let since = |ts: u64| ms(ts.saturating_sub(r.start_ns));
+        let response = match (r.status, r.bytes_out) {
+            (Some(_), _) if r.end != EndReason::ProcessExit => "complete",
+            (_, 0) => "none",
+            _ => "partial",
+        };
+        let line = KilledLine {
+            ty: "killed",
+            ts: self.clock.rfc3339(r.end_ns),
+            pid: r.pid,
+            tid: r.tid,
+            comm: &r.comm,
+            method: &r.method,
+            path: &r.path,
+            start_ts: self.clock.rfc3339(r.start_ns),
+            elapsed_ms: ms(r.duration_ns()),
+            peer: r.peer.map(|p| p.to_string()),
+            queue_ms: ms(r.queue_ns),
+            reason: kill.reason.name(),
+            signal: kill.signal.as_ref().map(|s| s.signal.as_str()),
+            signal_number: kill.signal.as_ref().map(|s| s.signal_number),
+            sender_pid: kill.signal.as_ref().map(|s| s.sender_pid),
+            sender_comm: kill.signal.as_ref().map(|s| s.sender_comm.as_str()),
+            signals: kill
+                .signals
+                .iter()
+                .map(|s| SignalLine {
+                    signal: &s.signal,
+                    signal_number: s.signal_number,
+                    sender_pid: s.sender_pid,
+                    sender_comm: &s.sender_comm,
+                    at_ms: since(s.ts),
+                })
+                .collect(),
+            exit_code: kill.exit_code,
+            status: if response == "complete" { r.status } else { None },
+            response,
+            oom: kill.oom.as_ref(),
+            breakdown_ms: &d.breakdown,
+            net_peers: &d.net_peers,
+            syscalls: &d.syscalls,
+            stack: kill.stack.as_deref(),
+            stacks_before_kill: k.before_kill.iter().map(|(ts, stack)| Snapshot { at_ms: since(*ts), stack }).collect(),
+            profile: c.profile,
+        };
+        self.line(&line)
+    }
+
+    fn request_line(&mut self, c: &Completed<'_>, d: &Detail) -> io::Result<()> {
         let r = c.request;
         let line = RequestLine {
             ty: "request",
@@ -137,8 +256,21 @@ impl<W: Write> Sink for JsonLines<W> {
             syscalls: &d.syscalls,
             stack: c.stack,
             profile: c.profile,
+            killed: c.kill.is_some(),
         };
         self.line(&line)
+    }
+}
+
+impl<W: Write> Sink for JsonLines<W> {
+    fn request(&mut self, c: &Completed<'_>) -> io::Result<()> {
+        if let Some(d) = c.detail {
+            self.request_line(c, d)?;
+        }
+        match &c.kill {
+            Some(k) => self.killed(c, k),
+            None => Ok(()),
+        }
     }
 
     fn inflight(&mut self, c: &Crossed<'_>) -> io::Result<()> {
@@ -160,6 +292,8 @@ impl<W: Write> Sink for JsonLines<W> {
             net_peers: &d.net_peers,
             syscalls: &d.syscalls,
             stack: c.stack,
+            kill_in_ms: c.kill.map(|(ms, _)| (ms * 1e3).round() / 1e3),
+            kill_by: c.kill.map(|(_, reason)| reason.name()),
         };
         self.line(&line)
     }

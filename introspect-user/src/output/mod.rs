@@ -17,6 +17,8 @@ use crate::{
     assemble::{Inflight, Request},
     breakdown::Detail,
     event::Event,
+    kills::{Kill, Reason},
+    run::deadlines::Running,
     stacks::{Frame, profile::ProfileEntry},
 };
 
@@ -29,6 +31,16 @@ pub struct Completed<'a> {
     pub stack: Option<&'a [Frame]>,
     /// ... and what its thread did from then on, heaviest stacks first.
     pub profile: Option<&'a [ProfileEntry]>,
+    /// Its worker was killed with it in flight.
+    pub kill: Option<KillReport<'a>>,
+}
+
+/// A request's kill, with its breakdown (always there, reported or not).
+pub struct KillReport<'a> {
+    pub kill: &'a Kill,
+    pub detail: &'a Detail,
+    /// Stacks taken as the predicted kill neared: (when, stack).
+    pub before_kill: &'a [(u64, Vec<Frame>)],
 }
 
 /// A running request that just crossed the threshold.
@@ -36,6 +48,8 @@ pub struct Crossed<'a> {
     pub inflight: &'a Inflight,
     pub detail: &'a Detail,
     pub stack: Option<&'a [Frame]>,
+    /// Time left before the server kills its worker (ms, negative when overdue), and who will.
+    pub kill: Option<(f64, Reason)>,
 }
 
 /// The run so far: the per-route table and the counters.
@@ -43,6 +57,8 @@ pub struct State<'a> {
     pub now_ns: u64,
     pub summary: &'a Summary,
     pub counts: &'a Counts,
+    /// Requests running past the threshold.
+    pub running: &'a [Running],
 }
 
 /// An output. Every method has a do-nothing default: a sink implements what it uses.
@@ -96,6 +112,9 @@ pub struct Counts {
     pub requests: u64,
     pub reported: u64,
     pub inflight: u64,
+    /// Requests whose worker was killed with them in flight (`killed` lines).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub killed: u64,
     pub dropped_events: u64,
     pub duration_s: f64,
     /// Requests still running when the watch ended (not counted in `requests`).
@@ -148,4 +167,8 @@ pub struct Losses {
     pub decode_errors: u64,
     /// Heads that could not be copied from user memory (the request is still measured).
     pub unreadable_heads: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }

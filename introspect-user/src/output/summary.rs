@@ -1,10 +1,10 @@
 //! Per-route aggregates for the `summary` event.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use super::route;
-use crate::assemble::{EndReason, Request};
+use crate::{assemble::Request, kills::Reason};
 
 /// Log-bucketed histogram of durations: 1% relative precision from 1 µs to ~3 h in a few
 /// thousand counters, whatever the request count.
@@ -54,8 +54,12 @@ pub struct RouteStats {
     pub slow: u64,
     pub errors_5xx: u64,
     pub no_status: u64,
-    /// Ended by the worker's death mid-request (a server timeout's kill, a crash).
+    /// Its worker was killed with it in flight (a server timeout's kill, a crash, the OOM
+    /// killer), by reason.
     pub killed: u64,
+    pub killed_by: BTreeMap<&'static str, u64>,
+    /// Interrupted before the server's kill (`--interrupt-before`).
+    pub interrupted: u64,
     pub total_ns: u64,
     pub cpu_ns: u64,
     pub hist: Histogram,
@@ -70,6 +74,10 @@ pub struct EndpointRow {
     pub errors_5xx: u64,
     pub no_status: u64,
     pub killed: u64,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub killed_by: BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub interrupted: u64,
     pub total_ms: f64,
     /// This route's part of all requests' time.
     pub share_time: f64,
@@ -93,8 +101,9 @@ fn round3(v: f64) -> f64 {
 }
 
 impl Summary {
-    /// `cpu_ns`: the request's on-CPU time (from its breakdown).
-    pub fn record(&mut self, r: &Request, slow: bool, cpu_ns: u64) {
+    /// `cpu_ns`: the request's on-CPU time (from its breakdown); `killed`: why its worker was
+    /// killed with it in flight.
+    pub fn record(&mut self, r: &Request, slow: bool, cpu_ns: u64, killed: Option<Reason>) {
         self.key.clear();
         self.key.push_str(&r.method);
         self.key.push(' ');
@@ -107,7 +116,10 @@ impl Summary {
         s.slow += u64::from(slow);
         s.errors_5xx += u64::from(r.status.is_some_and(|c| c >= 500));
         s.no_status += u64::from(r.status.is_none());
-        s.killed += u64::from(r.end == EndReason::ProcessExit);
+        if let Some(reason) = killed {
+            s.killed += 1;
+            *s.killed_by.entry(reason.name()).or_default() += 1;
+        }
         s.total_ns += r.duration_ns();
         s.cpu_ns += cpu_ns;
         s.hist.record(r.duration_ns());
@@ -133,6 +145,8 @@ impl Summary {
                 errors_5xx: s.errors_5xx,
                 no_status: s.no_status,
                 killed: s.killed,
+                killed_by: s.killed_by.clone(),
+                interrupted: s.interrupted,
                 total_ms: round3(s.total_ns as f64 / 1e6),
                 share_time: share(s.total_ns, all_time),
                 share_cpu: share(s.cpu_ns, all_cpu),
@@ -144,6 +158,10 @@ impl Summary {
         rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms).then_with(|| a.route.cmp(&b.route)).then_with(|| a.method.cmp(&b.method)));
         rows
     }
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[cfg(test)]

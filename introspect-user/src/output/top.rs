@@ -13,6 +13,7 @@ use crossterm::{
 };
 
 use super::{Counts, Sink, State, summary::EndpointRow};
+use crate::run::deadlines::Running;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SortBy {
@@ -68,7 +69,7 @@ impl SortBy {
 }
 
 /// The table as lines of text, at most `max_rows` routes.
-fn render(rows: &[EndpointRow], counts: &Counts, sort: SortBy, max_rows: usize, width: usize) -> Vec<String> {
+fn render(rows: &[EndpointRow], running: &[Running], counts: &Counts, sort: SortBy, max_rows: usize, width: usize) -> Vec<String> {
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     let mut out = vec![
         format!(
@@ -99,6 +100,23 @@ fn render(rows: &[EndpointRow], counts: &Counts, sort: SortBy, max_rows: usize, 
             r.errors_5xx,
             r.killed
         ));
+    }
+    let killed_by: Vec<String> =
+        rows.iter().flat_map(|r| r.killed_by.iter().map(move |(reason, n)| format!("{} {}: {n} {reason}", r.method, r.route))).collect();
+    if !killed_by.is_empty() {
+        out.push(String::new());
+        out.push(format!("killed: {}", killed_by.join(", ")));
+    }
+    if !running.is_empty() {
+        out.push(String::new());
+        out.push(format!("{:<36} {:>8} {:>10} {:>12}  {}", "RUNNING PAST THE THRESHOLD", "PID", "ELAPSED ms", "KILL IN ms", "BY"));
+        let mut running: Vec<&Running> = running.iter().collect();
+        running.sort_by(|a, b| b.elapsed_ms.total_cmp(&a.elapsed_ms));
+        for r in running.into_iter().take(max_rows.saturating_sub(rows.len().min(max_rows)).max(3)) {
+            let what: String = format!("{} {}", r.method, r.path).chars().take(36).collect();
+            let kill_in = r.kill_in_ms.map_or("-".to_string(), |k| format!("{k:.0}"));
+            out.push(format!("{what:<36} {:>8} {:>10.0} {kill_in:>12}  {}", r.pid, r.elapsed_ms, r.kill_by.map_or("", |k| k.name())));
+        }
     }
     out.into_iter().map(|l| l.chars().take(width).collect()).collect()
 }
@@ -150,14 +168,14 @@ impl Sink for Top {
         let mut out = io::stdout().lock();
         if self.tty {
             let (w, h) = terminal::size().unwrap_or((120, 40));
-            let lines = render(&rows, counts, self.sort, (h as usize).saturating_sub(4), w as usize);
+            let lines = render(&rows, state.running, counts, self.sort, (h as usize).saturating_sub(4), w as usize);
             queue!(out, cursor::MoveTo(0, 0), terminal::Clear(ClearType::All))?;
             for (i, l) in lines.iter().enumerate() {
                 queue!(out, cursor::MoveTo(0, i as u16))?;
                 write!(out, "{l}")?;
             }
         } else {
-            for l in render(&rows, counts, self.sort, usize::MAX, usize::MAX) {
+            for l in render(&rows, state.running, counts, self.sort, usize::MAX, usize::MAX) {
                 writeln!(out, "{l}")?;
             }
             writeln!(out)?;
@@ -180,6 +198,8 @@ mod tests {
             errors_5xx: 0,
             no_status: 0,
             killed: 0,
+            killed_by: Default::default(),
+            interrupted: 0,
             total_ms: total,
             share_time: 0.5,
             share_cpu: 0.25,
@@ -196,8 +216,21 @@ mod tests {
         assert_eq!(rows[0].route, "/b");
         SortBy::P99.sort(&mut rows);
         assert_eq!(rows[0].route, "/a");
-        let lines = render(&rows, &Counts::default(), SortBy::P99, 10, 200);
+        let running = [Running {
+            pid: 42,
+            tid: 43,
+            method: "GET".into(),
+            path: "/spin/9".into(),
+            elapsed_ms: 2_500.0,
+            kill_in_ms: Some(700.0),
+            kill_by: Some(crate::kills::Reason::GunicornTimeout),
+        }];
+        rows[0].killed_by.insert("gunicorn_timeout", 2);
+        let lines = render(&rows, &running, &Counts::default(), SortBy::P99, 10, 200);
         assert!(lines[0].contains("sorted by p99"));
         assert!(lines[3].starts_with("GET /a") && lines[3].contains("50.0%") && lines[3].contains("25.0%"));
+        assert!(lines.iter().any(|l| l.contains("GET /a: 2 gunicorn_timeout")), "{lines:?}");
+        let run = lines.iter().find(|l| l.starts_with("GET /spin/9")).expect("the running request");
+        assert!(run.contains("2500") && run.contains("700") && run.ends_with("gunicorn_timeout"), "{run}");
     }
 }

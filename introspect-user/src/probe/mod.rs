@@ -40,22 +40,55 @@ pub enum LoadError {
     Stats(String),
 }
 
-fn offsets(tracefs: &Tracefs) -> Result<TracepointOffsets, TracefsError> {
+/// This kernel's tracepoint field offsets, and the optional programs that cannot run here
+/// (a tracepoint or one of its fields missing) with what that loses.
+/// Optional programs left out, and why.
+type Unusable = Vec<(&'static str, String)>;
+
+fn offsets(tracefs: &Tracefs) -> Result<(TracepointOffsets, Unusable), TracefsError> {
     programs::check_syscall_records(tracefs)?;
     let f = |cat, tp, field| tracefs.field(cat, tp, field).map(|f| f.offset as u16);
-    Ok(TracepointOffsets {
-        tcp_probe_daddr: f("tcp", "tcp_probe", "daddr")?,
-        tcp_probe_sport: f("tcp", "tcp_probe", "sport")?,
-        tcp_probe_dport: f("tcp", "tcp_probe", "dport")?,
-        tcp_probe_family: f("tcp", "tcp_probe", "family")?,
-        tcp_probe_data_len: f("tcp", "tcp_probe", "data_len")?,
+    let mut unusable = Vec::new();
+    // The fields of an optional tracepoint: all there, or the program is left out.
+    let mut opt = |program: &'static str, cat: &str, tp: &str, fields: &[&str]| -> Vec<u16> {
+        let found: Result<Vec<u16>, TracefsError> = fields.iter().map(|field| tracefs.field(cat, tp, field).map(|f| f.offset as u16)).collect();
+        match found {
+            Ok(v) => v,
+            Err(e) => {
+                unusable.push((program, e.to_string()));
+                vec![0; fields.len()]
+            }
+        }
+    };
+    let tcp = opt("tcp_tcp_probe", "tcp", "tcp_probe", &["daddr", "sport", "dport", "family", "data_len"]);
+    let sig = opt("signal_signal_generate", "signal", "signal_generate", &["pid", "sig", "code", "group", "result"]);
+    let deliver = opt("signal_signal_deliver", "signal", "signal_deliver", &["sig"]);
+    let oom = opt("oom_mark_victim", "oom", "mark_victim", &["pid", "total_vm", "anon_rss", "file_rss", "shmem_rss"]);
+    let offsets = TracepointOffsets {
+        tcp_probe_daddr: tcp[0],
+        tcp_probe_sport: tcp[1],
+        tcp_probe_dport: tcp[2],
+        tcp_probe_family: tcp[3],
+        tcp_probe_data_len: tcp[4],
         newtask_pid: f("task", "task_newtask", "pid")?,
         newtask_clone_flags: f("task", "task_newtask", "clone_flags")?,
         switch_prev_state: f("sched", "sched_switch", "prev_state")?,
         switch_next_pid: f("sched", "sched_switch", "next_pid")?,
         wakeup_pid: f("sched", "sched_wakeup", "pid")?,
-        _pad: [0; 2],
-    })
+        signal_pid: sig[0],
+        signal_sig: sig[1],
+        signal_code: sig[2],
+        signal_group: sig[3],
+        signal_result: sig[4],
+        deliver_sig: deliver[0],
+        oom_pid: oom[0],
+        oom_total_vm: oom[1],
+        oom_anon_rss: oom[2],
+        oom_file_rss: oom[3],
+        oom_shmem_rss: oom[4],
+        _pad: [0; 3],
+    };
+    Ok((offsets, unusable))
 }
 
 pub struct Probes {
@@ -71,6 +104,8 @@ pub struct Probes {
     /// Threads in `ARMED` (even if arming them failed half-way, so their disarm undoes what was
     /// done), mirrored so `ARMED_ANY` says whether there are any.
     armed: BTreeSet<u32>,
+    /// Optional programs this kernel's tracepoints cannot serve, and why.
+    unusable: Unusable,
 }
 
 const SAMPLER: &str = "sample_oncpu";
@@ -98,7 +133,7 @@ impl Probes {
     /// `outbound_heads`: copy the heads of requests on outbound connections (a parser for them
     /// is loaded).
     pub fn load(tracefs: &Tracefs, outbound_heads: bool) -> Result<Self, LoadError> {
-        let offsets = offsets(tracefs)?;
+        let (offsets, unusable) = offsets(tracefs)?;
         let settings = Settings { outbound_heads: outbound_heads.into(), _pad: [0; 7] };
         // Pid-indexed arrays cover every pid the kernel can hand out now.
         let pids = pid_slots();
@@ -108,15 +143,21 @@ impl Probes {
             .map_max_entries(names::TRACKED, pids)
             .map_max_entries(names::THREADS, pids)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/introspect")))?;
-        Ok(Self { ebpf, without: Vec::new(), stats: None, samplers: StdHashMap::new(), perf_hooks: None, armed: BTreeSet::new() })
+        Ok(Self { ebpf, without: Vec::new(), stats: None, samplers: StdHashMap::new(), perf_hooks: None, armed: BTreeSet::new(), unusable })
     }
 
     /// Loads and attaches `table`; returns what is lost for each optional point that failed.
     fn attach(&mut self, table: Vec<Program>) -> Result<Vec<String>, LoadError> {
         let mut lost = Vec::new();
+        let lost_points = &mut lost;
         for program in table {
             let name = program.name;
             if self.without.iter().any(|w| w == name) {
+                continue;
+            }
+            if let Some((_, why)) = self.unusable.iter().find(|(n, _)| *n == name) {
+                let lost = program.points.iter().find_map(|p| p.optional.clone()).unwrap_or_default();
+                lost_points.push(format!("{name} left out ({why}): {lost}"));
                 continue;
             }
             let prog: &mut TracePoint = self
@@ -129,7 +170,7 @@ impl Probes {
             for point in program.points {
                 match (prog.attach(point.category, &point.name), point.optional) {
                     (Ok(_), _) => {}
-                    (Err(e), Some(what)) => lost.push(format!("cannot attach {}:{} ({e}): {what}", point.category, point.name)),
+                    (Err(e), Some(what)) => lost_points.push(format!("cannot attach {}:{} ({e}): {what}", point.category, point.name)),
                     (Err(source), None) => return Err(LoadError::Program { name, source }),
                 }
             }
@@ -317,6 +358,13 @@ impl Probes {
         let map: HashMap<&MapData, u32, OffCpuState> = HashMap::try_from(map).ok()?;
         // Entries are reused in place; out_ts is 0 while the thread is on the CPU.
         map.get(&tid, 0).ok().filter(|st| st.out_ts != 0)
+    }
+
+    /// When process `pid` last touched a file by fd (gunicorn's worker heartbeat), if it did.
+    pub fn heartbeat(&self, pid: u32) -> Option<u64> {
+        let map = self.ebpf.map(names::HEARTBEATS)?;
+        let map: HashMap<&MapData, u32, u64> = HashMap::try_from(map).ok()?;
+        map.get(&pid, 0).ok()
     }
 
     /// Asks the kernel to account each program's run time (costs two clock reads per run).

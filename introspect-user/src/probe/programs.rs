@@ -50,7 +50,7 @@ pub fn request() -> Vec<Program> {
     let point = |s: &introspect_common::syscalls::Syscall, side: &str| Point {
         category: "syscalls",
         name: format!("sys_{side}_{}", s.tp),
-        optional: s.optional.then(|| format!("what fds made by {} are is looked up in /proc instead (and missed once they are closed)", s.name)),
+        optional: s.optional.map(|lost| format!("{}: {lost}", s.name)),
     };
     for enter in enters {
         out.push(Program { name: enter, points: TABLE.iter().filter(|s| s.enter == enter).map(|s| point(s, "enter")).collect() });
@@ -60,6 +60,19 @@ pub fn request() -> Vec<Program> {
     }
     out.push(Program { name: "sched_sched_switch", points: vec![required("sched", "sched_switch")] });
     out.push(Program { name: "sched_sched_wakeup", points: vec![required("sched", "sched_wakeup")] });
+    let optional = |category, name: &str, lost: &str| Point { category, name: name.to_string(), optional: Some(lost.to_string()) };
+    out.push(Program {
+        name: "signal_signal_generate",
+        points: vec![optional("signal", "signal_generate", "who signals a worker is not seen: a killed worker's requests end with no reason")],
+    });
+    out.push(Program {
+        name: "signal_signal_deliver",
+        points: vec![optional("signal", "signal_deliver", "a killed thread's stack at the kill is not captured")],
+    });
+    out.push(Program {
+        name: "oom_mark_victim",
+        points: vec![optional("oom", "mark_victim", "a worker the OOM killer chose is reported as killed by the kernel, without its memory")],
+    });
     out
 }
 
@@ -71,7 +84,7 @@ pub fn check_syscall_records(tracefs: &Tracefs) -> Result<(), TracefsError> {
         let tp = format!("sys_enter_{}", s.tp);
         for (field, i) in s.args {
             match tracefs.expect_field("syscalls", &tp, field, 16 + 8 * usize::from(*i), 8) {
-                Err(TracefsError::Missing(_)) if s.optional => break,
+                Err(TracefsError::Missing(_)) if s.optional.is_some() => break,
                 r => r?,
             }
         }

@@ -7,18 +7,15 @@ use std::{
     path::Path,
 };
 
-use super::sockets::{TCP_ESTABLISHED, TCP_LISTEN, TcpSocket, socket_fds, tcp_sockets};
+use super::{
+    cmdline::ppid_of,
+    sockets::{TCP_ESTABLISHED, TCP_LISTEN, TcpSocket, socket_fds, tcp_sockets},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("no process is listening on TCP port {0}")]
     NoListener(u16),
-}
-
-/// Parent pid from /proc/PID/stat (the comm field may contain spaces and parentheses).
-fn ppid_of(stat: &str) -> Option<u32> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn all_pids() -> Vec<u32> {
@@ -90,11 +87,6 @@ pub fn served(pids: &BTreeSet<u32>) -> Served {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ppid_survives_odd_comms() {
-        assert_eq!(ppid_of("123 (gunicorn: worker [a b)]) S 77 123 123 0"), Some(77));
-    }
 
     #[test]
     fn finds_own_descendants() {

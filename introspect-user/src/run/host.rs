@@ -32,7 +32,13 @@ pub struct Host {
     now_ns: u64,
     pub threads_armed: u64,
     warnings: Vec<String>,
+    /// Processes that exited, and when: their readers and symbols are kept a little longer,
+    /// for the stacks their threads left as they were killed (which can come after the exit).
+    exited: Vec<(u32, u64)>,
 }
+
+/// How long an exited process's readers are kept.
+const KEEP_EXITED_NS: u64 = 1_000_000_000;
 
 /// The Python reader of a process, attached on first use.
 fn interp<'a>(interps: &'a mut HashMap<u32, Option<Interp>>, warnings: &mut Vec<String>, pid: u32) -> Option<&'a mut Interp> {
@@ -65,6 +71,7 @@ impl Host {
             now_ns: 0,
             threads_armed: 0,
             warnings: Vec::new(),
+            exited: Vec::new(),
         }
     }
 
@@ -83,6 +90,13 @@ impl Host {
 
     pub fn set_now(&mut self, now_ns: u64) {
         self.now_ns = now_ns;
+        let (gone, kept): (Vec<_>, Vec<_>) = self.exited.drain(..).partition(|&(_, at)| now_ns.saturating_sub(at) > KEEP_EXITED_NS);
+        self.exited = kept;
+        for (pid, _) in gone {
+            self.interps.remove(&pid);
+            self.symbols.forget(pid);
+            self.gils.exit(pid);
+        }
     }
 
     /// Warnings for the user since the last call.
@@ -120,11 +134,7 @@ impl Live for Host {
                 let child = *child;
                 self.warm([child]);
             }
-            Event::Exit { pid, .. } => {
-                self.interps.remove(pid);
-                self.symbols.forget(*pid);
-                self.gils.exit(*pid);
-            }
+            Event::Exit { hdr, pid } => self.exited.push((*pid, hdr.ts)),
             _ => {}
         }
     }
@@ -179,5 +189,15 @@ impl Live for Host {
         if self.probes.is_armed(tid) {
             self.probes.disarm(tid);
         }
+    }
+
+    fn heartbeat(&mut self, pid: u32) -> Option<u64> {
+        self.probes.heartbeat(pid)
+    }
+
+    fn snapshot(&mut self, pid: u32, tid: u32) -> Option<Vec<Frame>> {
+        let interp = interp(&mut self.interps, &mut self.warnings, pid)?;
+        let tstate = interp.tstate_of(tid).ok()??;
+        Some(snapshot::thread_stack(interp, &self.symbols, tstate, tid))
     }
 }

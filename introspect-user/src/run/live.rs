@@ -23,9 +23,10 @@ use crate::{
         Event, FdOrigin, Hdr,
         decode::{DecodeError, Decoder},
     },
+    kills::server,
     output::{AgentCost, BpfProgram, Losses, Sink},
     probe::{EventRing, KernelLosses, Probes, tracefs},
-    proc::targets,
+    proc::{cmdline, targets},
     proto::{Options, Protocols},
 };
 
@@ -40,13 +41,25 @@ pub struct Session {
     /// Programs left unattached (overhead diagnosis).
     pub without: Vec<String>,
     pub poll_interval: Option<Duration>,
+    /// The servers' worker timeout, when it cannot be read (`--kill-timeout`).
+    pub kill_timeout: Option<Duration>,
     /// Monotonic to wall-clock time, taken once for the whole run (outputs and recordings).
     pub clock: Clock,
 }
 
 impl Session {
     pub fn new(target: Target, reporting: Reporting, duration: Option<Duration>) -> Self {
-        Self { target, reporting, duration, keep_query: false, bpf_stats: false, without: Vec::new(), poll_interval: None, clock: Clock::new() }
+        Self {
+            target,
+            reporting,
+            duration,
+            keep_query: false,
+            bpf_stats: false,
+            without: Vec::new(),
+            poll_interval: None,
+            kill_timeout: None,
+            clock: Clock::new(),
+        }
     }
 
     pub fn config(&self) -> Config {
@@ -137,6 +150,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
             pipeline.event(Event::Fd { hdr: Hdr { tgid: pid, tid: pid, ts: now }, fd, origin: FdOrigin::Proc { kind } }, &mut host)?;
         }
     }
+    describe_processes(&live, session.kill_timeout, &mut pipeline, &mut host)?;
     rt.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
@@ -204,6 +218,37 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
         pipeline.finish(clock::monotonic_ns())?;
         anyhow::Ok(())
     })
+}
+
+/// Tells the pipeline each watched process's parent, and which of them (or their parents) are
+/// server masters and when those kill workers: what /proc says at the start (forks are followed
+/// from then on).
+fn describe_processes(pids: &BTreeSet<u32>, kill_timeout: Option<Duration>, pipeline: &mut Pipeline<'_>, host: &mut Host) -> io::Result<()> {
+    let now = clock::monotonic_ns();
+    let hdr = |pid| Hdr { tgid: pid, tid: pid, ts: now };
+    let mut masters = BTreeSet::new();
+    for &pid in pids {
+        let ppid = cmdline::ppid(pid).unwrap_or(0);
+        pipeline.event(Event::Proc { hdr: hdr(pid), pid, ppid }, host)?;
+        // The top of the watched tree, and its parent when only workers are watched.
+        if !pids.contains(&ppid) {
+            masters.insert(pid);
+            masters.insert(ppid);
+        }
+    }
+    for pid in masters.into_iter().filter(|&p| p > 1) {
+        let (args, env) = (cmdline::args(pid), cmdline::env(pid));
+        let read = |path: &str| cmdline::read_as(pid, path);
+        let server = server::detect(&server::Master { args: &args, env: &env, read: &read }, kill_timeout);
+        if server.kind == server::Kind::Other {
+            continue;
+        }
+        if let server::Deadline::Unknown { why } = &server.deadline {
+            pipeline.warning(now, &format!("process {pid}: when the server kills a worker is not known ({why})"))?;
+        }
+        pipeline.event(Event::Server { hdr: hdr(pid), pid, server }, host)?;
+    }
+    Ok(())
 }
 
 /// The agent's CPU time and peak memory so far, and its programs' run time when accounted.

@@ -9,13 +9,23 @@ use introspect_common::{
     syscalls::{self, Wait},
 };
 
+use super::deadlines::{self, Deadlines, Running};
 use crate::{
-    assemble::{Assembler, Inflight, Request},
-    breakdown::{OffCpu, Timeline},
+    assemble::{Assembler, EndReason, Inflight, Request},
+    breakdown::{Detail, OffCpu, Timeline},
     event::{Event, FdKind, FdOrigin, Hdr, Sys, WaitFacts},
-    output::{Completed, Counts, Crossed, Sink, State, Summary},
-    stacks::{Frame, profile::Profiles},
+    kills::{Kill, Kills},
+    output::{Completed, Counts, Crossed, KillReport, Sink, State, Summary},
+    stacks::{
+        Frame,
+        profile::{ProfileEntry, Profiles},
+    },
 };
+
+/// A request that ended after its process got a fatal signal waits this long for the process's
+/// exit before it is reported as a request that survived it (gunicorn answers 500 after its
+/// SIGABRT, then the worker exits within milliseconds).
+const HOLD_NS: u64 = 2_000_000_000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -43,6 +53,14 @@ pub trait Live {
     fn slow(&mut self, request: &Inflight) -> Option<SlowStart>;
     /// A slow request ended: stop capturing its thread.
     fn done(&mut self, pid: u32, tid: u32);
+    /// When worker `pid` last signalled it is alive (gunicorn's heartbeat).
+    fn heartbeat(&mut self, _pid: u32) -> Option<u64> {
+        None
+    }
+    /// The stack of thread `tid` of `pid` right now (a request nearing its kill).
+    fn snapshot(&mut self, _pid: u32, _tid: u32) -> Option<Vec<Frame>> {
+        None
+    }
 }
 
 /// A slow request's thread when capture started.
@@ -84,6 +102,25 @@ pub struct Pipeline<'a> {
     pub counts: Counts,
     requests: Vec<Request>,
     inflight: Vec<Inflight>,
+    kills: Kills,
+    deadlines: Deadlines,
+    /// Requests that ended after a fatal signal to their process, until it exits (killed) or
+    /// outlives them by `HOLD_NS`.
+    held: Vec<Ended>,
+    running: Vec<Running>,
+}
+
+/// A request that ended, with what the pipeline knows of it, ready to be reported.
+struct Ended {
+    request: Request,
+    /// Its breakdown, when it is reported or may have been killed.
+    detail: Option<Detail>,
+    slow: bool,
+    on_cpu_ns: u64,
+    stack: Option<Vec<Frame>>,
+    profile: Option<Vec<ProfileEntry>>,
+    /// Stacks taken as its kill neared.
+    before_kill: Vec<(u64, Vec<Frame>)>,
 }
 
 impl<'a> Pipeline<'a> {
@@ -100,6 +137,10 @@ impl<'a> Pipeline<'a> {
             counts: Counts::default(),
             requests: Vec::new(),
             inflight: Vec::new(),
+            kills: Kills::default(),
+            deadlines: Deadlines::default(),
+            held: Vec::new(),
+            running: Vec::new(),
         }
     }
 
@@ -164,29 +205,44 @@ impl<'a> Pipeline<'a> {
         if let Event::Fork { .. } = ev {
             self.counts.processes_followed += 1;
         }
+        if let Event::Snapshot { hdr, stack } = ev {
+            self.deadlines.add_snapshot(hdr.tid, hdr.ts, stack.clone());
+        }
+        self.kills.observe(ev);
         self.timeline.observe(ev);
         self.profiles.observe(ev);
         self.asm.observe(ev, &mut self.requests);
         let mut requests = std::mem::take(&mut self.requests);
         for r in requests.drain(..) {
-            self.completed(&r, live)?;
+            self.completed(r, live)?;
         }
         // Keep the allocation for the next event.
         self.requests = requests;
+        if let Event::Exit { pid, .. } = ev {
+            // Its requests that ended after a fatal signal were killed with it.
+            let (dead, alive): (Vec<Ended>, Vec<Ended>) = std::mem::take(&mut self.held).into_iter().partition(|e| e.request.pid == *pid);
+            self.held = alive;
+            for e in dead {
+                let kill = self.kills.kill(e.request.pid, e.request.tid, e.request.start_ns, e.request.end_ns);
+                self.report(e, Some(kill))?;
+            }
+            self.kills.forget(*pid);
+        }
         Ok(())
     }
 
-    fn completed(&mut self, r: &Request, live: &mut dyn Live) -> io::Result<()> {
+    fn completed(&mut self, r: Request, live: &mut dyn Live) -> io::Result<()> {
         let slow = r.duration_ns() >= self.cfg.threshold_ns;
         let (from, to) = (r.start_ns + r.queue_ns, r.end_ns);
-        // Only reported requests need their whole breakdown; the summary needs on-CPU time.
-        let detail = (slow || self.cfg.all).then(|| self.timeline.detail(r.tid, from, to, r.queue_ns, None));
+        let died = r.end == EndReason::ProcessExit;
+        let signalled = !died && self.kills.signalled_during(r.pid, r.start_ns, r.end_ns);
+        // Only reported requests (and killed ones) need their whole breakdown; the summary needs
+        // on-CPU time.
+        let detail = (slow || self.cfg.all || died || signalled).then(|| self.timeline.detail(r.tid, from, to, r.queue_ns, None));
         let on_cpu_ms = match &detail {
             Some(d) => d.breakdown.on_cpu,
             None => self.timeline.on_cpu_ms(r.tid, from, to),
         };
-        self.summary.record(r, slow, (on_cpu_ms * 1e6) as u64);
-        self.counts.requests += 1;
         // A request that crossed the threshold while running: its stacks end with it.
         let (stack, profile) = match self.slow.remove(&r.tid) {
             Some(stack) => {
@@ -195,12 +251,77 @@ impl<'a> Pipeline<'a> {
             }
             None => (None, None),
         };
-        if detail.is_some() {
-            self.counts.reported += 1;
-        }
-        let done = Completed { request: r, detail: detail.as_ref(), stack: stack.as_deref(), profile: profile.as_deref() };
-        self.sinks.iter_mut().try_for_each(|s| s.request(&done))?;
         self.timeline.forget_before(r.tid, r.end_ns);
+        let before_kill = self.deadlines.done(r.tid);
+        let ended = Ended { request: r, detail, slow, on_cpu_ns: (on_cpu_ms * 1e6) as u64, stack, profile, before_kill };
+        if died {
+            let e = &ended.request;
+            let kill = self.kills.kill(e.pid, e.tid, e.start_ns, e.end_ns);
+            self.report(ended, Some(kill))
+        } else if signalled {
+            self.held.push(ended);
+            Ok(())
+        } else {
+            self.report(ended, None)
+        }
+    }
+
+    fn report(&mut self, e: Ended, kill: Option<Kill>) -> io::Result<()> {
+        let r = &e.request;
+        self.summary.record(r, e.slow, e.on_cpu_ns, kill.as_ref().map(|k| k.reason));
+        self.counts.requests += 1;
+        let reported = e.slow || self.cfg.all;
+        self.counts.reported += u64::from(reported);
+        self.counts.killed += u64::from(kill.is_some());
+        let kill = match (&kill, &e.detail) {
+            (Some(kill), Some(detail)) => Some(KillReport { kill, detail, before_kill: &e.before_kill }),
+            _ => None,
+        };
+        let done =
+            Completed { request: r, detail: e.detail.as_ref().filter(|_| reported), stack: e.stack.as_deref(), profile: e.profile.as_deref(), kill };
+        self.sinks.iter_mut().try_for_each(|s| s.request(&done))
+    }
+
+    /// The running requests past the threshold: when their server will kill them, a warning a
+    /// second before, stacks until then; and the list `top` shows.
+    fn watch_running(&mut self, now_ns: u64, live: &mut dyn Live) -> io::Result<()> {
+        let running: Vec<(u32, u32, u64, String, String)> =
+            self.asm.running().map(|o| (o.pid, o.tid, o.start_ns, o.method.to_string(), o.path.to_string())).collect();
+        self.running.clear();
+        for (pid, tid, start_ns, method, path) in running {
+            self.heartbeat(pid, now_ns, live)?;
+            let kill = deadlines::kill_in(&self.kills, pid, start_ns, now_ns);
+            if let Some((_, reason, at)) = kill {
+                let due = self.deadlines.check(tid, at, reason, now_ns, || format!("{method} {path} (pid {pid}, thread {tid})"));
+                if let Some(w) = due.warning {
+                    self.warning(now_ns, &w)?;
+                }
+                if due.snapshot
+                    && let Some(stack) = live.snapshot(pid, tid)
+                {
+                    let ev = Event::Snapshot { hdr: Hdr { tgid: pid, tid, ts: now_ns }, stack };
+                    self.sinks(|s| s.event(&ev))?;
+                    if let Event::Snapshot { stack, .. } = ev {
+                        self.deadlines.add_snapshot(tid, now_ns, stack);
+                    }
+                }
+            }
+            let elapsed_ms = now_ns.saturating_sub(start_ns) as f64 / 1e6;
+            self.running.push(Running { pid, tid, method, path, elapsed_ms, kill_in_ms: kill.map(|k| k.0), kill_by: kill.map(|k| k.1) });
+        }
+        Ok(())
+    }
+
+    /// Learns a worker's latest heartbeat from the host, recorded as an event when it is news.
+    fn heartbeat(&mut self, pid: u32, now_ns: u64, live: &mut dyn Live) -> io::Result<()> {
+        if !matches!(self.kills.server_of(pid), Some((_, s)) if matches!(s.deadline, crate::kills::Deadline::Heartbeat { .. })) {
+            return Ok(());
+        }
+        if let Some(at) = live.heartbeat(pid).filter(|&at| Some(at) != self.kills.heartbeat(pid)) {
+            let ev = Event::Heartbeat { hdr: Hdr { tgid: pid, tid: pid, ts: now_ns }, pid, at };
+            self.sinks(|s| s.event(&ev))?;
+            self.kills.observe(&ev);
+        }
         Ok(())
     }
 
@@ -218,6 +339,8 @@ impl<'a> Pipeline<'a> {
                 self.wait_facts(i.pid, now_ns, &sys, facts, live)?;
             }
             let detail = self.timeline.detail(i.tid, i.start_ns + i.queue_ns, now_ns, i.queue_ns, open.as_ref());
+            self.heartbeat(i.pid, now_ns, live)?;
+            let kill = deadlines::kill_in(&self.kills, i.pid, i.start_ns, now_ns).map(|(ms, reason, _)| (ms, reason));
             self.profiles.start(i.tid);
             let stack = match live.slow(&i) {
                 Some(s) => {
@@ -232,18 +355,26 @@ impl<'a> Pipeline<'a> {
                 }
                 None => None,
             };
-            let c = Crossed { inflight: &i, detail: &detail, stack: stack.as_deref() };
+            let c = Crossed { inflight: &i, detail: &detail, stack: stack.as_deref(), kill };
             self.sinks.iter_mut().try_for_each(|s| s.inflight(&c))?;
             self.slow.insert(i.tid, stack);
         }
         // Keep the allocation for the next tick.
         self.inflight = crossed;
+        self.watch_running(now_ns, live)?;
+        // Requests that outlived a signal to their process by long enough: it was not a kill.
+        let (survived, held): (Vec<Ended>, Vec<Ended>) =
+            std::mem::take(&mut self.held).into_iter().partition(|e| now_ns > e.request.end_ns + HOLD_NS);
+        self.held = held;
+        for e in survived {
+            self.report(e, None)?;
+        }
         // Waits of threads whose requests never completed are kept for 10 minutes at most.
         if now_ns.saturating_sub(self.last_forget_ns) > 1_000_000_000 {
             self.last_forget_ns = now_ns;
             self.timeline.forget_all_before(now_ns.saturating_sub(600_000_000_000));
         }
-        let state = State { now_ns, summary: &self.summary, counts: &self.counts };
+        let state = State { now_ns, summary: &self.summary, counts: &self.counts, running: &self.running };
         let mut stop = false;
         for s in &mut self.sinks {
             stop |= s.tick(&state)?;
@@ -262,12 +393,15 @@ impl<'a> Pipeline<'a> {
     }
 
     pub fn finish(&mut self, now_ns: u64) -> io::Result<()> {
+        for e in std::mem::take(&mut self.held) {
+            self.report(e, None)?;
+        }
         self.asm.close();
         self.counts.open_at_exit = self.asm.stats().open_at_exit;
         self.counts.non_http = self.asm.stats().non_http_phases;
         self.counts.stacks.oncpu_samples = self.profiles.oncpu_samples;
         self.counts.stacks.offcpu_stacks = self.profiles.offcpu_stacks;
-        let state = State { now_ns, summary: &self.summary, counts: &self.counts };
+        let state = State { now_ns, summary: &self.summary, counts: &self.counts, running: &self.running };
         for s in &mut self.sinks {
             s.finish(&state)?;
             s.flush()?;

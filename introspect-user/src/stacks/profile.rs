@@ -56,7 +56,8 @@ impl Profiles {
 
     pub fn observe(&mut self, ev: &Event) {
         match ev {
-            Event::Stack { hdr, on_cpu, frames, .. } => {
+            // A stack at a fatal signal belongs to the kill, not to the profile.
+            Event::Stack { hdr, on_cpu, frames, at_signal: false, .. } => {
                 let Some(acc) = self.threads.get_mut(&hdr.tid) else { return };
                 if *on_cpu {
                     self.oncpu_samples += 1;
@@ -107,7 +108,7 @@ mod tests {
     }
 
     fn stack(tid: u32, ts: u64, on_cpu: bool, f: &str) -> Event {
-        Event::Stack { hdr: Hdr { tgid: 1, tid, ts }, on_cpu, kstack: -1, ustack: -1, raw: Vec::new(), frames: frame(f) }
+        Event::Stack { hdr: Hdr { tgid: 1, tid, ts }, on_cpu, at_signal: false, kstack: -1, ustack: -1, raw: Vec::new(), frames: frame(f) }
     }
 
     #[test]

@@ -115,7 +115,26 @@ impl Interp {
 
     /// The thread state of kernel thread `tid`.
     pub fn tstate_of(&mut self, tid: u32) -> Result<Option<u64>, PyError> {
-        Ok(self.threads()?.into_iter().find(|(_, t)| *t == Some(tid)).map(|(ts, _)| ts))
+        let threads = self.threads()?;
+        if let Some((ts, _)) = threads.iter().find(|(_, t)| *t == Some(tid)) {
+            return Ok(Some(*ts));
+        }
+        // A process forked from one that already ran Python (uWSGI's workers, forked by a master
+        // that loaded the app) keeps the forking thread's state with the parent's thread id
+        // (3.11+ do not update native_thread_id in the child). That thread became the child's
+        // main thread: the one state whose id is no thread of this process is the main
+        // thread's.
+        if tid != self.pid {
+            return Ok(None);
+        }
+        let live: Vec<u32> = std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        let mut orphans = threads.iter().filter(|(_, t)| t.is_none_or(|t| !live.contains(&t)));
+        Ok(match (orphans.next(), orphans.next()) {
+            (Some((ts, _)), None) => Some(*ts),
+            _ => None,
+        })
     }
 
     /// The address of the innermost frame of a thread state.

@@ -136,13 +136,27 @@ pub struct Target {
     pub port: Option<u16>,
 }
 
-/// How the watched server kills its workers, when introspect cannot read it.
+/// How the watched server kills its workers, and what introspect may do about it.
 #[derive(Args, Debug, Clone)]
 pub struct Servers {
     /// The server's worker timeout (gunicorn --timeout, uWSGI --harakiri), when it cannot be read
     /// from the master's command line (a gunicorn config file sets it).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub kill_timeout: Option<Duration>,
+    /// INVASIVE, off by default: this long before the server kills a worker whose request runs
+    /// too long, make that request raise TimeoutError inside Python (written into the thread's
+    /// state, as PyThreadState_SetAsyncExc does), so the app rolls back and answers with its own
+    /// error page, and the worker lives. The only option with which introspect writes to a
+    /// watched process; without it, it cannot.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub interrupt_before: Option<Duration>,
+    /// With --interrupt-before: report what would be interrupted, write nothing.
+    #[arg(long, requires = "interrupt_before")]
+    pub interrupt_dry_run: bool,
+    /// Check, once the watch runs, whether writing to the watched processes is possible, and say
+    /// so in a warning (for tests).
+    #[arg(long, hide = true)]
+    pub try_write: bool,
 }
 
 #[derive(Args, Debug, Clone)]

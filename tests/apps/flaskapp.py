@@ -102,6 +102,20 @@ def csum(n, tag=None):
     return f"{sum(range(n))}\n"  # LINE:sum
 
 
+@app.route("/interruptible/<int:ms>")
+@app.route("/interruptible/<int:ms>/<tag>")
+def interruptible(ms, tag=None):
+    """Spin in Python for up to `ms` ms; a TimeoutError raised into it (introspect's
+    --interrupt-before) is caught here and answered 504, so a test can tell where it landed:
+    any other endpoint it reached would answer 500."""
+    t0 = time.monotonic()
+    try:
+        burn(ms)
+    except TimeoutError:
+        return Response(f"interrupted after {(time.monotonic() - t0) * 1e3:.0f} ms\n", status=504)
+    return "not interrupted\n"
+
+
 @app.route("/alloc/<int:mb>")
 @app.route("/alloc/<int:mb>/<tag>")
 def alloc(mb, tag=None):

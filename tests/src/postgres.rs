@@ -78,6 +78,16 @@ impl Postgres {
         assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// The result of a query, unaligned and trimmed.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new(bin_dir().join("psql"))
+            .args(["-X", "-tA", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Locks row 1 of `items` from another transaction (a psql session) for `hold`, and returns
     /// once the lock is taken. The guard ends the session if the test fails first.
     pub fn hold_row_lock(&self, hold: Duration) -> Guard {

@@ -74,6 +74,8 @@ pub enum EndReason {
 pub struct RunningRequest<'a> {
     pub pid: u32,
     pub tid: u32,
+    /// The served connection's fd.
+    pub fd: i32,
     pub start_ns: u64,
     pub method: &'a str,
     pub path: &'a str,
@@ -237,7 +239,8 @@ impl Assembler {
             | Event::Proc { .. }
             | Event::Server { .. }
             | Event::Heartbeat { .. }
-            | Event::Snapshot { .. } => {}
+            | Event::Snapshot { .. }
+            | Event::Interrupt { .. } => {}
         }
         // After the connections: a close must see what the fd was before it is forgotten.
         self.fds.observe(ev);
@@ -424,9 +427,9 @@ impl Assembler {
 
     /// The open requests that crossed the threshold, as of now.
     pub fn running(&self) -> impl Iterator<Item = RunningRequest<'_>> {
-        self.conns.iter().filter_map(|(&(pid, _), c)| {
+        self.conns.iter().filter_map(|(&(pid, fd), c)| {
             let o = c.open.as_ref().filter(|o| o.inflight_sent)?;
-            Some(RunningRequest { pid, tid: o.writer_tid.unwrap_or(o.reader_tid), start_ns: o.start_ns, method: &o.method, path: &o.path })
+            Some(RunningRequest { pid, tid: o.writer_tid.unwrap_or(o.reader_tid), fd, start_ns: o.start_ns, method: &o.method, path: &o.path })
         })
     }
 

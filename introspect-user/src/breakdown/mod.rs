@@ -123,7 +123,8 @@ impl Timeline {
             | Event::Proc { .. }
             | Event::Server { .. }
             | Event::Heartbeat { .. }
-            | Event::Snapshot { .. } => return,
+            | Event::Snapshot { .. }
+            | Event::Interrupt { .. } => return,
         };
         if entry > MAX_PER_THREAD
             && let Some(log) = self.threads.get_mut(&tid)

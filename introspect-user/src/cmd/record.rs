@@ -1,9 +1,6 @@
 //! `introspect record`: a watch for a fixed time whose outputs land in a directory: the JSON
 //! lines, the summary, and flame graphs of the slow requests (all, on-CPU, off-CPU, per route).
-use std::{
-    fs::{self, File},
-    io::BufWriter,
-};
+use std::{fs, io::BufWriter};
 
 use anyhow::Context as _;
 
@@ -11,6 +8,7 @@ use crate::{
     cli::RecordArgs,
     output::{
         Sink, Stderr,
+        files::OutDir,
         flame::{FlameOut, FlameSink},
         json::{JsonLines, SummaryFile},
     },
@@ -19,16 +17,23 @@ use crate::{
 
 pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let events_path = args.out.join("events.jsonl");
-    let events = File::create(&events_path).with_context(|| format!("creating {}", events_path.display()))?;
+    // Every output is opened now: the watch forbids opening files for writing once it runs.
+    let dir = OutDir::open(&args.out)?;
+    let events = dir.create("events.jsonl")?;
+    let summary = dir.create("summary.json")?;
+    let flames = FlameOut::dir(dir)?;
     let mut session = Session::new(args.target, args.reporting, Some(args.duration));
     session.keep_query = args.keep_query;
+    session.writable_dirs = flames.dirs();
     session.kill_timeout = args.servers.kill_timeout;
+    session.interrupt_before = args.servers.interrupt_before;
+    session.interrupt_dry_run = args.servers.interrupt_dry_run;
+    session.try_write = args.servers.try_write;
     let sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(Stderr),
         Box::new(JsonLines::new(BufWriter::new(events), session.clock)),
-        Box::new(SummaryFile::new(args.out.join("summary.json"), session.clock)),
-        Box::new(FlameSink::new(FlameOut::Dir(args.out.clone()))),
+        Box::new(SummaryFile::new(summary, session.clock)),
+        Box::new(FlameSink::new(flames)),
     ];
     live::watch(&session, sinks)?;
     eprintln!("introspect: wrote {0}/events.jsonl and {0}/summary.json", args.out.display());

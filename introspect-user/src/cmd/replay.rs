@@ -15,7 +15,12 @@ use crate::{
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let file = File::open(&args.file).map_err(|e| UsageError(format!("cannot open {}: {e}", args.file.display())))?;
-    let cfg = Config { threshold_ns: args.reporting.threshold.as_nanos() as u64, all: args.reporting.all, sample_hz: args.reporting.sample_hz };
+    let cfg = Config {
+        threshold_ns: args.reporting.threshold.as_nanos() as u64,
+        all: args.reporting.all,
+        sample_hz: args.reporting.sample_hz,
+        interrupt: None,
+    };
     replay(BufReader::new(file), &args.file.display().to_string(), cfg, io::BufWriter::new(io::stdout().lock()))
 }
 
@@ -66,7 +71,7 @@ mod tests {
             if path.extension().is_none_or(|e| e != "recording") {
                 continue;
             }
-            let cfg = Config { threshold_ns: 500_000_000, all: true, sample_hz: 99 };
+            let cfg = Config { threshold_ns: 500_000_000, all: true, sample_hz: 99, interrupt: None };
             let mut out = Vec::new();
             replay(BufReader::new(File::open(&path).expect("open")), "fixture", cfg, &mut out).expect("replay");
             let expected_path = path.with_extension("expected.jsonl");

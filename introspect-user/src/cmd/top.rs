@@ -28,6 +28,9 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     // Keys are read between drains: a fixed, short interval keeps it responsive.
     session.poll_interval = Some(Duration::from_millis(10));
     session.kill_timeout = args.servers.kill_timeout;
+    session.interrupt_before = args.servers.interrupt_before;
+    session.interrupt_dry_run = args.servers.interrupt_dry_run;
+    session.try_write = args.servers.try_write;
     let _guard = if tty {
         execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
         terminal::enable_raw_mode()?;

@@ -25,13 +25,16 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     session.without = args.without;
     session.poll_interval = args.poll_interval;
     session.kill_timeout = args.servers.kill_timeout;
+    session.interrupt_before = args.servers.interrupt_before;
+    session.interrupt_dry_run = args.servers.interrupt_dry_run;
+    session.try_write = args.servers.try_write;
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(Stderr), Box::new(JsonLines::new(BufWriter::new(io::stdout().lock()), session.clock))];
     if let Some(path) = &args.record {
         let file = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);
         sinks.push(Box::new(recording::Writer::new(Box::new(file), session.clock.realtime_minus_mono())?));
     }
     if let Some(path) = &args.flamegraph {
-        sinks.push(Box::new(FlameSink::new(FlameOut::Svg(path.clone()))));
+        sinks.push(Box::new(FlameSink::new(FlameOut::svg(path)?)));
     }
     live::watch(&session, sinks)
 }

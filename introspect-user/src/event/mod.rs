@@ -222,6 +222,28 @@ pub enum Event {
         hdr: Hdr,
         stack: Vec<Frame>,
     },
+    /// `--interrupt-before` on `hdr.tid`'s request, whose kill was predicted at `kill_at`.
+    Interrupt {
+        hdr: Hdr,
+        action: InterruptAction,
+        kill_at: u64,
+    },
+}
+
+/// A step of interrupting a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterruptAction {
+    /// TimeoutError was written to the thread's state.
+    Written,
+    /// The thread raised it (its state no longer holds it).
+    Surfaced,
+    /// Taken back unraised just before the kill (the thread never reached a check: C code).
+    Undone,
+    /// Not written, and why.
+    Refused { why: String },
+    /// `--interrupt-dry-run`: would have been written now.
+    DryRun,
 }
 
 impl Event {
@@ -244,7 +266,8 @@ impl Event {
             | Event::Proc { hdr, .. }
             | Event::Server { hdr, .. }
             | Event::Heartbeat { hdr, .. }
-            | Event::Snapshot { hdr, .. } => hdr,
+            | Event::Snapshot { hdr, .. }
+            | Event::Interrupt { hdr, .. } => hdr,
         }
     }
 }

@@ -4,11 +4,12 @@
 //! (`introspect flamegraph EVENTS.jsonl`).
 use std::{
     collections::BTreeMap,
-    fs, io,
+    fs::File,
+    io::{self, Write},
     path::{Path, PathBuf},
 };
 
-use super::{Completed, Sink, State, route};
+use super::{Completed, Sink, State, files::OutDir, route};
 use crate::stacks::{Frame, FrameKind, profile::ProfileEntry};
 
 /// Which time a graph shows.
@@ -97,12 +98,33 @@ pub fn svg(folded: &[String], title: &str) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Where a [`FlameSink`] writes when the run ends.
+/// Where a [`FlameSink`] writes when the run ends (opened before the watch starts).
 pub enum FlameOut {
     /// One SVG of all slow requests, on- and off-CPU (`watch --flamegraph`).
-    Svg(PathBuf),
-    /// `record`'s set: slow.folded, slow.svg, cpu.svg, offcpu.svg and routes/*.svg.
-    Dir(PathBuf),
+    Svg { file: File, path: PathBuf },
+    /// `record`'s set: slow.folded, slow.svg, cpu.svg, offcpu.svg in `dir` and `routes`/*.svg.
+    Dir { dir: OutDir, routes: OutDir },
+}
+
+impl FlameOut {
+    pub fn svg(path: &Path) -> io::Result<Self> {
+        let file = File::create(path).map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", path.display())))?;
+        Ok(FlameOut::Svg { file, path: path.to_path_buf() })
+    }
+
+    /// `record`'s output directory, with its routes/ made.
+    pub fn dir(dir: OutDir) -> io::Result<Self> {
+        let routes = dir.subdir("routes")?;
+        Ok(FlameOut::Dir { dir, routes })
+    }
+
+    /// The directories files are created in when the run ends.
+    pub fn dirs(&self) -> Vec<std::os::fd::RawFd> {
+        match self {
+            FlameOut::Svg { .. } => Vec::new(),
+            FlameOut::Dir { dir, routes } => vec![dir.fd(), routes.fd()],
+        }
+    }
 }
 
 /// Collects the profiles of slow requests and draws them at the end.
@@ -117,26 +139,24 @@ impl FlameSink {
     }
 }
 
-fn write(path: &Path, bytes: impl AsRef<[u8]>) -> io::Result<()> {
-    fs::write(path, bytes).map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
-}
-
 fn svg_io(folded: &[String], title: &str) -> io::Result<Vec<u8>> {
     svg(folded, title).map_err(io::Error::other)
 }
 
-/// Writes the flame graphs of `flames` into `dir`.
-pub fn write_graphs(dir: &Path, flames: &Flames) -> io::Result<()> {
+fn write(dir: &OutDir, name: &str, bytes: impl AsRef<[u8]>) -> io::Result<()> {
+    dir.create(name)?.write_all(bytes.as_ref())
+}
+
+/// Writes the flame graphs of `flames` into `dir` (and the per-route ones into `routes`).
+pub fn write_graphs(dir: &OutDir, routes: &OutDir, flames: &Flames) -> io::Result<()> {
     let wall = flames.folded(Kind::Wall, None);
-    write(&dir.join("slow.folded"), wall.iter().map(|l| format!("{l}\n")).collect::<String>())?;
-    write(&dir.join("slow.svg"), svg_io(&wall, WALL_TITLE)?)?;
-    write(&dir.join("cpu.svg"), svg_io(&flames.folded(Kind::Cpu, None), "slow requests: on-CPU")?)?;
-    write(&dir.join("offcpu.svg"), svg_io(&flames.folded(Kind::Offcpu, None), "slow requests: off-CPU")?)?;
-    let routes = dir.join("routes");
-    fs::create_dir_all(&routes).map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", routes.display())))?;
+    write(dir, "slow.folded", wall.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    write(dir, "slow.svg", svg_io(&wall, WALL_TITLE)?)?;
+    write(dir, "cpu.svg", svg_io(&flames.folded(Kind::Cpu, None), "slow requests: on-CPU")?)?;
+    write(dir, "offcpu.svg", svg_io(&flames.folded(Kind::Offcpu, None), "slow requests: off-CPU")?)?;
     for r in flames.routes() {
         let folded = flames.folded(Kind::Wall, Some(&r));
-        write(&routes.join(format!("{}.svg", slug(&r))), svg_io(&folded, &format!("{r}: on-CPU and off-CPU [off-cpu]"))?)?;
+        write(routes, &format!("{}.svg", slug(&r)), svg_io(&folded, &format!("{r}: on-CPU and off-CPU [off-cpu]"))?)?;
     }
     Ok(())
 }
@@ -152,16 +172,16 @@ impl Sink for FlameSink {
     }
 
     fn finish(&mut self, _state: &State<'_>) -> io::Result<()> {
-        match &self.out {
-            FlameOut::Svg(path) => {
-                write(path, svg_io(&self.flames.folded(Kind::Wall, None), WALL_TITLE)?)?;
+        match &mut self.out {
+            FlameOut::Svg { file, path } => {
+                file.write_all(&svg_io(&self.flames.folded(Kind::Wall, None), WALL_TITLE)?)?;
                 eprintln!("introspect: flame graph of slow requests written to {}", path.display());
             }
-            FlameOut::Dir(dir) => {
-                write_graphs(dir, &self.flames)?;
+            FlameOut::Dir { dir, routes } => {
+                write_graphs(dir, routes, &self.flames)?;
                 eprintln!(
                     "introspect: wrote {0}/slow.folded, slow.svg, cpu.svg, offcpu.svg and routes/ ({1} route graphs)",
-                    dir.display(),
+                    dir.path().display(),
                     self.flames.routes().len()
                 );
             }

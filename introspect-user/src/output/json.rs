@@ -138,6 +138,29 @@ struct KilledLine<'a> {
     profile: Option<&'a [ProfileEntry]>,
 }
 
+/// What `--interrupt-before` did to a request.
+#[derive(Serialize)]
+struct InterruptedLine<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    ts: String,
+    pid: u32,
+    tid: u32,
+    method: &'a str,
+    path: &'a str,
+    start_ts: String,
+    /// When it was interrupted, from the request's start.
+    elapsed_ms: f64,
+    outcome: &'static str,
+    exception: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why: Option<&'a str>,
+    status: Option<u16>,
+    /// How long before the predicted kill it was interrupted, and whose kill that was.
+    before_kill_ms: f64,
+    kill_by: Option<&'static str>,
+}
+
 #[derive(Serialize)]
 struct WarningLine<'a> {
     #[serde(rename = "type")]
@@ -298,6 +321,26 @@ impl<W: Write> Sink for JsonLines<W> {
         self.line(&line)
     }
 
+    fn interrupted(&mut self, i: &super::Interrupted<'_>) -> io::Result<()> {
+        let line = InterruptedLine {
+            ty: "interrupted",
+            ts: self.clock.rfc3339(i.at_ns),
+            pid: i.pid,
+            tid: i.tid,
+            method: i.method,
+            path: i.path,
+            start_ts: self.clock.rfc3339(i.start_ns),
+            elapsed_ms: ms(i.at_ns.saturating_sub(i.start_ns)),
+            outcome: i.outcome,
+            exception: "TimeoutError",
+            why: i.why,
+            status: i.status,
+            before_kill_ms: (i.kill_at_ns as f64 - i.at_ns as f64) / 1e6,
+            kill_by: i.kill_by.map(|k| k.name()),
+        };
+        self.line(&line)
+    }
+
     fn warning(&mut self, now_ns: u64, message: &str) -> io::Result<()> {
         let line = WarningLine { ty: "warning", ts: self.clock.rfc3339(now_ns), message };
         self.line(&line)
@@ -315,15 +358,15 @@ impl<W: Write> Sink for JsonLines<W> {
     }
 }
 
-/// `record`'s summary.json: the summary line, pretty.
+/// `record`'s summary.json: the summary line, pretty (the file is opened before the watch).
 pub struct SummaryFile {
-    path: std::path::PathBuf,
+    file: std::fs::File,
     clock: Clock,
 }
 
 impl SummaryFile {
-    pub fn new(path: std::path::PathBuf, clock: Clock) -> Self {
-        Self { path, clock }
+    pub fn new(file: std::fs::File, clock: Clock) -> Self {
+        Self { file, clock }
     }
 }
 
@@ -332,6 +375,6 @@ impl Sink for SummaryFile {
         let rows = state.summary.rows();
         let line = SummaryLine { ty: "summary", ts: self.clock.rfc3339(state.now_ns), counts: state.counts, endpoints: &rows };
         let text = serde_json::to_string_pretty(&line).map_err(io::Error::other)? + "\n";
-        std::fs::write(&self.path, text).map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", self.path.display())))
+        self.file.write_all(text.as_bytes())
     }
 }

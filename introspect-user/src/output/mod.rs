@@ -2,6 +2,7 @@
 //! implements: the v1 JSON lines ([`json`]), flame graphs ([`flame`]), the live table of `top`
 //! ([`top`]), the summary file of `record` ([`summary`]), warnings on stderr, and the recorder
 //! (`event::recording`). A command picks its sinks; the pipeline feeds them all the same way.
+pub mod files;
 pub mod flame;
 pub mod json;
 pub mod route;
@@ -52,6 +53,26 @@ pub struct Crossed<'a> {
     pub kill: Option<(f64, Reason)>,
 }
 
+/// What `--interrupt-before` did to a request.
+pub struct Interrupted<'a> {
+    pub pid: u32,
+    pub tid: u32,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub start_ns: u64,
+    /// When it was interrupted (or would have been).
+    pub at_ns: u64,
+    /// "raised", "uninterruptible", "not_attempted" or "dry_run".
+    pub outcome: &'static str,
+    /// Why it was not attempted.
+    pub why: Option<&'a str>,
+    /// The status the app answered with, once it raised.
+    pub status: Option<u16>,
+    /// The kill it was meant to prevent: when it was predicted, and whose.
+    pub kill_at_ns: u64,
+    pub kill_by: Option<Reason>,
+}
+
 /// The run so far: the per-route table and the counters.
 pub struct State<'a> {
     pub now_ns: u64,
@@ -73,6 +94,10 @@ pub trait Sink {
     }
 
     fn inflight(&mut self, _c: &Crossed<'_>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn interrupted(&mut self, _i: &Interrupted<'_>) -> io::Result<()> {
         Ok(())
     }
 
@@ -115,6 +140,9 @@ pub struct Counts {
     /// Requests whose worker was killed with them in flight (`killed` lines).
     #[serde(skip_serializing_if = "is_zero")]
     pub killed: u64,
+    /// Requests `--interrupt-before` made raise before the server's kill.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub interrupted: u64,
     pub dropped_events: u64,
     pub duration_s: f64,
     /// Requests still running when the watch ended (not counted in `requests`).

@@ -102,8 +102,8 @@ fn round3(v: f64) -> f64 {
 
 impl Summary {
     /// `cpu_ns`: the request's on-CPU time (from its breakdown); `killed`: why its worker was
-    /// killed with it in flight.
-    pub fn record(&mut self, r: &Request, slow: bool, cpu_ns: u64, killed: Option<Reason>) {
+    /// killed with it in flight; `interrupted`: `--interrupt-before` made it raise.
+    pub fn record(&mut self, r: &Request, slow: bool, cpu_ns: u64, killed: Option<Reason>, interrupted: bool) {
         self.key.clear();
         self.key.push_str(&r.method);
         self.key.push(' ');
@@ -116,6 +116,7 @@ impl Summary {
         s.slow += u64::from(slow);
         s.errors_5xx += u64::from(r.status.is_some_and(|c| c >= 500));
         s.no_status += u64::from(r.status.is_none());
+        s.interrupted += u64::from(interrupted);
         if let Some(reason) = killed {
             s.killed += 1;
             *s.killed_by.entry(reason.name()).or_default() += 1;

@@ -360,6 +360,13 @@ impl Probes {
         map.get(&tid, 0).ok().filter(|st| st.out_ts != 0)
     }
 
+    /// The phase of a tracked connection (`introspect_common::phase`), if the kernel has it.
+    pub fn conn_phase(&self, pid: u32, fd: i32) -> Option<u8> {
+        let map = self.ebpf.map(names::CONNS)?;
+        let map: HashMap<&MapData, ConnKey, ConnState> = HashMap::try_from(map).ok()?;
+        map.get(&ConnKey { tgid: pid, fd }, 0).ok().map(|c| c.phase)
+    }
+
     /// When process `pid` last touched a file by fd (gunicorn's worker heartbeat), if it did.
     pub fn heartbeat(&self, pid: u32) -> Option<u64> {
         let map = self.ebpf.map(names::HEARTBEATS)?;

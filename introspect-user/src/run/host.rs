@@ -4,7 +4,7 @@
 //! kernel, a userspace snapshot at the threshold), and symbolization of captured stacks.
 use std::collections::HashMap;
 
-use introspect_common::{Armed, NO_SYSCALL};
+use introspect_common::{Armed, NO_SYSCALL, phase};
 
 use crate::{
     assemble::Inflight,
@@ -12,10 +12,11 @@ use crate::{
     event::{Event, FdKind, Sys, WaitFacts},
     probe::Probes,
     proc::fds::Resolver,
+    proc::mem::{read_mem, write_mem},
     run::pipeline::{Live, SlowStart},
     stacks::{
         Frame,
-        python::{Interp, gil::Gils},
+        python::{Interp, gil::Gils, interrupt::Written},
         snapshot,
         symbolize::Symbols,
     },
@@ -32,6 +33,8 @@ pub struct Host {
     now_ns: u64,
     pub threads_armed: u64,
     warnings: Vec<String>,
+    /// Interruptions written (`--interrupt-before`), by thread.
+    written: HashMap<u32, (u32, Written)>,
     /// Processes that exited, and when: their readers and symbols are kept a little longer,
     /// for the stacks their threads left as they were killed (which can come after the exit).
     exited: Vec<(u32, u64)>,
@@ -71,6 +74,7 @@ impl Host {
             now_ns: 0,
             threads_armed: 0,
             warnings: Vec::new(),
+            written: HashMap::new(),
             exited: Vec::new(),
         }
     }
@@ -97,6 +101,27 @@ impl Host {
             self.symbols.forget(pid);
             self.gils.exit(pid);
         }
+    }
+
+    /// Tries an identity write (the bytes already there) into process `pid`, and opening its
+    /// memory for writing: what `--try-write` reports.
+    pub fn try_write(&mut self, pid: u32) -> String {
+        let addr = interp(&mut self.interps, &mut self.warnings, pid).map(|i| i.rt.runtime);
+        let vm = match addr {
+            None => "not tried (no Python runtime to write to)".to_string(),
+            Some(addr) => {
+                let mut b = [0u8; 8];
+                match read_mem(pid, addr, &mut b).and_then(|()| write_mem(pid, addr, &b)) {
+                    Ok(()) => "allowed".to_string(),
+                    Err(e) => format!("denied ({})", e.source),
+                }
+            }
+        };
+        let mem = match std::fs::OpenOptions::new().write(true).open(format!("/proc/{pid}/mem")) {
+            Ok(_) => "allowed".to_string(),
+            Err(e) => format!("denied ({e})"),
+        };
+        format!("write check on process {pid}: process_vm_writev {vm}; opening /proc/{pid}/mem for writing {mem}")
     }
 
     /// Warnings for the user since the last call.
@@ -193,6 +218,38 @@ impl Live for Host {
 
     fn heartbeat(&mut self, pid: u32) -> Option<u64> {
         self.probes.heartbeat(pid)
+    }
+
+    fn interrupt(&mut self, pid: u32, tid: u32, fd: i32) -> Result<(), String> {
+        // Only while the request is read and its response not begun: the thread is in the app.
+        let in_app = |probes: &Probes| probes.conn_phase(pid, fd) == Some(phase::READING);
+        if !in_app(&self.probes) {
+            return Err("its response had begun or it had ended".into());
+        }
+        let interp = interp(&mut self.interps, &mut self.warnings, pid).ok_or("its interpreter cannot be read")?;
+        let tstate = interp.tstate_of(tid).map_err(|e| e.to_string())?.ok_or("the thread has no Python thread state")?;
+        let written = interp.raise_timeout(tstate).map_err(|e| e.to_string())?;
+        if !in_app(&self.probes) {
+            // Its response began while the write was made: take it back if it was not raised.
+            let taken_back = interp.undo_interrupt(&written).unwrap_or(false);
+            return Err(format!("its response began as it was interrupted ({})", if taken_back { "taken back" } else { "already raised" }));
+        }
+        self.written.insert(tid, (pid, written));
+        Ok(())
+    }
+
+    fn interrupt_pending(&mut self, _pid: u32, tid: u32) -> Option<bool> {
+        let (pid, w) = self.written.get(&tid)?;
+        let pending = self.interps.get(pid)?.as_ref()?.interrupt_pending(w).ok()?;
+        if !pending {
+            self.written.remove(&tid);
+        }
+        Some(pending)
+    }
+
+    fn interrupt_undo(&mut self, _pid: u32, tid: u32) -> bool {
+        let Some((pid, w)) = self.written.remove(&tid) else { return false };
+        self.interps.get(&pid).and_then(Option::as_ref).is_some_and(|i| i.undo_interrupt(&w).unwrap_or(false))
     }
 
     fn snapshot(&mut self, pid: u32, tid: u32) -> Option<Vec<Frame>> {

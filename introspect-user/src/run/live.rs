@@ -11,9 +11,10 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
+    forbid,
     host::Host,
     pace::Pace,
-    pipeline::{Config, Pipeline},
+    pipeline::{Config, Interrupting, Pipeline},
 };
 use crate::{
     UsageError,
@@ -43,6 +44,13 @@ pub struct Session {
     pub poll_interval: Option<Duration>,
     /// The servers' worker timeout, when it cannot be read (`--kill-timeout`).
     pub kill_timeout: Option<Duration>,
+    /// `--interrupt-before`: the one thing that writes to a watched process.
+    pub interrupt_before: Option<Duration>,
+    pub interrupt_dry_run: bool,
+    /// Directories files may still be created in once the watch runs (opened by the command).
+    pub writable_dirs: Vec<std::os::fd::RawFd>,
+    /// (hidden) Try writing to the watched process once the filter is on, and say what happened.
+    pub try_write: bool,
     /// Monotonic to wall-clock time, taken once for the whole run (outputs and recordings).
     pub clock: Clock,
 }
@@ -58,12 +66,21 @@ impl Session {
             without: Vec::new(),
             poll_interval: None,
             kill_timeout: None,
+            interrupt_before: None,
+            interrupt_dry_run: false,
+            writable_dirs: Vec::new(),
+            try_write: false,
             clock: Clock::new(),
         }
     }
 
     pub fn config(&self) -> Config {
-        Config { threshold_ns: self.reporting.threshold.as_nanos() as u64, all: self.reporting.all, sample_hz: self.reporting.sample_hz }
+        Config {
+            threshold_ns: self.reporting.threshold.as_nanos() as u64,
+            all: self.reporting.all,
+            sample_hz: self.reporting.sample_hz,
+            interrupt: self.interrupt_before.map(|d| Interrupting { before_ns: d.as_nanos() as u64, dry_run: self.interrupt_dry_run }),
+        }
     }
 }
 
@@ -113,6 +130,8 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
         probes.enable_stats()?;
     }
     let mut ring = probes.take_events()?;
+    // From here on nothing writes to another process unless the user asked for interrupts.
+    forbid::forbid_writes(&session.writable_dirs, session.interrupt_before.is_some() && !session.interrupt_dry_run)?;
 
     let mut pipeline = Pipeline::new(session.config(), sinks);
     for (pid, fd, peer) in &served.conns {
@@ -151,6 +170,12 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
         }
     }
     describe_processes(&live, session.kill_timeout, &mut pipeline, &mut host)?;
+    if session.try_write {
+        for &pid in &roots {
+            let said = host.try_write(pid);
+            pipeline.warning(clock::monotonic_ns(), &said)?;
+        }
+    }
     rt.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;

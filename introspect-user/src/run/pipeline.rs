@@ -13,9 +13,9 @@ use super::deadlines::{self, Deadlines, Running};
 use crate::{
     assemble::{Assembler, EndReason, Inflight, Request},
     breakdown::{Detail, OffCpu, Timeline},
-    event::{Event, FdKind, FdOrigin, Hdr, Sys, WaitFacts},
+    event::{Event, FdKind, FdOrigin, Hdr, InterruptAction, Sys, WaitFacts},
     kills::{Kill, Kills},
-    output::{Completed, Counts, Crossed, KillReport, Sink, State, Summary},
+    output::{Completed, Counts, Crossed, Interrupted, KillReport, Sink, State, Summary},
     stacks::{
         Frame,
         profile::{ProfileEntry, Profiles},
@@ -34,6 +34,27 @@ pub struct Config {
     pub all: bool,
     /// On-CPU sampling frequency of slow requests' threads.
     pub sample_hz: u64,
+    /// `--interrupt-before`: interrupt requests this long before their server kills them.
+    pub interrupt: Option<Interrupting>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Interrupting {
+    pub before_ns: u64,
+    /// Only report what would be done.
+    pub dry_run: bool,
+}
+
+/// An interruption not raised yet is taken back this long before the predicted kill (a thread
+/// in C code holding the GIL would raise it only after the kill began).
+const UNDO_BEFORE_NS: u64 = 150_000_000;
+
+/// Where the interruption of a request stands.
+struct InterruptState {
+    start_ns: u64,
+    at_ns: u64,
+    kill_at: u64,
+    action: InterruptAction,
 }
 
 /// What only the live host can do for the pipeline.
@@ -60,6 +81,19 @@ pub trait Live {
     /// The stack of thread `tid` of `pid` right now (a request nearing its kill).
     fn snapshot(&mut self, _pid: u32, _tid: u32) -> Option<Vec<Frame>> {
         None
+    }
+    /// Makes thread `tid` of `pid`, serving connection `fd`, raise TimeoutError; why not when
+    /// it did not write.
+    fn interrupt(&mut self, _pid: u32, _tid: u32, _fd: i32) -> Result<(), String> {
+        Err("nothing is live".into())
+    }
+    /// Whether the interruption of `tid` still waits to be raised.
+    fn interrupt_pending(&mut self, _pid: u32, _tid: u32) -> Option<bool> {
+        None
+    }
+    /// Takes the interruption of `tid` back if it was not raised; true when it was taken back.
+    fn interrupt_undo(&mut self, _pid: u32, _tid: u32) -> bool {
+        false
     }
 }
 
@@ -108,6 +142,7 @@ pub struct Pipeline<'a> {
     /// outlives them by `HOLD_NS`.
     held: Vec<Ended>,
     running: Vec<Running>,
+    interrupts: HashMap<u32, InterruptState>,
 }
 
 /// A request that ended, with what the pipeline knows of it, ready to be reported.
@@ -141,6 +176,7 @@ impl<'a> Pipeline<'a> {
             deadlines: Deadlines::default(),
             held: Vec::new(),
             running: Vec::new(),
+            interrupts: HashMap::new(),
         }
     }
 
@@ -208,6 +244,9 @@ impl<'a> Pipeline<'a> {
         if let Event::Snapshot { hdr, stack } = ev {
             self.deadlines.add_snapshot(hdr.tid, hdr.ts, stack.clone());
         }
+        if let Event::Interrupt { hdr, action, kill_at } = ev {
+            self.apply_interrupt(hdr, action.clone(), *kill_at)?;
+        }
         self.kills.observe(ev);
         self.timeline.observe(ev);
         self.profiles.observe(ev);
@@ -268,7 +307,35 @@ impl<'a> Pipeline<'a> {
 
     fn report(&mut self, e: Ended, kill: Option<Kill>) -> io::Result<()> {
         let r = &e.request;
-        self.summary.record(r, e.slow, e.on_cpu_ns, kill.as_ref().map(|k| k.reason));
+        // What --interrupt-before did, known now.
+        let interrupt = self.interrupts.remove(&r.tid).filter(|st| st.start_ns == r.start_ns);
+        let outcome = interrupt.as_ref().and_then(|st| match st.action {
+            InterruptAction::Written | InterruptAction::Surfaced if kill.is_none() => Some(("raised", r.status)),
+            // Raised, and killed anyway (the app caught it and went on).
+            InterruptAction::Surfaced => Some(("raised", None)),
+            InterruptAction::Written | InterruptAction::Undone => Some(("uninterruptible", None)),
+            InterruptAction::Refused { .. } | InterruptAction::DryRun => None,
+        });
+        if let (Some(st), Some((outcome, status))) = (&interrupt, outcome) {
+            let kill_by = deadlines::kill_in(&self.kills, r.pid, r.start_ns, st.at_ns).map(|k| k.1);
+            let i = Interrupted {
+                pid: r.pid,
+                tid: r.tid,
+                method: &r.method,
+                path: &r.path,
+                start_ns: r.start_ns,
+                at_ns: st.at_ns,
+                outcome,
+                why: None,
+                status,
+                kill_at_ns: st.kill_at,
+                kill_by,
+            };
+            self.sinks.iter_mut().try_for_each(|s| s.interrupted(&i))?;
+            self.counts.interrupted += u64::from(outcome == "raised" && kill.is_none());
+        }
+        let saved = matches!(outcome, Some(("raised", _))) && kill.is_none();
+        self.summary.record(r, e.slow, e.on_cpu_ns, kill.as_ref().map(|k| k.reason), saved);
         self.counts.requests += 1;
         let reported = e.slow || self.cfg.all;
         self.counts.reported += u64::from(reported);
@@ -285,12 +352,15 @@ impl<'a> Pipeline<'a> {
     /// The running requests past the threshold: when their server will kill them, a warning a
     /// second before, stacks until then; and the list `top` shows.
     fn watch_running(&mut self, now_ns: u64, live: &mut dyn Live) -> io::Result<()> {
-        let running: Vec<(u32, u32, u64, String, String)> =
-            self.asm.running().map(|o| (o.pid, o.tid, o.start_ns, o.method.to_string(), o.path.to_string())).collect();
+        let running: Vec<(u32, u32, i32, u64, String, String)> =
+            self.asm.running().map(|o| (o.pid, o.tid, o.fd, o.start_ns, o.method.to_string(), o.path.to_string())).collect();
         self.running.clear();
-        for (pid, tid, start_ns, method, path) in running {
+        for (pid, tid, fd, start_ns, method, path) in running {
             self.heartbeat(pid, now_ns, live)?;
             let kill = deadlines::kill_in(&self.kills, pid, start_ns, now_ns);
+            if let Some((_, _, at)) = kill {
+                self.interrupt(pid, tid, fd, at, now_ns, live)?;
+            }
             if let Some((_, reason, at)) = kill {
                 let due = self.deadlines.check(tid, at, reason, now_ns, || format!("{method} {path} (pid {pid}, thread {tid})"));
                 if let Some(w) = due.warning {
@@ -309,6 +379,70 @@ impl<'a> Pipeline<'a> {
             let elapsed_ms = now_ns.saturating_sub(start_ns) as f64 / 1e6;
             self.running.push(Running { pid, tid, method, path, elapsed_ms, kill_in_ms: kill.map(|k| k.0), kill_by: kill.map(|k| k.1) });
         }
+        Ok(())
+    }
+
+    /// `--interrupt-before`: writes the interruption when the kill is near enough, follows it
+    /// until it is raised, and takes it back unraised just before the kill.
+    fn interrupt(&mut self, pid: u32, tid: u32, fd: i32, kill_at: u64, now_ns: u64, live: &mut dyn Live) -> io::Result<()> {
+        let Some(cfg) = self.cfg.interrupt else { return Ok(()) };
+        let action = match self.interrupts.get(&tid).map(|st| &st.action) {
+            None if now_ns + cfg.before_ns >= kill_at => Some(if cfg.dry_run {
+                InterruptAction::DryRun
+            } else {
+                match live.interrupt(pid, tid, fd) {
+                    Ok(()) => InterruptAction::Written,
+                    Err(why) => InterruptAction::Refused { why },
+                }
+            }),
+            Some(InterruptAction::Written) => match live.interrupt_pending(pid, tid) {
+                Some(false) => Some(InterruptAction::Surfaced),
+                Some(true) if now_ns + UNDO_BEFORE_NS >= kill_at => {
+                    Some(if live.interrupt_undo(pid, tid) { InterruptAction::Undone } else { InterruptAction::Surfaced })
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(action) = action else { return Ok(()) };
+        let hdr = Hdr { tgid: pid, tid, ts: now_ns };
+        let ev = Event::Interrupt { hdr, action, kill_at };
+        self.sinks(|s| s.event(&ev))?;
+        if let Event::Interrupt { action, .. } = ev {
+            self.apply_interrupt(&hdr, action, kill_at)?;
+        }
+        Ok(())
+    }
+
+    /// A step of an interruption (live, or from a recording): remembered for the request's end,
+    /// and reported now when nothing was written.
+    fn apply_interrupt(&mut self, hdr: &Hdr, action: InterruptAction, kill_at: u64) -> io::Result<()> {
+        let Some(r) = self.asm.running().find(|r| r.tid == hdr.tid) else { return Ok(()) };
+        let (pid, tid, start_ns, method, path) = (r.pid, r.tid, r.start_ns, r.method.to_string(), r.path.to_string());
+        let (outcome, why) = match &action {
+            InterruptAction::Refused { why } => ("not_attempted", Some(why.clone())),
+            InterruptAction::DryRun => ("dry_run", None),
+            _ => ("", None),
+        };
+        if !outcome.is_empty() {
+            let kill_by = deadlines::kill_in(&self.kills, pid, start_ns, hdr.ts).map(|k| k.1);
+            let i = Interrupted {
+                pid,
+                tid,
+                method: &method,
+                path: &path,
+                start_ns,
+                at_ns: hdr.ts,
+                outcome,
+                why: why.as_deref(),
+                status: None,
+                kill_at_ns: kill_at,
+                kill_by,
+            };
+            self.sinks.iter_mut().try_for_each(|s| s.interrupted(&i))?;
+        }
+        let at_ns = self.interrupts.get(&tid).filter(|st| st.start_ns == start_ns).map_or(hdr.ts, |st| st.at_ns);
+        self.interrupts.insert(tid, InterruptState { start_ns, at_ns, kill_at, action });
         Ok(())
     }
 

@@ -9,5 +9,7 @@ for route, view in [
     ("sleep/<int:ms>", views.sleep),
     ("db/sleep/<int:ms>", views.db_sleep),
     ("db/forupdate", views.db_forupdate),
+    ("db/atomic-spin/<int:item>/<int:ms>", views.db_atomic_spin),
+    ("pid", views.pid),
 ]:
     urlpatterns += [path(route, view), path(route + "/<str:tag>", view)]

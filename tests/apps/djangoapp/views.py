@@ -45,3 +45,29 @@ def db_forupdate(request, tag=None):
             cur.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE")
     spent = (time.monotonic() - t0) * 1e3
     return _measured(spent, (time.thread_time() - c0) * 1e3)
+
+
+def _spin(ms):
+    end = time.thread_time() + ms / 1000.0
+    x = 0
+    while time.thread_time() < end:
+        x += 1
+    return x
+
+
+def db_atomic_spin(request, item, ms, tag=None):
+    """Insert row `item` into `items` inside transaction.atomic(), then spin in Python for `ms`
+    ms: interrupted there, the transaction rolls back and Django answers its own 500."""
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("INSERT INTO items (id, v) VALUES (%s, %s)", [item, tag or "atomic"])
+        _spin(ms)
+    return HttpResponse("committed\n", content_type="text/plain")
+
+
+def pid(request):
+    import os
+
+    resp = HttpResponse(f"{os.getpid()}\n", content_type="text/plain")
+    resp["X-Pid"] = str(os.getpid())
+    return resp

@@ -189,6 +189,53 @@ pub fn gil_at(major: u32, minor: u32) -> Option<GilAt> {
     })
 }
 
+/// `PyThreadState.interp`: the thread's interpreter (prev, next, interp: 3.8 to 3.13).
+pub const TSTATE_INTERP: u64 = 16;
+
+/// How `PyThreadState_SetAsyncExc` asks a thread to raise an exception, per version: it stores
+/// the exception in `tstate->async_exc` and raises the flag the evaluation loop checks at its
+/// next "eval breaker" point (a backward jump, a call), where it raises it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncExcAt {
+    /// `offsetof(PyThreadState, async_exc)`.
+    pub async_exc: u64,
+    pub breaker: Breaker,
+}
+
+/// Where the eval breaker is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breaker {
+    /// Two ints, both set to 1 (`_PyEval_SignalAsyncExc`: `pending.async_exc` and the
+    /// `eval_breaker` computed from it), in `_PyRuntime.ceval` (3.8).
+    RuntimeInts { eval_breaker: u64, async_flag: u64 },
+    /// The same in the thread's interpreter, `interp->ceval` (3.9 to 3.11).
+    InterpInts { eval_breaker: u64, async_flag: u64 },
+    /// A word of flag bits in the thread's interpreter (`interp->ceval.eval_breaker`, 3.12):
+    /// `_PY_ASYNC_EXCEPTION_BIT` is set in it.
+    InterpBits { eval_breaker: u64 },
+    /// The same word in the thread state itself (`tstate->eval_breaker`, 3.13).
+    ThreadBits { eval_breaker: u64 },
+}
+
+/// `_PY_ASYNC_EXCEPTION_BIT` (Include/internal/pycore_ceval.h, 3.12 and 3.13).
+pub const ASYNC_EXCEPTION_BIT: u8 = 1 << 3;
+
+/// Offsets from the release builds' headers (offsetof of `PyThreadState`, `_PyRuntimeState`
+/// and `PyInterpreterState` compiled against each pyenv version's own headers, internal ones
+/// included). `_Py_DebugOffsets` (3.13) does not publish them.
+pub fn async_exc_at(major: u32, minor: u32) -> Option<AsyncExcAt> {
+    let (async_exc, breaker) = match (major, minor) {
+        (3, 8) => (168, Breaker::RuntimeInts { eval_breaker: 592, async_flag: 620 }),
+        (3, 9) => (168, Breaker::InterpInts { eval_breaker: 72, async_flag: 92 }),
+        (3, 10) => (168, Breaker::InterpInts { eval_breaker: 68, async_flag: 92 }),
+        (3, 11) => (144, Breaker::InterpInts { eval_breaker: 100, async_flag: 124 }),
+        (3, 12) => (128, Breaker::InterpBits { eval_breaker: 368 }),
+        (3, 13) => (144, Breaker::ThreadBits { eval_breaker: 24 }),
+        _ => return None,
+    };
+    Some(AsyncExcAt { async_exc, breaker })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +245,9 @@ mod tests {
         for m in 8..=13 {
             assert!(table(m).is_some());
             assert!(gil_at(3, m).is_some());
+            assert!(async_exc_at(3, m).is_some());
         }
+        assert!(async_exc_at(3, 14).is_none());
         assert!(table(14).is_none());
         assert!(gil_at(3, 7).is_none());
     }

@@ -4,6 +4,7 @@
 //! other. Every pointer is validated (code objects by type, strings by kind and length) because a
 //! running interpreter changes under the reader.
 pub mod gil;
+pub mod interrupt;
 pub mod layout;
 pub mod linetable;
 pub mod runtime;

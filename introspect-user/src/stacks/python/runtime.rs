@@ -35,6 +35,8 @@ pub struct Runtime {
     pub runtime: u64,
     /// Address of `PyCode_Type` (code objects point at it: validates what is read).
     pub code_type: u64,
+    /// Address of `PyExc_TimeoutError` (a `PyObject *` naming the type), 0 if not exported.
+    pub timeout_error: u64,
     /// The ELF file (libpython or the executable) that holds it.
     pub path: String,
 }
@@ -55,6 +57,7 @@ struct ElfInfo {
     runtime: Option<u64>,
     code_type: Option<u64>,
     py_version: Option<u64>,
+    timeout_error: Option<u64>,
 }
 
 fn elf_info(pid: u32, path: &str) -> Result<ElfInfo, PyError> {
@@ -81,6 +84,7 @@ fn elf_info(pid: u32, path: &str) -> Result<ElfInfo, PyError> {
         runtime: sym("_PyRuntime"),
         code_type: sym("PyCode_Type"),
         py_version: sym("Py_Version"),
+        timeout_error: sym("PyExc_TimeoutError"),
     };
     if let Ok(mut c) = cache.lock() {
         c.insert(path.to_string(), info.clone());
@@ -119,7 +123,8 @@ pub fn find_runtime(pid: u32) -> Result<Runtime, PyError> {
             None => version_from_name(&m.path).ok_or(PyError::NotPython(pid))?,
         };
         let code_type = info.code_type.map_or(0, |a| a.wrapping_add(bias));
-        return Ok(Runtime { major, minor, runtime, code_type, path: m.path.clone() });
+        let timeout_error = info.timeout_error.map_or(0, |a| a.wrapping_add(bias));
+        return Ok(Runtime { major, minor, runtime, code_type, timeout_error, path: m.path.clone() });
     }
     Err(PyError::NotPython(pid))
 }

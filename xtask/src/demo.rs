@@ -77,6 +77,35 @@ fn show(line: &Value) {
             dominant(line),
             line["queue_ms"].as_f64().unwrap_or(0.0),
         ),
+        Some("killed") => eprintln!(
+            "  KILLED         {:>8.1} ms  {} {} -> {}  ({} by {} pid {}{}; the client got {})",
+            line["elapsed_ms"].as_f64().unwrap_or(0.0),
+            s("method"),
+            s("path"),
+            line["status"],
+            s("reason"),
+            line["signal"].as_str().unwrap_or("no signal"),
+            line["sender_pid"],
+            where_(line),
+            match line["status"].as_u64() {
+                Some(code) => format!("a {code}"),
+                None => "no response".to_string(),
+            }
+        ),
+        Some("interrupted") => eprintln!(
+            "  INTERRUPTED    {:>8.1} ms  {} {} -> {}  ({} {:.0} ms before the {} kill{})",
+            line["elapsed_ms"].as_f64().unwrap_or(0.0),
+            s("method"),
+            s("path"),
+            line["status"],
+            match s("outcome").as_str() {
+                "raised" => "TimeoutError raised".to_string(),
+                o => o.to_string(),
+            },
+            line["before_kill_ms"].as_f64().unwrap_or(0.0),
+            line["kill_by"].as_str().unwrap_or("predicted"),
+            line["why"].as_str().map(|w| format!(": {w}")).unwrap_or_default()
+        ),
         Some("warning") => eprintln!("  WARNING        {}", s("message")),
         _ => {}
     }
@@ -182,11 +211,61 @@ pub fn run() -> anyhow::Result<()> {
             );
         }
     }
+    runaway(&out_dir)?;
+
     eprintln!("\ndemo: outputs in {}:", out_dir.display());
     eprintln!("  events.jsonl       the JSON lines introspect printed (slow requests with their breakdown, stack and profile;");
     eprintln!("                     inflight alerts; summary)");
     eprintln!("  slow.svg           flame graph of the slow requests, on-CPU and off-CPU (open it in a browser)");
     eprintln!("  events.recording   every kernel event, for `introspect replay demo-out/events.recording --all`");
+    eprintln!("  runaway.jsonl      part 2: the interrupted and the killed request (runaway.recording: its kernel events)");
     eprintln!("  introspect.stderr  introspect's diagnostics");
+    Ok(())
+}
+
+/// Part 2: runaway requests on a sync gunicorn with a 3 s `--timeout`, watched with
+/// `--interrupt-before 1s`. A Python loop gets a TimeoutError a second before gunicorn would kill
+/// its worker: Flask answers its own 500 and the worker lives. `7 ** (7 ** 9)` is one C call that
+/// never returns to the evaluation loop, so the exception cannot land: gunicorn kills the worker,
+/// and introspect says who killed it, with what, and where it was.
+fn runaway(out_dir: &std::path::Path) -> anyhow::Result<()> {
+    eprintln!("\ndemo: part 2: gunicorn (sync, 2 workers, --timeout 3) and two runaway requests");
+    let server = Gunicorn::start("flaskapp:app", 2, &["--timeout", "3"]);
+    let port = server.port.to_string();
+    let recording = out_dir.join("runaway.recording");
+    let recording = recording.to_str().unwrap_or("runaway.recording");
+    let mut watch = Watch::start(&["--port", &port, "--threshold", "1s", "--interrupt-before", "1s", "--record", recording]);
+    eprintln!("demo: introspect watch --port {port} --threshold 1s --interrupt-before 1s\n");
+    let port = server.port;
+    let clients: Vec<_> = ["/chain/cpu/20000", "/bigint"]
+        .into_iter()
+        .map(|path| thread::spawn(move || Client::new(port, false).request("GET", path).map(|e| (path, e.status, e.duration_ms()))))
+        .collect();
+    let mut events = fs::File::create(out_dir.join("runaway.jsonl"))?;
+    let (mut killed, mut shown, until) = (false, 0, Instant::now() + Duration::from_secs(15));
+    while !killed && Instant::now() < until {
+        if let Some(line) = watch.next_line(Duration::from_millis(200)) {
+            writeln!(events, "{}", line.raw)?;
+            show(&line.json);
+            killed |= line.ty() == "killed";
+            shown += 1;
+        }
+    }
+    for c in clients {
+        match c.join() {
+            Ok(Ok((path, status, ms))) => eprintln!("  client: GET {path} -> {status} after {ms:.0} ms"),
+            Ok(Err(e)) => eprintln!("  client: {e}"),
+            Err(_) => eprintln!("  client: the client thread panicked"),
+        }
+    }
+    let log = fs::read_to_string(&server.log).unwrap_or_default();
+    eprintln!("  gunicorn's log: {} WORKER TIMEOUT", log.matches("WORKER TIMEOUT").count());
+    for l in watch.stop().iter().skip(shown) {
+        writeln!(events, "{}", l.raw)?;
+        show(&l.json);
+        if l.ty() == "summary" {
+            eprintln!("  summary: {} interrupted, {} killed", l.json["interrupted"], l.json["killed"]);
+        }
+    }
     Ok(())
 }

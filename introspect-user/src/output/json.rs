@@ -335,7 +335,7 @@ impl<W: Write> Sink for JsonLines<W> {
             exception: "TimeoutError",
             why: i.why,
             status: i.status,
-            before_kill_ms: (i.kill_at_ns as f64 - i.at_ns as f64) / 1e6,
+            before_kill_ms: ((i.kill_at_ns as f64 - i.at_ns as f64) / 1e3).round() / 1e3,
             kill_by: i.kill_by.map(|k| k.name()),
         };
         self.line(&line)

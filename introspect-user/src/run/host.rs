@@ -214,6 +214,18 @@ impl Live for Host {
         if self.probes.is_armed(tid) {
             self.probes.disarm(tid);
         }
+        // An exception written for a request that ended between two looks must not land in the
+        // thread's next request: take it back if it is still pending.
+        if let Some((pid, w)) = self.written.remove(&tid)
+            && let Some(interp) = self.interps.get(&pid).and_then(Option::as_ref)
+            && interp.interrupt_pending(&w).unwrap_or(false)
+        {
+            let taken_back = interp.undo_interrupt(&w).unwrap_or(false);
+            self.warnings.push(format!(
+                "thread {tid} of process {pid}: its request ended with the TimeoutError still pending; {}",
+                if taken_back { "taken back" } else { "it could not be taken back and may be raised in the thread's next request" }
+            ));
+        }
     }
 
     fn heartbeat(&mut self, pid: u32) -> Option<u64> {

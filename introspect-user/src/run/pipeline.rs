@@ -288,7 +288,13 @@ impl<'a> Pipeline<'a> {
                 live.done(r.pid, r.tid);
                 (stack, self.profiles.finish(r.tid))
             }
-            None => (None, None),
+            None => {
+                // Interrupted below the threshold: its write still needs the host's last look.
+                if self.interrupts.contains_key(&r.tid) {
+                    live.done(r.pid, r.tid);
+                }
+                (None, None)
+            }
         };
         self.timeline.forget_before(r.tid, r.end_ns);
         let before_kill = self.deadlines.done(r.tid);
@@ -309,14 +315,19 @@ impl<'a> Pipeline<'a> {
         let r = &e.request;
         // What --interrupt-before did, known now.
         let interrupt = self.interrupts.remove(&r.tid).filter(|st| st.start_ns == r.start_ns);
+        // Why an exception that was written never ran: the thread stayed in native code (one long
+        // C call holding the GIL, or a blocking call that does not return to the evaluation loop).
+        const NEVER_RAN: &str = "the thread stayed in a C call and never reached the evaluation loop; taken back before the kill";
+        const DIED_PENDING: &str = "the worker died with it pending: the thread stayed in a C call and never reached the evaluation loop";
         let outcome = interrupt.as_ref().and_then(|st| match st.action {
-            InterruptAction::Written | InterruptAction::Surfaced if kill.is_none() => Some(("raised", r.status)),
+            InterruptAction::Written | InterruptAction::Surfaced if kill.is_none() => Some(("raised", r.status, None)),
             // Raised, and killed anyway (the app caught it and went on).
-            InterruptAction::Surfaced => Some(("raised", None)),
-            InterruptAction::Written | InterruptAction::Undone => Some(("uninterruptible", None)),
+            InterruptAction::Surfaced => Some(("raised", None, None)),
+            InterruptAction::Undone => Some(("uninterruptible", None, Some(NEVER_RAN))),
+            InterruptAction::Written => Some(("uninterruptible", None, Some(DIED_PENDING))),
             InterruptAction::Refused { .. } | InterruptAction::DryRun => None,
         });
-        if let (Some(st), Some((outcome, status))) = (&interrupt, outcome) {
+        if let (Some(st), Some((outcome, status, why))) = (&interrupt, outcome) {
             let kill_by = deadlines::kill_in(&self.kills, r.pid, r.start_ns, st.at_ns).map(|k| k.1);
             let i = Interrupted {
                 pid: r.pid,
@@ -326,7 +337,7 @@ impl<'a> Pipeline<'a> {
                 start_ns: r.start_ns,
                 at_ns: st.at_ns,
                 outcome,
-                why: None,
+                why,
                 status,
                 kill_at_ns: st.kill_at,
                 kill_by,
@@ -334,7 +345,7 @@ impl<'a> Pipeline<'a> {
             self.sinks.iter_mut().try_for_each(|s| s.interrupted(&i))?;
             self.counts.interrupted += u64::from(outcome == "raised" && kill.is_none());
         }
-        let saved = matches!(outcome, Some(("raised", _))) && kill.is_none();
+        let saved = matches!(outcome, Some(("raised", _, _))) && kill.is_none();
         self.summary.record(r, e.slow, e.on_cpu_ns, kill.as_ref().map(|k| k.reason), saved);
         self.counts.requests += 1;
         let reported = e.slow || self.cfg.all;
@@ -349,7 +360,7 @@ impl<'a> Pipeline<'a> {
         self.sinks.iter_mut().try_for_each(|s| s.request(&done))
     }
 
-    /// The running requests past the threshold: when their server will kill them, a warning a
+    /// Every running request: when its server will kill it, a warning a
     /// second before, stacks until then; and the list `top` shows.
     fn watch_running(&mut self, now_ns: u64, live: &mut dyn Live) -> io::Result<()> {
         let running: Vec<(u32, u32, i32, u64, String, String)> =

@@ -1,7 +1,7 @@
 """A Flask app whose endpoints do known things, for introspect's tests and demo.
 
-Every response carries X-Tid (the native id of the thread that served it) so tests can check
-thread attribution against ground truth. A trailing /<tag> segment on any endpoint is ignored by
+Every response carries X-Tid (the native id of the thread that served it) and X-Pid (its
+process) so tests can check thread attribution, and which worker served, against ground truth. A trailing /<tag> segment on any endpoint is ignored by
 the app and lets a client make every request's path unique.
 """
 import os
@@ -16,6 +16,7 @@ app = Flask(__name__)
 @app.after_request
 def tag_thread(resp):
     resp.headers["X-Tid"] = str(threading.get_native_id())
+    resp.headers["X-Pid"] = str(os.getpid())
     return resp
 
 

@@ -10,6 +10,7 @@ use introspect_tests::{
     introspect::{Line, Watch},
     postgres::Postgres,
     server::Gunicorn,
+    uwsgi::Uwsgi,
     venv_named,
 };
 use serde_json::Value;
@@ -92,6 +93,34 @@ fn a_django_atomic_block_rolls_back_when_interrupted() {
     let i = of_type(&lines, "interrupted", "/db/atomic-spin/4242/10000/d1");
     assert_eq!((i.len(), i.first().and_then(|i| i["outcome"].as_str())), (1, Some("raised")), "{i:?}");
     assert!(!std::fs::read_to_string(&server.log).unwrap_or_default().contains("WORKER TIMEOUT"));
+}
+
+/// uWSGI's harakiri kills a request by its start time, not a heartbeat: the interruption comes a
+/// second before it, uWSGI's worker answers Flask's 500 and serves the next request.
+#[test]
+fn a_uwsgi_harakiri_is_interrupted_too() {
+    if !can_trace("a_uwsgi_harakiri_is_interrupted_too") {
+        return;
+    }
+    let server = Uwsgi::start(&["--harakiri", "3"]);
+    let pid = server.master_pid().to_string();
+    let mut watch = Watch::start(&["--pid", &pid, "--threshold", "500ms", "--interrupt-before", "1s"]);
+    let mut c = Client::new(server.port, false);
+    let before = c.request("GET", "/pid").expect("pid").header("X-Pid").map(str::to_string);
+    let spin = c.request("GET", "/chain/cpu/20000/w1").expect("the spinning request gets an answer");
+    assert_eq!(spin.status, 500, "Flask's own error page: {}", spin.head);
+    let after = c.request("GET", "/pid").expect("pid after").header("X-Pid").map(str::to_string);
+    assert!(before.is_some() && before == after, "the same worker answers: {before:?} then {after:?}");
+    let line = watch.wait_for(Duration::from_secs(5), |l| l.ty() == "interrupted").expect("an interrupted line");
+    eprintln!("uwsgi: {}", line.json);
+    assert_eq!((line.json["outcome"].as_str(), line.json["kill_by"].as_str()), (Some("raised"), Some("uwsgi_harakiri")), "{}", line.json);
+    // uWSGI's deadline is the request's start plus --harakiri (it checks with second resolution).
+    let at = line.json["elapsed_ms"].as_f64().unwrap();
+    assert!((1_900.0..2_300.0).contains(&at), "interrupted {at} ms in (harakiri 3 s, a second before): {}", line.json);
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    assert!(lines.iter().all(|l| l.ty() != "killed"), "nothing was killed");
+    assert!(!server.log_text().contains("HARAKIRI"), "no harakiri in uWSGI's log:\n{}", server.log_text());
 }
 
 /// 200 alternations of a request that spins until interrupted and a fast one: every spinning

@@ -107,6 +107,13 @@ fn render(rows: &[EndpointRow], running: &[Running], counts: &Counts, sort: Sort
         out.push(String::new());
         out.push(format!("killed: {}", killed_by.join(", ")));
     }
+    // --interrupt-before: requests that raised TimeoutError instead of being killed.
+    let interrupted: Vec<String> =
+        rows.iter().filter(|r| r.interrupted > 0).map(|r| format!("{} {}: {}", r.method, r.route, r.interrupted)).collect();
+    if !interrupted.is_empty() {
+        out.push(String::new());
+        out.push(format!("interrupted (TimeoutError raised before the kill): {}", interrupted.join(", ")));
+    }
     if !running.is_empty() {
         out.push(String::new());
         out.push(format!("{:<36} {:>8} {:>10} {:>12}  {}", "RUNNING PAST THE THRESHOLD", "PID", "ELAPSED ms", "KILL IN ms", "BY"));
@@ -226,10 +233,12 @@ mod tests {
             kill_by: Some(crate::kills::Reason::GunicornTimeout),
         }];
         rows[0].killed_by.insert("gunicorn_timeout", 2);
+        rows[1].interrupted = 3;
         let lines = render(&rows, &running, &Counts::default(), SortBy::P99, 10, 200);
         assert!(lines[0].contains("sorted by p99"));
         assert!(lines[3].starts_with("GET /a") && lines[3].contains("50.0%") && lines[3].contains("25.0%"));
         assert!(lines.iter().any(|l| l.contains("GET /a: 2 gunicorn_timeout")), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("interrupted") && l.contains("GET /b: 3")), "{lines:?}");
         let run = lines.iter().find(|l| l.starts_with("GET /spin/9")).expect("the running request");
         assert!(run.contains("2500") && run.contains("700") && run.ends_with("gunicorn_timeout"), "{run}");
     }

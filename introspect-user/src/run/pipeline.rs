@@ -317,8 +317,8 @@ impl<'a> Pipeline<'a> {
         let interrupt = self.interrupts.remove(&r.tid).filter(|st| st.start_ns == r.start_ns);
         // Why an exception that was written never ran: the thread stayed in native code (one long
         // C call holding the GIL, or a blocking call that does not return to the evaluation loop).
-        const NEVER_RAN: &str = "the thread stayed in a C call and never reached the evaluation loop; taken back before the kill";
-        const DIED_PENDING: &str = "the worker died with it pending: the thread stayed in a C call and never reached the evaluation loop";
+        const NEVER_RAN: &str = "the thread stayed in native code (one long C call or blocking syscall) and never reached the evaluation loop; taken back before the kill";
+        const DIED_PENDING: &str = "the worker died with it pending: the thread stayed in native code (one long C call or blocking syscall) and never reached the evaluation loop";
         let outcome = interrupt.as_ref().and_then(|st| match st.action {
             InterruptAction::Written | InterruptAction::Surfaced if kill.is_none() => Some(("raised", r.status, None)),
             // Raised, and killed anyway (the app caught it and went on).

@@ -95,6 +95,38 @@ fn a_django_atomic_block_rolls_back_when_interrupted() {
     assert!(!std::fs::read_to_string(&server.log).unwrap_or_default().contains("WORKER TIMEOUT"));
 }
 
+/// Where no bytecode runs there is nothing to raise in: a catastrophic regex (one C call in
+/// _sre) and a long sleep (a blocking syscall) are reported uninterruptible, and gunicorn's kill
+/// goes ahead (its SIGABRT handler does run in both: _sre checks for signals, the sleep is
+/// interrupted by it).
+#[test]
+fn native_code_and_blocking_calls_are_uninterruptible() {
+    if !can_trace("native_code_and_blocking_calls_are_uninterruptible") {
+        return;
+    }
+    let server = Gunicorn::start("flaskapp:app", 2, &["--timeout", "3"]);
+    let pid = server.master_pid().to_string();
+    let mut watch = Watch::start(&["--pid", &pid, "--threshold", "500ms", "--interrupt-before", "1s"]);
+    let port = server.port;
+    let paths = ["/chain/regex/40/n1", "/chain/sleep/20000/n2"];
+    let clients: Vec<_> = paths.into_iter().map(|p| thread::spawn(move || Client::new(port, false).request("GET", p).map(|e| e.status))).collect();
+    let got: Vec<_> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    eprintln!("clients: {got:?}");
+    for path in paths {
+        watch.wait_for(Duration::from_secs(10), |l| l.ty() == "killed" && l.json["path"] == path).unwrap_or_else(|| panic!("{path} is killed"));
+    }
+    let lines = watch.stop();
+    for path in paths {
+        let i = of_type(&lines, "interrupted", path);
+        eprintln!("{path}: {:?}", i.first().map(|i| (&i["outcome"], &i["why"])));
+        assert_eq!((i.len(), i.first().and_then(|i| i["outcome"].as_str())), (1, Some("uninterruptible")), "{path}: {i:?}");
+        let k = of_type(&lines, "killed", path);
+        assert_eq!((k.len(), k[0]["reason"].as_str()), (1, Some("gunicorn_timeout")), "{path}: {k:?}");
+    }
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    assert_eq!(log.matches("WORKER TIMEOUT").count(), 2, "gunicorn's log:\n{log}");
+}
+
 /// uWSGI's harakiri kills a request by its start time, not a heartbeat: the interruption comes a
 /// second before it, uWSGI's worker answers Flask's 500 and serves the next request.
 #[test]

@@ -363,8 +363,10 @@ impl<'a> Pipeline<'a> {
     /// Every running request: when its server will kill it, a warning a
     /// second before, stacks until then; and the list `top` shows.
     fn watch_running(&mut self, now_ns: u64, live: &mut dyn Live) -> io::Result<()> {
-        let running: Vec<(u32, u32, i32, u64, String, String)> =
+        let mut running: Vec<(u32, u32, i32, u64, String, String)> =
             self.asm.running().map(|o| (o.pid, o.tid, o.fd, o.start_ns, o.method.to_string(), o.path.to_string())).collect();
+        // Oldest first, in the same order every run: what is emitted here must replay the same.
+        running.sort_by_key(|r| (r.3, r.1));
         self.running.clear();
         for (pid, tid, fd, start_ns, method, path) in running {
             self.heartbeat(pid, now_ns, live)?;

@@ -127,6 +127,30 @@ fn native_code_and_blocking_calls_are_uninterruptible() {
     assert_eq!(log.matches("WORKER TIMEOUT").count(), 2, "gunicorn's log:\n{log}");
 }
 
+/// `--interrupt-dry-run` says what it would have done and does nothing: the kill goes ahead.
+#[test]
+fn a_dry_run_reports_and_leaves_the_kill_alone() {
+    if !can_trace("a_dry_run_reports_and_leaves_the_kill_alone") {
+        return;
+    }
+    let server = Gunicorn::start("flaskapp:app", 1, &["--timeout", "3"]);
+    let pid = server.master_pid().to_string();
+    let mut watch = Watch::start(&["--pid", &pid, "--threshold", "500ms", "--interrupt-before", "1s", "--interrupt-dry-run"]);
+    let got = Client::new(server.port, false).request("GET", "/interruptible/20000/y1").expect("an answer");
+    // Not interrupted: the app would have answered 504; gunicorn's SIGABRT made it a 500.
+    assert_eq!(got.status, 500, "gunicorn's 500 after its kill: {}", got.head);
+    watch.wait_for(Duration::from_secs(10), |l| l.ty() == "killed").expect("the worker is killed");
+    let lines = watch.stop();
+    let i = of_type(&lines, "interrupted", "/interruptible/20000/y1");
+    assert_eq!((i.len(), i.first().and_then(|i| i["outcome"].as_str())), (1, Some("dry_run")), "{i:?}");
+    let before = i[0]["before_kill_ms"].as_f64().unwrap();
+    assert!((900.0..1_100.0).contains(&before), "{}", i[0]);
+    let s = &lines.iter().find(|l| l.ty() == "summary").expect("summary").json;
+    assert_eq!((s["interrupted"].as_u64(), s["killed"].as_u64()), (None, Some(1)), "{s}");
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    assert_eq!(log.matches("WORKER TIMEOUT").count(), 1, "gunicorn's log:\n{log}");
+}
+
 /// uWSGI's harakiri kills a request by its start time, not a heartbeat: the interruption comes a
 /// second before it, uWSGI's worker answers Flask's 500 and serves the next request.
 #[test]
@@ -202,9 +226,12 @@ fn without_the_flag_introspect_cannot_write_to_the_process() {
     }
     let server = Gunicorn::start("flaskapp:app", 1, &[]);
     let pid = server.master_pid().to_string();
-    for (flags, vm) in
-        [(vec![], "process_vm_writev denied (Operation not permitted"), (vec!["--interrupt-before", "1s"], "process_vm_writev allowed")]
-    {
+    let denied = "process_vm_writev denied (Operation not permitted";
+    for (flags, vm) in [
+        (vec![], denied),
+        (vec!["--interrupt-before", "1s", "--interrupt-dry-run"], denied),
+        (vec!["--interrupt-before", "1s"], "process_vm_writev allowed"),
+    ] {
         let mut args = vec!["--pid", pid.as_str(), "--try-write"];
         args.extend(flags.iter().copied());
         let mut watch = Watch::start(&args);

@@ -14,6 +14,15 @@ pub mod syscalls;
 /// never parsed or emitted.
 pub const PAYLOAD_MAX: usize = 512;
 
+/// Most bytes of one write on a database connection copied (`--sql-capture-bytes`): a power of
+/// two, so the eBPF side can bound a copy with a mask.
+pub const WIRE_MAX: usize = 8192;
+
+/// Of a read on a database connection longer than [`PAYLOAD_MAX`]: bytes copied from its start
+/// and from its end (where a response's end, PostgreSQL's ReadyForQuery or MySQL's final
+/// packet, and an error before it are).
+pub const WIRE_READ_PART: usize = PAYLOAD_MAX / 2;
+
 /// Map and global names, used by both sides (never string literals at call sites).
 pub mod names {
     pub const EVENTS: &str = "EVENTS";
@@ -87,6 +96,25 @@ pub mod data_flag {
     pub const NO_BUFFER: u16 = 1 << 1;
     /// On a connection the process opened itself (`connect`): it asks, a server answers.
     pub const OUTBOUND: u16 = 1 << 2;
+    /// On a connection the kernel recognised as PostgreSQL's (see [`crate::wire`]): the record
+    /// is a [`WirePayloadEvent`] holding `payload_len` bytes.
+    pub const WIRE_POSTGRES: u16 = 1 << 3;
+    /// The same for MySQL and MariaDB.
+    pub const WIRE_MYSQL: u16 = 1 << 4;
+}
+
+/// What an outbound connection speaks, as far as the kernel side can tell from the first bytes
+/// of its first write (`ConnState::wire`): only database connections get their bytes copied.
+pub mod wire {
+    /// Not looked at yet.
+    pub const UNKNOWN: u8 = 0;
+    pub const POSTGRES: u8 = 1;
+    pub const MYSQL: u8 = 2;
+    /// Something else (HTTP to an API, Redis, …), or encrypted: nothing copied.
+    pub const NONE: u8 = 3;
+    /// PostgreSQL after an SSLRequest or GSSENCRequest: the server's one-byte answer says whether
+    /// the rest is encrypted (then [`NONE`]) or not ([`POSTGRES`]).
+    pub const POSTGRES_ASKED_TLS: u8 = 4;
 }
 
 /// Which side of a connection a watched process is on (`ConnState::role`).
@@ -166,7 +194,9 @@ pub struct DataEvent {
     pub arrival_ts: u64,
     /// Syscall number (x86_64).
     pub nr: u32,
-    pub _pad: u32,
+    /// Of a long read on a database connection: where in the payload the bytes of the read's end
+    /// begin (the first [`WIRE_READ_PART`] bytes are its start); 0 when the payload is contiguous.
+    pub tail_at: u32,
 }
 const _: () = assert!(size_of::<DataEvent>() == 64);
 
@@ -179,6 +209,16 @@ pub struct DataPayloadEvent {
     pub payload: [u8; PAYLOAD_MAX],
 }
 const _: () = assert!(size_of::<DataPayloadEvent>() == 64 + 16 + PAYLOAD_MAX);
+
+/// A [`DataEvent`] on a database connection with the bytes moved (a bounded copy). Only the
+/// header and `payload_len` bytes of `payload` are sent: the record is variable-sized.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WirePayloadEvent {
+    pub data: DataEvent,
+    pub payload: [u8; WIRE_MAX],
+}
+const _: () = assert!(size_of::<WirePayloadEvent>() == 64 + WIRE_MAX);
 
 /// `close` of a tracked connection.
 #[repr(C)]
@@ -416,7 +456,9 @@ pub struct ConnState {
     pub has_peer: u8,
     /// [`role`]`::SERVED` or `OUTBOUND`.
     pub role: u8,
-    pub _pad: [u8; 5],
+    /// Of an outbound connection: what it speaks ([`wire`]).
+    pub wire: u8,
+    pub _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<ConnState>() == 32);
 
@@ -459,7 +501,11 @@ pub struct Settings {
     /// 1: copy the head of each request and response on outbound connections too (the payload
     /// of a protocol parser for them); 0: only their sizes and timing.
     pub outbound_heads: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// Bytes of each write on a database connection copied (at most [`WIRE_MAX`]); 0: database
+    /// connections are not recognised, nothing of them is copied.
+    pub sql_capture: u16,
+    pub _pad2: [u8; 4],
 }
 const _: () = assert!(size_of::<Settings>() == 8);
 

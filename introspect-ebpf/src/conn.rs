@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use introspect_common::{AcceptEvent, CloseEvent, ConnKey, ConnState, ConnectEvent, PeerKey, SOCKADDR_MAX, SysCtx, counter, kind, phase, role};
+use introspect_common::{AcceptEvent, CloseEvent, ConnKey, ConnState, ConnectEvent, PeerKey, SOCKADDR_MAX, SysCtx, counter, kind, phase, role, wire};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header, send},
@@ -84,7 +84,14 @@ pub fn syscalls_exit_accept(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (family, peer) = read_sockaddr(p.buf);
-    let state = ConnState { peer, phase: phase::IDLE, has_peer: (family == AF_INET || family == AF_INET6) as u8, role: role::SERVED, _pad: [0; 5] };
+    let state = ConnState {
+        peer,
+        phase: phase::IDLE,
+        has_peer: (family == AF_INET || family == AF_INET6) as u8,
+        role: role::SERVED,
+        wire: wire::UNKNOWN,
+        _pad: [0; 4],
+    };
     track(ConnKey { tgid: (pid_tgid >> 32) as u32, fd: fd as i32 }, state);
     send(AcceptEvent { hdr: header(kind::ACCEPT, 0, pid_tgid), fd: fd as i32, listen_fd: p.fd, family, _pad: [0; 6], peer, enter_ts: p.enter_ts });
     0
@@ -138,7 +145,7 @@ pub fn syscalls_enter_connect(ctx: TracePointContext) -> u32 {
     let fd = arg(&ctx, 0) as i32;
     let family = emit_connect(pid_tgid, fd, arg(&ctx, 1), arg(&ctx, 2));
     if family == AF_INET || family == AF_INET6 || family == AF_UNIX {
-        let state = ConnState { peer: PeerKey::default(), phase: phase::IDLE, has_peer: 0, role: role::OUTBOUND, _pad: [0; 5] };
+        let state = ConnState { peer: PeerKey::default(), phase: phase::IDLE, has_peer: 0, role: role::OUTBOUND, wire: wire::UNKNOWN, _pad: [0; 4] };
         track(ConnKey { tgid, fd }, state);
     }
     if thread_bits(tid) & thread::SERVING != 0 {

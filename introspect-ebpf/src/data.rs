@@ -19,6 +19,7 @@ use crate::{
     fd,
     maps::{ARRIVALS, CONNS, EVENTS, Pending, SETTINGS, buf_kind, count, is_tracked, set_thread_bits, thread, thread_bits},
     syscall::{arg, emit_syscall, now, nr, recall, remember, ret},
+    wire,
 };
 
 // ---- enter -------------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ pub fn syscalls_enter_sendfile(ctx: TracePointContext) -> u32 {
 
 /// The first buffer of a pending syscall: (address, length limit).
 #[inline(always)]
-fn first_buffer(p: &Pending) -> Option<(u64, u64)> {
+pub fn first_buffer(p: &Pending) -> Option<(u64, u64)> {
     match p.buf_kind {
         buf_kind::PLAIN => Some((p.buf, u64::MAX)),
         buf_kind::IOV => read_iovec(p.buf),
@@ -185,8 +186,21 @@ fn data_exit(p: &Pending, n: i64, pid_tgid: u64) {
     if p.role == role::OUTBOUND {
         flags |= data_flag::OUTBOUND;
     }
-    let base =
-        DataEvent { hdr: header(p.kind, flags, pid_tgid), fd: p.fd, payload_len: 0, ret: n, enter_ts: p.enter_ts, arrival_ts, nr: p.sys.nr, _pad: 0 };
+    let base = DataEvent {
+        hdr: header(p.kind, flags, pid_tgid),
+        fd: p.fd,
+        payload_len: 0,
+        ret: n,
+        enter_ts: p.enter_ts,
+        arrival_ts,
+        nr: p.sys.nr,
+        tail_at: 0,
+    };
+    // A database connection: its bytes, bounded, for the SQL parsers.
+    if p.role == role::OUTBOUND && n > 0 && wire::is_database(conn, p, n as u64) {
+        wire::emit(p, base, n as u64, conn.wire);
+        return;
+    }
     let served = p.role == role::SERVED;
     let heads = served || SETTINGS.load().outbound_heads != 0;
     // A response that follows an interim one (100 Continue) is written while the connection is

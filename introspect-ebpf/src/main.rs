@@ -18,6 +18,7 @@ mod signal;
 mod syscall;
 mod tcp;
 mod wait;
+mod wire;
 
 #[cfg(not(test))]
 #[panic_handler]

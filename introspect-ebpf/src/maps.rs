@@ -120,7 +120,7 @@ pub static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
 });
 
 #[unsafe(no_mangle)]
-pub static SETTINGS: Global<Settings> = Global::new(Settings { outbound_heads: 0, _pad: [0; 7] });
+pub static SETTINGS: Global<Settings> = Global::new(Settings { outbound_heads: 0, _pad: 0, sql_capture: 0, _pad2: [0; 4] });
 
 /// How a pending syscall names its buffer.
 pub mod buf_kind {

@@ -3,6 +3,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::sql::NPlusOne;
+
 #[derive(Parser, Debug)]
 #[command(name = "introspect", version, about = "Which requests of a Python web app are slow, and why — seen from outside, with eBPF.")]
 pub struct Cli {
@@ -49,6 +51,8 @@ pub struct RecordArgs {
     pub reporting: Reporting,
     #[command(flatten)]
     pub servers: Servers,
+    #[command(flatten)]
+    pub sql: SqlArgs,
     /// How long to record (e.g. 60s, 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Duration,
@@ -87,6 +91,8 @@ pub struct TopArgs {
     pub reporting: Reporting,
     #[command(flatten)]
     pub servers: Servers,
+    #[command(flatten)]
+    pub sql: SqlArgs,
     /// Refresh period.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -171,6 +177,22 @@ pub struct Reporting {
     /// threshold until it ends (0: no on-CPU samples).
     #[arg(long, default_value_t = 99)]
     pub sample_hz: u64,
+    /// Flag an N+1 pattern when one request runs the same statement shape with different values
+    /// at least COUNT times, [and together at least MIN_TOTAL] (e.g. `10,50ms`).
+    #[arg(long, default_value = "5", value_name = "COUNT[,MIN_TOTAL]")]
+    pub n_plus_one: NPlusOne,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SqlArgs {
+    /// Bytes of each write to a database (PostgreSQL, MySQL, MariaDB) the kernel copies, up to
+    /// 8192: longer statements are reported `truncated`. 0: database traffic is not looked at.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u16).range(0..=8192))]
+    pub sql_capture_bytes: u16,
+    /// Keep SQL statements' literals (the values in them) in outputs and recordings. Off by
+    /// default: they may hold personal data and secrets.
+    #[arg(long)]
+    pub sql_literals: bool,
 }
 
 #[derive(Args, Debug)]
@@ -181,6 +203,8 @@ pub struct WatchArgs {
     pub reporting: Reporting,
     #[command(flatten)]
     pub servers: Servers,
+    #[command(flatten)]
+    pub sql: SqlArgs,
     /// Stop by itself after this long (e.g. 30s, 5m). Without it, runs until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,

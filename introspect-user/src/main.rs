@@ -18,6 +18,7 @@ mod probe;
 mod proc;
 mod proto;
 mod run;
+mod sql;
 mod stacks;
 
 use std::{io, process::ExitCode};

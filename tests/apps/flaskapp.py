@@ -327,3 +327,109 @@ def chain_db(ms, tag=None):
 def chain_burnsleep(ms, tag=None):
     _service.burn_then_sleep(ms)  # LINE:view_burnsleep
     return "done\n"
+
+
+# ---- MySQL / MariaDB via PyMySQL ----
+# INTROSPECT_MYSQL_HOST, _PORT, _USER, _PASSWORD (default empty) and _DB (tests/src/mariadb.rs
+# sets them). A new connection for every request, opened in the view and closed at its end (as
+# with INTROSPECT_PG_PERSISTENT=0), on PyMySQL's defaults: autocommit off, parameters interpolated
+# on the client, text protocol (COM_QUERY). Every view answers with X-Queries, the number of
+# cursor.execute calls it made. PyMySQL needs Python 3.9+ (not installed in the py37/py38 venvs).
+
+
+def _mysql():
+    import pymysql
+
+    return pymysql.connect(
+        host=os.environ.get("INTROSPECT_MYSQL_HOST", "127.0.0.1"),
+        port=int(os.environ.get("INTROSPECT_MYSQL_PORT", "3306")),
+        user=os.environ["INTROSPECT_MYSQL_USER"],
+        password=os.environ.get("INTROSPECT_MYSQL_PASSWORD", ""),
+        database=os.environ["INTROSPECT_MYSQL_DB"],
+    )
+
+
+def _counted(body, queries, status=200):
+    resp = Response(body, status=status, mimetype="text/plain")
+    resp.headers["X-Queries"] = str(queries)
+    return resp
+
+
+@app.route("/mysql/books/n1")
+@app.route("/mysql/books/n1/<tag>")
+def mysql_books_n1(tag=None):
+    """The N+1 pattern: the books, then each book's author in a query of its own (1 + 20)."""
+    queries = 0
+    conn = _mysql()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id, title, author_id FROM books ORDER BY id")
+            queries += 1
+            books = cur.fetchall()
+            lines = []
+            for _id, title, author_id in books:
+                cur.execute("SELECT name FROM authors WHERE id = %s", (author_id,))
+                queries += 1
+                (name,) = cur.fetchone()
+                lines.append(f"{title} by {name}\n")
+    finally:
+        conn.close()
+    return _counted("".join(lines), queries)
+
+
+@app.route("/mysql/books/join")
+@app.route("/mysql/books/join/<tag>")
+def mysql_books_join(tag=None):
+    """The same data as /mysql/books/n1 in one JOIN."""
+    queries = 0
+    conn = _mysql()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT b.title, a.name FROM books b JOIN authors a ON a.id = b.author_id ORDER BY b.id")
+            queries += 1
+            lines = [f"{title} by {name}\n" for title, name in cur.fetchall()]
+    finally:
+        conn.close()
+    return _counted("".join(lines), queries)
+
+
+@app.route("/mysql/dup-key")
+@app.route("/mysql/dup-key/<tag>")
+def mysql_dup_key(tag=None):
+    """The same row inserted twice: the second INSERT fails with 1062 (Duplicate entry), answered
+    409 with the code in X-Error-Code. Both run in one transaction that closing the connection
+    rolls back (autocommit is off), so the endpoint can be called again."""
+    import pymysql
+
+    queries = 0
+    conn = _mysql()
+    try:
+        with conn.cursor() as cur:
+            for _ in range(2):
+                queries += 1
+                try:
+                    cur.execute("INSERT INTO items (id, v) VALUES (1, 'x')")
+                except pymysql.err.IntegrityError as e:
+                    resp = _counted(f"{e.args[1]}\n", queries, status=409)
+                    resp.headers["X-Error-Code"] = str(e.args[0])
+                    return resp
+    finally:
+        conn.close()
+    return _counted("no error\n", queries, status=500)
+
+
+@app.route("/mysql/sleep/<int:ms>")
+@app.route("/mysql/sleep/<int:ms>/<tag>")
+def mysql_sleep(ms, tag=None):
+    """SELECT SLEEP(ms / 1000); the measured part includes connecting and closing."""
+    c0, t0 = time.thread_time(), time.monotonic()
+    conn = _mysql()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT SLEEP(%s)", (ms / 1000.0,))
+            cur.fetchall()
+    finally:
+        conn.close()
+    resp = _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3, f"slept {ms} ms in MariaDB\n")
+    resp.headers["X-Queries"] = "1"
+    return resp

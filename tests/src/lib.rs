@@ -7,6 +7,7 @@ pub mod checks;
 pub mod client;
 pub mod guard;
 pub mod introspect;
+pub mod mariadb;
 pub mod postgres;
 pub mod server;
 pub mod uwsgi;

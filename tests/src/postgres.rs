@@ -54,6 +54,9 @@ impl Postgres {
         cmd.arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            // Every statement's duration in the log, by backend pid: the SQL suite's ground truth.
+            // UTC, as the apps' settings say, so Django sets no time zone when it connects.
+            .args(["-c", "log_min_duration_statement=0", "-c", "log_line_prefix=%m [%p] ", "-c", "timezone=UTC"])
             .args(["-c", &format!("unix_socket_directories={}", dir.display())])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup"))
@@ -111,6 +114,21 @@ impl Postgres {
             assert!(Instant::now() < deadline, "the row lock was never taken");
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// What the server logged of the statements of backend `pid` (`log_min_duration_statement =
+    /// 0`): how many log lines with a duration, and their sum in ms. A simple query is one line;
+    /// an extended-protocol one is three (parse, bind, execute).
+    pub fn logged_durations(&self, backend_pid: u32) -> Vec<(f64, String)> {
+        let log = fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let tag = format!("[{backend_pid}] LOG:  duration: ");
+        log.lines()
+            .filter_map(|l| {
+                let rest = &l[l.find(&tag)? + tag.len()..];
+                let (ms, what) = rest.split_once(" ms  ")?;
+                Some((ms.parse().ok()?, what.to_string()))
+            })
+            .collect()
     }
 
     fn wait_ready(&self) {

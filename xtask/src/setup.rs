@@ -13,9 +13,9 @@ use anyhow::{Context as _, bail};
 use crate::{root, run};
 
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM major), wrk for
-/// load, PostgreSQL for the database suites, Chromium (renders the flame graphs in tests), tmux
-/// (a real terminal for `top`), curl and util-linux tools used by the suites, a C compiler for
-/// building uWSGI.
+/// load, PostgreSQL and MariaDB (server and client) for the database suites, Chromium (renders
+/// the flame graphs in tests), tmux (a real terminal for `top`), curl and util-linux tools used
+/// by the suites, a C compiler for building uWSGI.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "postgresql",
     "postgresql-contrib",
+    "mariadb-server",
+    "mariadb-client",
     "python3.11",
     "python3.11-venv",
     "chromium",

@@ -12,6 +12,7 @@
 //! syscalls that made them, so a wait is classified by what its fd was at that moment.
 pub mod calls;
 pub mod fds;
+pub mod queries;
 #[cfg(test)]
 mod tests;
 
@@ -20,10 +21,13 @@ use std::{collections::HashMap, net::SocketAddr};
 pub use calls::Call;
 use calls::Calls;
 use fds::FdTable;
+pub use queries::Query;
+use queries::{DbStats, Queries};
 
 use crate::{
-    event::{Dir, Event, FdOrigin, Hdr, Head},
+    event::{Dir, Event, FdOrigin, Hdr, Head, Wire},
     proto::ResponseHead,
+    sql::stats::Tally,
 };
 
 /// A completed request, in monotonic nanoseconds.
@@ -48,6 +52,8 @@ pub struct Request {
     /// [`MAX_CALLS`]; `calls_total` counts them all).
     pub calls: Vec<Call>,
     pub calls_total: u64,
+    /// Its queries on database connections, counted (None: it made none).
+    pub sql: Option<Box<Tally>>,
 }
 
 impl Request {
@@ -94,6 +100,8 @@ pub struct Inflight {
     pub peer: Option<SocketAddr>,
     pub queue_ns: u64,
     pub bytes_in: u64,
+    /// Its queries so far.
+    pub sql: Option<Box<Tally>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -108,6 +116,8 @@ pub struct AssemblerStats {
     pub calls: u64,
     /// ... of which no request of their thread was open (made between requests).
     pub calls_outside_requests: u64,
+    /// Queries on database connections.
+    pub db: DbStats,
 }
 
 #[derive(Debug)]
@@ -133,6 +143,7 @@ struct Open {
     seq: u64,
     calls: Vec<Call>,
     calls_total: u64,
+    sql: Option<Box<Tally>>,
 }
 
 #[derive(Debug, Default)]
@@ -160,6 +171,7 @@ struct Parts {
     /// The request each thread is serving.
     serving: HashMap<u32, Serving>,
     calls: Calls,
+    queries: Queries,
     next_seq: u64,
     stats: AssemblerStats,
 }
@@ -177,8 +189,8 @@ impl Assembler {
         Self { conns: HashMap::new(), parts: Parts::default(), fds: FdTable::default(), threshold_ns }
     }
 
-    pub fn stats(&self) -> &AssemblerStats {
-        &self.parts.stats
+    pub fn stats(&self) -> AssemblerStats {
+        AssemblerStats { db: self.parts.queries.stats, ..self.parts.stats }
     }
 
     /// A connection that was already open when watching started.
@@ -197,6 +209,7 @@ impl Assembler {
 
     pub fn observe(&mut self, ev: &Event, out: &mut Vec<Request>) {
         let mut done = Vec::new();
+        let mut queries = Vec::new();
         match ev {
             Event::Accept { hdr, fd, peer, .. } => {
                 if let Some(old) = self.conns.remove(&(hdr.tgid, *fd)) {
@@ -205,6 +218,13 @@ impl Assembler {
                 }
                 self.conns.insert((hdr.tgid, *fd), Conn { peer: *peer, ..Conn::default() });
             }
+            Event::Data { hdr, fd, enter_ts, wire: Some(wire), .. } => match wire {
+                Wire::Asks(asks) => {
+                    let serving = self.parts.serving.get(&hdr.tid).map(|s| s.seq);
+                    self.parts.queries.write(hdr, *fd, *enter_ts, asks, serving, &mut queries);
+                }
+                Wire::Answer(answer) => self.parts.queries.read(hdr, *fd, answer, &mut queries),
+            },
             Event::Data { hdr, dir, fd, bytes, enter_ts, head, outbound: true, .. } => {
                 let peer = self.fds.peer(hdr.tgid, *fd);
                 let serving = self.parts.serving.get(&hdr.tid).map(|s| s.seq);
@@ -214,11 +234,16 @@ impl Assembler {
                 self.on_read(hdr, *fd, *bytes, *enter_ts, *arrival_ts, head.as_ref(), comm.as_deref(), out)
             }
             Event::Data { hdr, dir: Dir::Write, fd, bytes, head, .. } => self.on_write(hdr, *fd, *bytes, head.as_ref(), out),
-            Event::Close { hdr, fd } => self.closed(hdr, *fd, out, &mut done),
+            Event::Close { hdr, fd } => self.closed(hdr, *fd, out, &mut done, &mut queries),
             // dup2/dup3 onto an open fd closed it.
-            Event::Fd { hdr, fd, origin: FdOrigin::Dup { from } } if from != fd => self.closed(hdr, *fd, out, &mut done),
+            Event::Fd { hdr, fd, origin: FdOrigin::Dup { from } } if from != fd => self.closed(hdr, *fd, out, &mut done, &mut queries),
             Event::Exit { hdr, pid } => {
                 self.parts.calls.exit(*pid, hdr.ts, &mut done);
+                // Its queries end with it, before its requests do (a kill mid-query).
+                self.parts.queries.exit(*pid, hdr.ts, &mut queries);
+                for q in queries.drain(..) {
+                    self.attach_query(q);
+                }
                 let keys: Vec<_> = self.conns.keys().filter(|(tgid, _)| tgid == pid).copied().collect();
                 for key in keys {
                     if let Some(conn) = self.conns.remove(&key) {
@@ -247,12 +272,25 @@ impl Assembler {
         for call in done {
             self.attach(call);
         }
+        for q in queries {
+            self.attach_query(q);
+        }
     }
 
-    fn closed(&mut self, hdr: &Hdr, fd: i32, out: &mut Vec<Request>, done: &mut Vec<Call>) {
+    fn closed(&mut self, hdr: &Hdr, fd: i32, out: &mut Vec<Request>, done: &mut Vec<Call>, queries: &mut Vec<Query>) {
         self.parts.calls.close(hdr.tgid, fd, done);
+        self.parts.queries.close(hdr.tgid, fd, hdr.ts, EndReason::Delimited, queries);
         if let Some(conn) = self.conns.remove(&(hdr.tgid, fd)) {
             self.end((hdr.tgid, fd), conn, hdr.ts, EndReason::Delimited, out);
+        }
+    }
+
+    /// A completed query is counted with the request its thread was serving when it was sent,
+    /// if that request is still open.
+    fn attach_query(&mut self, q: Query) {
+        let serving = self.parts.serving.get(&q.tid).copied().filter(|s| Some(s.seq) == q.request_seq);
+        if let Some(open) = serving.and_then(|s| self.conns.get_mut(&s.key)).and_then(|c| c.open.as_mut()) {
+            open.sql.get_or_insert_default().add(&q);
         }
     }
 
@@ -321,6 +359,7 @@ impl Assembler {
                     seq: self.parts.next_seq,
                     calls: Vec::new(),
                     calls_total: 0,
+                    sql: None,
                 });
                 self.parts.serving.insert(hdr.tid, Serving { key, seq: self.parts.next_seq });
                 self.parts.next_seq += 1;
@@ -399,6 +438,7 @@ impl Assembler {
             end: reason,
             calls: open.calls,
             calls_total: open.calls_total,
+            sql: open.sql,
         });
     }
 
@@ -421,6 +461,7 @@ impl Assembler {
                 peer: conn.peer,
                 queue_ns: open.queue_ns,
                 bytes_in: open.bytes_in,
+                sql: open.sql.clone(),
             });
         }
     }

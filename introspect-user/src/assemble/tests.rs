@@ -25,6 +25,7 @@ fn req(tid: u32, fd: i32, ts: u64, arrival: Option<u64>, method: &str, path: &st
         comm: Some("gunicorn".into()),
         nr: 0,
         outbound: false,
+        wire: None,
     }
 }
 
@@ -40,11 +41,24 @@ fn resp(tid: u32, fd: i32, ts: u64, status: u16, head_len: u64, body: BodyLen, b
         comm: Some("gunicorn".into()),
         nr: 0,
         outbound: false,
+        wire: None,
     }
 }
 
 fn write(tid: u32, fd: i32, ts: u64, bytes: u64) -> Event {
-    Event::Data { hdr: h(tid, ts), dir: Dir::Write, fd, bytes, enter_ts: ts - 5, arrival_ts: None, head: None, comm: None, nr: 1, outbound: false }
+    Event::Data {
+        hdr: h(tid, ts),
+        dir: Dir::Write,
+        fd,
+        bytes,
+        enter_ts: ts - 5,
+        arrival_ts: None,
+        head: None,
+        comm: None,
+        nr: 1,
+        outbound: false,
+        wire: None,
+    }
 }
 
 fn run(events: &[Event]) -> (Vec<Request>, Assembler) {
@@ -128,6 +142,7 @@ fn bytes_that_are_not_http_are_counted_not_reported() {
         comm: None,
         nr: 0,
         outbound: false,
+        wire: None,
     };
     let (out, a) = run(&[accept(7, 1_000), other, Event::Close { hdr: h(101, 3_000), fd: 7 }]);
     assert!(out.is_empty());
@@ -135,7 +150,7 @@ fn bytes_that_are_not_http_are_counted_not_reported() {
 }
 
 fn outbound(tid: u32, dir: Dir, fd: i32, ts: u64, bytes: u64) -> Event {
-    Event::Data { hdr: h(tid, ts), dir, fd, bytes, enter_ts: ts - 10, arrival_ts: None, head: None, comm: None, nr: 44, outbound: true }
+    Event::Data { hdr: h(tid, ts), dir, fd, bytes, enter_ts: ts - 10, arrival_ts: None, head: None, comm: None, nr: 44, outbound: true, wire: None }
 }
 
 #[test]

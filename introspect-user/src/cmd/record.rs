@@ -29,6 +29,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     session.interrupt_before = args.servers.interrupt_before;
     session.interrupt_dry_run = args.servers.interrupt_dry_run;
     session.try_write = args.servers.try_write;
+    session.sql_capture = args.sql.sql_capture_bytes;
+    session.sql_literals = args.sql.sql_literals;
     let sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(Stderr),
         Box::new(JsonLines::new(BufWriter::new(events), session.clock)),

@@ -20,6 +20,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
         all: args.reporting.all,
         sample_hz: args.reporting.sample_hz,
         interrupt: None,
+        n_plus_one: args.reporting.n_plus_one,
     };
     replay(BufReader::new(file), &args.file.display().to_string(), cfg, io::BufWriter::new(io::stdout().lock()))
 }
@@ -71,7 +72,7 @@ mod tests {
             if path.extension().is_none_or(|e| e != "recording") {
                 continue;
             }
-            let cfg = Config { threshold_ns: 500_000_000, all: true, sample_hz: 99, interrupt: None };
+            let cfg = Config { threshold_ns: 500_000_000, all: true, sample_hz: 99, interrupt: None, n_plus_one: Default::default() };
             let mut out = Vec::new();
             replay(BufReader::new(File::open(&path).expect("open")), "fixture", cfg, &mut out).expect("replay");
             let expected_path = path.with_extension("expected.jsonl");

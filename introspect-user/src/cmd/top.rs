@@ -31,6 +31,8 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     session.interrupt_before = args.servers.interrupt_before;
     session.interrupt_dry_run = args.servers.interrupt_dry_run;
     session.try_write = args.servers.try_write;
+    session.sql_capture = args.sql.sql_capture_bytes;
+    session.sql_literals = args.sql.sql_literals;
     let _guard = if tty {
         execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
         terminal::enable_raw_mode()?;

@@ -7,13 +7,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use introspect_common::{
     AcceptEvent, CloseEvent, ConnectEvent, DataEvent, DataPayloadEvent, EventHeader, FdEvent, OffCpuEvent, OomEvent, PAYLOAD_MAX, PY_FRAMES_MAX,
-    PeerKey, ProcEvent, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, data_flag, kind, stack_flag,
+    PeerKey, ProcEvent, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, WIRE_MAX, data_flag, kind, stack_flag,
 };
 
 use super::{Dir, Event, FdOrigin, Hdr, Sys, WaitFacts};
 use crate::{
     kills::OomRss,
-    proto::{Protocols, Side},
+    proto::{Protocols, Side, Wire},
     stacks::RawFrame,
 };
 
@@ -185,6 +185,32 @@ impl Decoder {
         let d: DataEvent = read(buf, h.kind)?;
         let dir = if h.kind == kind::READ { Dir::Read } else { Dir::Write };
         let outbound = h.flags & data_flag::OUTBOUND != 0;
+        // A database connection's bytes: parsed into what was asked and answered; the bytes go no
+        // further.
+        let wire = self.protocols.database(h.flags).map(|db| {
+            let from = size_of::<DataEvent>();
+            let payload = buf.get(from..from + (d.payload_len as usize).min(WIRE_MAX)).unwrap_or(&buf[from.min(buf.len())..]);
+            let total = d.ret.max(0) as u64;
+            match dir {
+                Dir::Write => Wire::Asks(db.asks(payload, total, &self.protocols.opts)),
+                Dir::Read => Wire::Answer(db.answer(payload, (d.tail_at != 0).then_some(d.tail_at as usize), total)),
+            }
+        });
+        if wire.is_some() {
+            return Ok(Event::Data {
+                hdr: hdr(&d.hdr),
+                dir,
+                fd: d.fd,
+                bytes: d.ret.max(0) as u64,
+                enter_ts: d.enter_ts,
+                arrival_ts: None,
+                head: None,
+                comm: None,
+                nr: d.nr,
+                outbound,
+                wire,
+            });
+        }
         let (head, comm) = if h.flags & data_flag::FIRST != 0 {
             let p: DataPayloadEvent = read(buf, h.kind)?;
             let len = (p.data.payload_len as usize).min(PAYLOAD_MAX);
@@ -206,6 +232,7 @@ impl Decoder {
             comm,
             nr: d.nr,
             outbound,
+            wire: None,
         })
     }
 }
@@ -235,7 +262,7 @@ pub mod tests {
                 enter_ts: ts - 100,
                 arrival_ts,
                 nr: 45,
-                _pad: 0,
+                tail_at: 0,
             },
             comm,
             payload,

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use introspect_common::{NO_SYSCALL, SysCtx};
 use serde::{Deserialize, Serialize};
 
-pub use crate::proto::Head;
+pub use crate::proto::{Head, Wire};
 use crate::{
     kills::{OomRss, Server},
     stacks::{Frame, RawFrame},
@@ -109,6 +109,9 @@ pub enum Event {
         /// On a connection the process made itself: its writes are requests, its reads responses.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         outbound: bool,
+        /// On a database connection: what this write asked or this read answered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wire: Option<Wire>,
     },
     Close {
         hdr: Hdr,

@@ -9,6 +9,7 @@ use crate::{
     assemble::EndReason,
     breakdown::{Breakdown, Detail, PeerWait, SyscallStat},
     clock::Clock,
+    sql::stats::Report,
     stacks::{Frame, profile::ProfileEntry},
 };
 
@@ -48,6 +49,9 @@ struct RequestLine<'a> {
     /// Its worker was killed with it in flight (a `killed` line says how).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     killed: bool,
+    /// Its queries on database connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sql: Option<&'a Report>,
 }
 
 #[derive(Serialize)]
@@ -75,6 +79,30 @@ struct InflightLine<'a> {
     kill_in_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kill_by: Option<&'static str>,
+    /// Its queries so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sql: Option<&'a Report>,
+}
+
+/// What a killed request's queries left behind.
+#[derive(Serialize)]
+struct KilledSql<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    /// A transaction was open on one of its connections when its worker died (the server rolls
+    /// it back when it notices the connection is gone).
+    transaction_open: bool,
+    last_statement: Option<LastStatement<'a>>,
+}
+
+#[derive(Serialize)]
+struct LastStatement<'a> {
+    shape: Option<&'a str>,
+    summary: Option<&'a str>,
+    fingerprint: Option<String>,
+    /// "complete", or "cut_off" when the worker died waiting for its answer.
+    ended: &'static str,
+    error: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -136,6 +164,8 @@ struct KilledLine<'a> {
     stacks_before_kill: Vec<Snapshot<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     profile: Option<&'a [ProfileEntry]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sql: Option<KilledSql<'a>>,
 }
 
 /// What `--interrupt-before` did to a request.
@@ -252,6 +282,17 @@ impl<W: Write> JsonLines<W> {
             stack: kill.stack.as_deref(),
             stacks_before_kill: k.before_kill.iter().map(|(ts, stack)| Snapshot { at_ms: since(*ts), stack }).collect(),
             profile: c.profile,
+            sql: c.sql.zip(r.sql.as_deref()).map(|(report, tally)| KilledSql {
+                report,
+                transaction_open: tally.transaction_open(),
+                last_statement: tally.last.as_ref().map(|l| LastStatement {
+                    shape: l.statement.as_deref().map(|s| s.shape.as_str()),
+                    summary: l.statement.as_deref().map(|s| s.summary.as_str()),
+                    fingerprint: l.statement.as_deref().map(|s| format!("{:016x}", s.fingerprint)),
+                    ended: if l.end == EndReason::ProcessExit { "cut_off" } else { "complete" },
+                    error: l.error.as_deref(),
+                }),
+            }),
         };
         self.line(&line)
     }
@@ -280,6 +321,7 @@ impl<W: Write> JsonLines<W> {
             stack: c.stack,
             profile: c.profile,
             killed: c.kill.is_some(),
+            sql: c.sql,
         };
         self.line(&line)
     }
@@ -317,6 +359,7 @@ impl<W: Write> Sink for JsonLines<W> {
             stack: c.stack,
             kill_in_ms: c.kill.map(|(ms, _)| (ms * 1e3).round() / 1e3),
             kill_by: c.kill.map(|(_, reason)| reason.name()),
+            sql: c.sql,
         };
         self.line(&line)
     }

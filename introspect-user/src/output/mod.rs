@@ -20,6 +20,7 @@ use crate::{
     event::Event,
     kills::{Kill, Reason},
     run::deadlines::Running,
+    sql::stats::Report,
     stacks::{Frame, profile::ProfileEntry},
 };
 
@@ -34,6 +35,8 @@ pub struct Completed<'a> {
     pub profile: Option<&'a [ProfileEntry]>,
     /// Its worker was killed with it in flight.
     pub kill: Option<KillReport<'a>>,
+    /// Its queries on database connections, when it made some and is reported.
+    pub sql: Option<&'a Report>,
 }
 
 /// A request's kill, with its breakdown (always there, reported or not).
@@ -51,6 +54,8 @@ pub struct Crossed<'a> {
     pub stack: Option<&'a [Frame]>,
     /// Time left before the server kills its worker (ms, negative when overdue), and who will.
     pub kill: Option<(f64, Reason)>,
+    /// Its queries so far.
+    pub sql: Option<&'a Report>,
 }
 
 /// What `--interrupt-before` did to a request.
@@ -155,7 +160,28 @@ pub struct Counts {
     pub agent: AgentCost,
     /// Connections whose bytes were not HTTP/1 (TLS, HTTP/2, another protocol): not measured.
     pub non_http: u64,
+    /// Database traffic seen; left out when the watched processes spoke to no database.
+    #[serde(skip_serializing_if = "SqlCounts::is_empty")]
+    pub sql: SqlCounts,
     pub losses: Losses,
+}
+
+/// What was seen on database connections over the whole watch.
+#[derive(Serialize, Clone, Copy, Debug, Default)]
+pub struct SqlCounts {
+    pub queries: u64,
+    /// ... made while their thread served no request (start-up, background work).
+    pub outside_requests: u64,
+    /// Sessions opened (start-up and authentication round trips).
+    pub connects: u64,
+    /// Connections that switched to TLS or GSS encryption: their statements cannot be seen.
+    pub encrypted_connections: u64,
+}
+
+impl SqlCounts {
+    fn is_empty(&self) -> bool {
+        self.queries == 0 && self.connects == 0 && self.encrypted_connections == 0
+    }
 }
 
 /// The agent's own cost over the whole watch.

@@ -18,7 +18,9 @@ use aya::{
         perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
-use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, Settings, TracepointOffsets, counter, names, phase, role};
+use introspect_common::{
+    Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, Settings, TracepointOffsets, WIRE_MAX, counter, names, phase, role, wire,
+};
 use programs::Program;
 use tracefs::{Tracefs, TracefsError};
 
@@ -118,7 +120,7 @@ fn pid_slots() -> u32 {
 }
 
 fn idle() -> ConnState {
-    ConnState { peer: PeerKey::default(), phase: phase::IDLE, has_peer: 0, role: role::SERVED, _pad: [0; 5] }
+    ConnState { peer: PeerKey::default(), phase: phase::IDLE, has_peer: 0, role: role::SERVED, wire: wire::UNKNOWN, _pad: [0; 4] }
 }
 
 fn peer_key(addr: &SocketAddr) -> PeerKey {
@@ -131,10 +133,10 @@ fn peer_key(addr: &SocketAddr) -> PeerKey {
 
 impl Probes {
     /// `outbound_heads`: copy the heads of requests on outbound connections (a parser for them
-    /// is loaded).
-    pub fn load(tracefs: &Tracefs, outbound_heads: bool) -> Result<Self, LoadError> {
+    /// is loaded); `sql_capture`: bytes of each write on a database connection copied (0: none).
+    pub fn load(tracefs: &Tracefs, outbound_heads: bool, sql_capture: u16) -> Result<Self, LoadError> {
         let (offsets, unusable) = offsets(tracefs)?;
-        let settings = Settings { outbound_heads: outbound_heads.into(), _pad: [0; 7] };
+        let settings = Settings { outbound_heads: outbound_heads.into(), _pad: 0, sql_capture: sql_capture.min(WIRE_MAX as u16), _pad2: [0; 4] };
         // Pid-indexed arrays cover every pid the kernel can hand out now.
         let pids = pid_slots();
         let ebpf = EbpfLoader::new()

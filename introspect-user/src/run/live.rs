@@ -51,6 +51,10 @@ pub struct Session {
     pub writable_dirs: Vec<std::os::fd::RawFd>,
     /// (hidden) Try writing to the watched process once the filter is on, and say what happened.
     pub try_write: bool,
+    /// Bytes of each write to a database copied (`--sql-capture-bytes`; 0: none).
+    pub sql_capture: u16,
+    /// `--sql-literals`: statements keep their values.
+    pub sql_literals: bool,
     /// Monotonic to wall-clock time, taken once for the whole run (outputs and recordings).
     pub clock: Clock,
 }
@@ -70,6 +74,8 @@ impl Session {
             interrupt_dry_run: false,
             writable_dirs: Vec::new(),
             try_write: false,
+            sql_capture: 1024,
+            sql_literals: false,
             clock: Clock::new(),
         }
     }
@@ -80,6 +86,7 @@ impl Session {
             all: self.reporting.all,
             sample_hz: self.reporting.sample_hz,
             interrupt: self.interrupt_before.map(|d| Interrupting { before_ns: d.as_nanos() as u64, dry_run: self.interrupt_dry_run }),
+            n_plus_one: self.reporting.n_plus_one,
         }
     }
 }
@@ -112,9 +119,9 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
         eprintln!("introspect: mounted tracefs at {}", root.display());
     }
     let tracefs = tracefs::Tracefs::new(root);
-    let decoder = Decoder::new(Protocols::standard(Options { keep_query: session.keep_query }));
+    let decoder = Decoder::new(Protocols::standard(Options { keep_query: session.keep_query, sql_literals: session.sql_literals }));
 
-    let mut probes = Probes::load(&tracefs, decoder.protocols.any_outbound()).context("loading eBPF programs")?;
+    let mut probes = Probes::load(&tracefs, decoder.protocols.any_outbound(), session.sql_capture).context("loading eBPF programs")?;
     probes.without(&session.without);
     // Roots first, then fork tracking, then the scan: a child born at any point is either seen by
     // the scan or tracked by the fork probe.

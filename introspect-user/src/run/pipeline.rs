@@ -15,7 +15,8 @@ use crate::{
     breakdown::{Detail, OffCpu, Timeline},
     event::{Event, FdKind, FdOrigin, Hdr, InterruptAction, Sys, WaitFacts},
     kills::{Kill, Kills},
-    output::{Completed, Counts, Crossed, Interrupted, KillReport, Sink, State, Summary},
+    output::{Completed, Counts, Crossed, Interrupted, KillReport, Sink, SqlCounts, State, Summary},
+    sql::NPlusOne,
     stacks::{
         Frame,
         profile::{ProfileEntry, Profiles},
@@ -36,6 +37,8 @@ pub struct Config {
     pub sample_hz: u64,
     /// `--interrupt-before`: interrupt requests this long before their server kills them.
     pub interrupt: Option<Interrupting>,
+    /// When repeated statements are an N+1 pattern.
+    pub n_plus_one: NPlusOne,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -355,8 +358,15 @@ impl<'a> Pipeline<'a> {
             (Some(kill), Some(detail)) => Some(KillReport { kill, detail, before_kill: &e.before_kill }),
             _ => None,
         };
-        let done =
-            Completed { request: r, detail: e.detail.as_ref().filter(|_| reported), stack: e.stack.as_deref(), profile: e.profile.as_deref(), kill };
+        let sql = r.sql.as_ref().filter(|_| reported || kill.is_some()).map(|t| t.report(self.cfg.n_plus_one));
+        let done = Completed {
+            request: r,
+            detail: e.detail.as_ref().filter(|_| reported),
+            stack: e.stack.as_deref(),
+            profile: e.profile.as_deref(),
+            kill,
+            sql: sql.as_ref(),
+        };
         self.sinks.iter_mut().try_for_each(|s| s.request(&done))
     }
 
@@ -502,7 +512,8 @@ impl<'a> Pipeline<'a> {
                 }
                 None => None,
             };
-            let c = Crossed { inflight: &i, detail: &detail, stack: stack.as_deref(), kill };
+            let sql = i.sql.as_ref().map(|t| t.report(self.cfg.n_plus_one));
+            let c = Crossed { inflight: &i, detail: &detail, stack: stack.as_deref(), kill, sql: sql.as_ref() };
             self.sinks.iter_mut().try_for_each(|s| s.inflight(&c))?;
             self.slow.insert(i.tid, stack);
         }
@@ -544,8 +555,15 @@ impl<'a> Pipeline<'a> {
             self.report(e, None)?;
         }
         self.asm.close();
-        self.counts.open_at_exit = self.asm.stats().open_at_exit;
-        self.counts.non_http = self.asm.stats().non_http_phases;
+        let stats = self.asm.stats();
+        self.counts.open_at_exit = stats.open_at_exit;
+        self.counts.non_http = stats.non_http_phases;
+        self.counts.sql = SqlCounts {
+            queries: stats.db.queries,
+            outside_requests: stats.db.outside_requests,
+            connects: stats.db.connects,
+            encrypted_connections: stats.db.encrypted,
+        };
         self.counts.stacks.oncpu_samples = self.profiles.oncpu_samples;
         self.counts.stacks.offcpu_stacks = self.profiles.offcpu_stacks;
         let state = State { now_ns, summary: &self.summary, counts: &self.counts, running: &self.running };

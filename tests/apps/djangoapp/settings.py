@@ -4,9 +4,18 @@ introspect's tests: only the database differs, taken from the environment.
 INTROSPECT_PG_DSN: a libpq connection string ("host=... port=... user=... dbname=...").
 INTROSPECT_CONN_MAX_AGE: seconds a connection is kept between requests; unset means Django's
 default, 0: a new connection for every request, closed when the request ends.
+INTROSPECT_PG_DRIVER: "psycopg2" makes Django use psycopg2 although psycopg 3 is installed
+(Django prefers psycopg 3 when it can import it).
+INTROSPECT_PG_SERVER_BINDING: "1" binds parameters on the server (psycopg 3's plain cursor) and
+prepares every statement at once (prepare_threshold 0).
 """
 import os
+import sys
 from pathlib import Path
+
+if os.environ.get("INTROSPECT_PG_DRIVER") == "psycopg2":
+    # An import of a module set to None raises ImportError: Django falls back to psycopg2.
+    sys.modules["psycopg"] = None
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -21,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "djangoapp.library",
 ]
 
 MIDDLEWARE = [
@@ -67,6 +77,8 @@ def _database():
     }
     if "INTROSPECT_CONN_MAX_AGE" in os.environ:
         db["CONN_MAX_AGE"] = int(os.environ["INTROSPECT_CONN_MAX_AGE"])
+    if os.environ.get("INTROSPECT_PG_SERVER_BINDING") == "1":
+        db["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 0}
     return db
 
 

@@ -2,6 +2,7 @@
 from django.urls import path
 
 from . import views
+from .library import views as library
 
 urlpatterns = []
 for route, view in [
@@ -11,5 +12,14 @@ for route, view in [
     ("db/forupdate", views.db_forupdate),
     ("db/atomic-spin/<int:item>/<int:ms>", views.db_atomic_spin),
     ("pid", views.pid),
+    ("library/books/n1", library.books_n1),
+    ("library/books/joined", library.books_joined),
+    ("library/four", library.four_lookups),
+    ("library/shapes", library.twenty_shapes),
+    ("library/same", library.same_twice),
+    ("library/unique", library.unique_violation),
+    ("library/secret", library.secret),
+    ("library/long", library.long_statement),
+    ("library/open", library.left_open),
 ]:
     urlpatterns += [path(route, view), path(route + "/<str:tag>", view)]

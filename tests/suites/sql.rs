@@ -1,0 +1,240 @@
+//! SQL seen on the wire: Django's real ORM on a real PostgreSQL through psycopg2 and psycopg 3
+//! (client-side and server-side binding), each request's queries checked against what Django
+//! itself counted (`X-Queries`) and what PostgreSQL logged for that request's backend; N+1
+//! patterns, duplicates, errors, truncation, transactions left open; and no literal anywhere.
+use std::{collections::BTreeMap, fs, thread, time::Duration};
+
+use introspect_tests::{
+    can_trace,
+    client::{Client, Exchange},
+    introspect::{Line, Watch},
+    mariadb::{self, MariaDb},
+    postgres::Postgres,
+    server::Gunicorn,
+};
+use serde_json::Value;
+
+const SECRET: &str = "S3CR3T-7f2c91";
+
+const LIBRARY: &str = "CREATE TABLE library_author (id bigserial PRIMARY KEY, name varchar(64) NOT NULL);
+CREATE TABLE library_book (id bigserial PRIMARY KEY, title varchar(64) NOT NULL, author_id bigint NOT NULL REFERENCES library_author (id));
+INSERT INTO library_author (name) SELECT 'author ' || i FROM generate_series(1, 20) i;
+INSERT INTO library_book (title, author_id) SELECT 'book ' || i, i FROM generate_series(1, 20) i;";
+
+fn request<'a>(lines: &'a [Line], path: &str) -> &'a Value {
+    let found: Vec<_> = lines.iter().filter(|l| l.ty() == "request" && l.json["path"] == path).collect();
+    assert_eq!(found.len(), 1, "one request line for {path}");
+    &found[0].json
+}
+
+fn sql(r: &Value) -> &Value {
+    assert!(r["sql"].is_object(), "{} has no sql: {r}", r["path"]);
+    &r["sql"]
+}
+
+fn queries(r: &Value) -> u64 {
+    sql(r)["queries"].as_u64().expect("sql.queries")
+}
+
+/// (shape, fingerprint) → count, from a request's `top` (at most five shapes).
+fn shapes(r: &Value) -> BTreeMap<String, (String, u64)> {
+    sql(r)["top"]
+        .as_array()
+        .expect("sql.top")
+        .iter()
+        .map(|s| (s["shape"].as_str().unwrap().to_string(), (s["fingerprint"].as_str().unwrap().to_string(), s["count"].as_u64().unwrap())))
+        .collect()
+}
+
+/// The sum of what PostgreSQL logged for the backend that served this exchange.
+fn server_ms(pg: &Postgres, ex: &Exchange) -> (f64, usize) {
+    let pid: u32 = ex.header("X-Backend-Pid").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("X-Backend-Pid: {}", ex.head));
+    let logged = pg.logged_durations(pid);
+    (logged.iter().map(|(ms, _)| ms).sum(), logged.len())
+}
+
+fn django_queries(ex: &Exchange) -> u64 {
+    ex.header("X-Queries").and_then(|q| q.parse().ok()).unwrap_or_else(|| panic!("X-Queries: {}", ex.head))
+}
+
+/// A Django app on a real PostgreSQL under introspect, through one driver configuration; returns
+/// the fingerprints of each path's heaviest shape.
+fn django_run(label: &str, env: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let pg = Postgres::start();
+    pg.psql(LIBRARY);
+    let dsn = pg.dsn();
+    let mut env = env.to_vec();
+    env.push(("INTROSPECT_PG_DSN", dsn.as_str()));
+    let server = Gunicorn::start_with_env("djangoapp.wsgi:application", 1, &[], &env);
+    let recording = std::env::temp_dir().join(format!("introspect-sql-{}.recording", server.port));
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all", "--record", recording.to_str().unwrap()]);
+    let mut c = Client::new(server.port, false);
+    // Warm-up: imports the driver and the models.
+    c.request("GET", "/library/four/warm").expect("warm-up");
+    let paths = [
+        "/library/books/n1",
+        "/library/books/joined",
+        "/library/four",
+        "/library/shapes",
+        "/library/same",
+        "/library/unique",
+        "/library/long",
+        "/library/open",
+    ];
+    let mut got = BTreeMap::new();
+    for p in paths {
+        let ex = c.request("GET", p).expect(p);
+        assert!(ex.status == 200 || (p == "/library/unique" && ex.status == 409), "{label} {p}: {}", ex.head);
+        got.insert(p, ex);
+    }
+    let secret = c.request("GET", &format!("/library/secret?token={SECRET}")).expect("secret");
+    assert_eq!(secret.status, 200);
+    thread::sleep(Duration::from_millis(300));
+    let stderr = watch.stderr();
+    let lines = watch.stop();
+    let mut fingerprints = BTreeMap::new();
+    for (p, ex) in &got {
+        let r = request(&lines, p);
+        let s = sql(r);
+        eprintln!("{label} {p}: {} queries ({} by Django), {} ms, top {}", s["queries"], django_queries(ex), s["time_ms"], s["top"][0]["shape"]);
+        // Every query Django ran, and no other.
+        assert_eq!(queries(r), django_queries(ex), "{label} {p}: {s}");
+        // The time, against what the app measured around each execution (its driver's C code,
+        // the round trip, its fetch) and against what the server logged of its own work.
+        let (logged, lines_logged) = server_ms(&pg, ex);
+        let app = ex.header_f64("X-Sql-Ms").expect("X-Sql-Ms");
+        let time = s["time_ms"].as_f64().unwrap();
+        eprintln!("    time_ms {time:.3}, the app measured {app:.3}, PostgreSQL logged {logged:.3} ms in {lines_logged} lines");
+        assert!(time >= logged - 0.05, "{label} {p}: {time} ms is less than the server's own {logged} ms: {s}");
+        assert!(time <= app + 0.05, "{label} {p}: {time} ms is more than the app's own {app} ms: {s}");
+        // What the app measured also holds its driver's own work per execution (Python and C,
+        // measured here at 10-70 us): allowed 100 us per query on top of max(1 ms, 5%).
+        let n = queries(r) as f64;
+        assert!(app - time <= (app * 0.05).max(1.0) + 0.1 * n, "{label} {p}: {time} ms vs the app's {app} ms for {n} queries: {s}");
+        fingerprints.insert(p.to_string(), s["top"][0]["fingerprint"].as_str().unwrap_or_default().to_string());
+        let open = *p == "/library/open";
+        assert_eq!(s["transaction_open_at_end"], open, "{label} {p}: {s}");
+    }
+    // The N+1 page: 1 + 20, the lookups flagged.
+    let n1 = sql(request(&lines, "/library/books/n1"));
+    let patterns = n1["n_plus_one"].as_array().unwrap();
+    assert_eq!(patterns.len(), 1, "{label}: one N+1 pattern: {n1}");
+    assert_eq!((patterns[0]["count"].as_u64(), patterns[0]["distinct"].as_u64()), (Some(20), Some(20)), "{label}: {n1}");
+    assert!(patterns[0]["shape"].as_str().unwrap().contains("library_author"), "{label}: {n1}");
+    let by_shape = shapes(request(&lines, "/library/books/n1"));
+    assert_eq!(by_shape.values().map(|(_, n)| n).sum::<u64>(), 21, "{label}: per-shape counts: {by_shape:?}");
+    // Not patterns: one joined query, four lookups, twenty shapes.
+    for p in ["/library/books/joined", "/library/four", "/library/shapes"] {
+        let s = sql(request(&lines, p));
+        assert!(s["n_plus_one"].as_array().unwrap().is_empty(), "{label} {p}: {s}");
+        assert!(s["duplicates"].as_array().unwrap().is_empty(), "{label} {p}: {s}");
+    }
+    assert_eq!(queries(request(&lines, "/library/books/joined")), 1);
+    // Exact repeats.
+    let same = sql(request(&lines, "/library/same"));
+    assert_eq!(same["duplicates"][0]["count"], 3, "{label}: {same}");
+    assert!(same["n_plus_one"].as_array().unwrap().is_empty(), "{label}: {same}");
+    // The unique violation on its query.
+    let unique = sql(request(&lines, "/library/unique"));
+    assert_eq!(unique["errors"], 1, "{label}: {unique}");
+    let failed = unique["failed"].as_array().expect("failed");
+    assert!(failed.iter().any(|f| f["code"] == "23505" && f["shape"].as_str().unwrap().starts_with("INSERT INTO")), "{label}: {unique}");
+    // The long statement: cut, its fingerprint stable.
+    let long = sql(request(&lines, "/library/long"));
+    assert_eq!(long["top"][0]["truncated"], true, "{label}: {long}");
+    // No literal anywhere: stdout, stderr, the recording.
+    let recorded = fs::read_to_string(&recording).unwrap_or_default();
+    let _ = fs::remove_file(&recording);
+    for (what, text) in
+        [("stdout", lines.iter().map(|l| l.raw.as_str()).collect::<Vec<_>>().join("\n")), ("stderr", stderr), ("the recording", recorded)]
+    {
+        assert!(!text.contains(SECRET), "{label}: the secret literal is in {what}");
+        assert!(!text.contains("S3CR3T-tail"), "{label}: the long statement's literal is in {what}");
+        assert!(!text.contains("author 1'"), "{label}: a string literal is in {what}");
+    }
+    let secret_line = sql(request(&lines, "/library/secret"));
+    assert_eq!(secret_line["queries"], 1, "{label}: {secret_line}");
+    fingerprints
+}
+
+#[test]
+fn django_orm_on_postgres_through_every_driver() {
+    if !can_trace("django_orm_on_postgres_through_every_driver") {
+        return;
+    }
+    let psycopg2 = django_run("psycopg2", &[("INTROSPECT_PG_DRIVER", "psycopg2")]);
+    let psycopg3 = django_run("psycopg 3, client-side binding", &[]);
+    let server_bound = django_run("psycopg 3, server-side binding, prepare_threshold 0", &[("INTROSPECT_PG_SERVER_BINDING", "1")]);
+    // The same statements, whatever the driver and wherever the values are bound.
+    for p in ["/library/books/n1", "/library/books/joined", "/library/four"] {
+        assert_eq!(psycopg2[p], psycopg3[p], "{p}: psycopg2 and psycopg 3 fingerprints");
+        assert_eq!(psycopg3[p], server_bound[p], "{p}: client- and server-bound fingerprints");
+    }
+}
+
+#[test]
+fn literals_are_kept_only_when_asked() {
+    if !can_trace("literals_are_kept_only_when_asked") {
+        return;
+    }
+    let pg = Postgres::start();
+    pg.psql(LIBRARY);
+    let dsn = pg.dsn();
+    let server = Gunicorn::start_with_env("djangoapp.wsgi:application", 1, &[], &[("INTROSPECT_PG_DSN", dsn.as_str())]);
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all", "--sql-literals"]);
+    let ex = Client::new(server.port, false).request("GET", &format!("/library/secret?token={SECRET}")).expect("secret");
+    assert_eq!(ex.status, 200);
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    let r = request(&lines, "/library/secret");
+    let text = sql(r)["top"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains(SECRET), "with --sql-literals the statement keeps its values: {r}");
+}
+
+/// Flask and PyMySQL on a real MariaDB: the same N+1 result, and MySQL's error numbers.
+#[test]
+fn flask_and_pymysql_on_mariadb() {
+    if !can_trace("flask_and_pymysql_on_mariadb") || !mariadb::available("flask_and_pymysql_on_mariadb") {
+        return;
+    }
+    let db = MariaDb::start();
+    let env = db.dsn_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let server = Gunicorn::start_with_env("flaskapp:app", 1, &[], &env);
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    let mut c = Client::new(server.port, false);
+    c.request("GET", "/mysql/books/join/warm").expect("warm-up");
+    let n1 = c.request("GET", "/mysql/books/n1").expect("n1");
+    let join = c.request("GET", "/mysql/books/join").expect("join");
+    let dup = c.request("GET", "/mysql/dup-key").expect("dup-key");
+    assert_eq!((n1.status, join.status, dup.status), (200, 200, 409));
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    // PyMySQL sends two statements of its own on every connection (SET NAMES, SET AUTOCOMMIT).
+    for ex in [&n1, &join, &dup] {
+        let s = sql(request(&lines, &ex.path));
+        eprintln!("mariadb {}: {} queries ({} by the view), {} ms: {s}", ex.path, s["queries"], django_queries(ex), s["time_ms"]);
+        assert_eq!(queries(request(&lines, &ex.path)), django_queries(ex) + 2, "{}: {s}", ex.path);
+        // Autocommit is off: every statement on an InnoDB table opens a transaction, which the
+        // view leaves to the connection's close.
+        assert_eq!(s["transaction_open_at_end"], true, "{}: {s}", ex.path);
+    }
+    let n1 = sql(request(&lines, "/mysql/books/n1"));
+    let patterns = n1["n_plus_one"].as_array().unwrap();
+    assert_eq!(patterns.len(), 1, "{n1}");
+    assert_eq!((patterns[0]["count"].as_u64(), patterns[0]["distinct"].as_u64()), (Some(20), Some(20)), "{n1}");
+    assert!(patterns[0]["shape"].as_str().unwrap().contains("authors"), "{n1}");
+    assert!(sql(request(&lines, "/mysql/books/join"))["n_plus_one"].as_array().unwrap().is_empty());
+    let dup = sql(request(&lines, "/mysql/dup-key"));
+    assert_eq!(dup["errors"], 1, "{dup}");
+    assert!(
+        dup["failed"].as_array().unwrap().iter().any(|f| f["code"] == "1062" && f["shape"].as_str().unwrap().starts_with("INSERT INTO items")),
+        "{dup}"
+    );
+    assert!(dup["duplicates"][0]["count"] == 2, "the same INSERT twice: {dup}");
+    let text: String = lines.iter().map(|l| l.raw.as_str()).collect();
+    assert!(!text.contains("'x'") && !text.contains("author 1"), "no literal in the output");
+}

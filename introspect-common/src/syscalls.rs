@@ -33,6 +33,10 @@ pub mod nr {
     pub const EXIT_GROUP: u32 = 231;
     pub const OPENAT: u32 = 257;
     pub const PSELECT6: u32 = 270;
+    pub const EPOLL_WAIT: u32 = 232;
+    pub const EPOLL_CTL: u32 = 233;
+    pub const EPOLL_PWAIT: u32 = 281;
+    pub const EPOLL_PWAIT2: u32 = 441;
     pub const PPOLL: u32 = 271;
     pub const UTIMENSAT: u32 = 280;
     pub const ACCEPT4: u32 = 288;
@@ -80,6 +84,9 @@ pub enum Wait {
     Fd,
     /// For its first polled fd, unless it polled none or timed out: then it slept.
     Poll,
+    /// For the first socket in the epoll set it waited on (known from the `epoll_ctl` calls of
+    /// serving threads), as `Poll` is for its first fd.
+    Epoll,
     /// A futex: the GIL when the address lies inside it, else a lock.
     Futex,
     Sleep,
@@ -124,6 +131,8 @@ const FD0: FdArg = FdArg::Arg(0);
 
 const FDS_FROM_PROC: Option<&str> = Some("what the fds it makes are is looked up in /proc instead, and missed once they are closed");
 
+const EPOLL_LOST: Option<&str> = Some("waits in epoll are `other`");
+
 /// Every hooked syscall.
 pub const TABLE: &[Syscall] = &[
     // Connections: accepted ones are served, connected ones are the process's own calls.
@@ -146,8 +155,7 @@ pub const TABLE: &[Syscall] = &[
     sc(nr::SENDMSG, "sendmsg", prog::SENDMSG, FD0, &[("fd", 0), ("msg", 1)], Wait::Fd),
     // The socket is out_fd; the data never passes through user memory.
     Syscall { tp: "sendfile64", ..sc(nr::SENDFILE, "sendfile", prog::SENDFILE, FD0, &[("out_fd", 0)], Wait::Fd) },
-    // Waits of their own. Not epoll_wait: load generators and event loops call it constantly, and
-    // a serving thread's epoll wait cannot name what it waits for anyway (it is `other`).
+    // Waits of their own.
     sc(nr::FUTEX, "futex", prog::BLOCKING, FdArg::None, &[("uaddr", 0)], Wait::Futex),
     sc(nr::NANOSLEEP, "nanosleep", prog::BLOCKING, FdArg::None, &[], Wait::Sleep),
     sc(nr::CLOCK_NANOSLEEP, "clock_nanosleep", prog::BLOCKING, FdArg::None, &[], Wait::Sleep),
@@ -155,6 +163,13 @@ pub const TABLE: &[Syscall] = &[
     sc(nr::PPOLL, "ppoll", prog::BLOCKING, FdArg::FirstPolled, &[("ufds", 0), ("nfds", 1)], Wait::Poll),
     sc(nr::SELECT, "select", prog::BLOCKING, FdArg::FirstSelected, &[("n", 0), ("inp", 1), ("outp", 2)], Wait::Poll),
     sc(nr::PSELECT6, "pselect6", prog::BLOCKING, FdArg::FirstSelected, &[("n", 0), ("inp", 1), ("outp", 2)], Wait::Poll),
+    // epoll: psycopg 3 waits for a new connection's handshake in a selector, and event loops
+    // wait in nothing else. Which fds a set holds comes from epoll_ctl (the kernel reports it
+    // for serving threads only, like every wait here: others pay one map lookup per call).
+    Syscall { optional: EPOLL_LOST, ..sc(nr::EPOLL_CTL, "epoll_ctl", prog::BLOCKING, FD0, &[("epfd", 0), ("op", 1), ("fd", 2)], Wait::Plain) },
+    Syscall { optional: EPOLL_LOST, ..sc(nr::EPOLL_WAIT, "epoll_wait", prog::BLOCKING, FD0, &[("epfd", 0)], Wait::Epoll) },
+    Syscall { optional: EPOLL_LOST, ..sc(nr::EPOLL_PWAIT, "epoll_pwait", prog::BLOCKING, FD0, &[("epfd", 0)], Wait::Epoll) },
+    Syscall { optional: EPOLL_LOST, ..sc(nr::EPOLL_PWAIT2, "epoll_pwait2", prog::BLOCKING, FD0, &[("epfd", 0)], Wait::Epoll) },
     sc(nr::FSYNC, "fsync", prog::BLOCKING, FD0, &[("fd", 0)], Wait::Disk),
     sc(nr::FDATASYNC, "fdatasync", prog::BLOCKING, FD0, &[("fd", 0)], Wait::Disk),
     // What each fd is, from the syscalls that make them (a wait is classified by what its fd was

@@ -1,5 +1,5 @@
 //! Syscalls a serving thread may wait in besides reads, writes and connects: futex (locks, the
-//! GIL), sleeps, poll/select (sockets with a timeout, database clients), fsync. Only the fd or
+//! GIL), sleeps, poll/select/epoll (sockets with a timeout, database clients), fsync. Only the fd or
 //! address that tells what the wait was for is kept.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use introspect_common::{
     SysCtx,
-    nr::{FUTEX as NR_FUTEX, POLL as NR_POLL, PPOLL as NR_PPOLL, PSELECT6 as NR_PSELECT6, SELECT as NR_SELECT},
+    nr::{EPOLL_CTL as NR_EPOLL_CTL, FUTEX as NR_FUTEX, POLL as NR_POLL, PPOLL as NR_PPOLL, PSELECT6 as NR_PSELECT6, SELECT as NR_SELECT},
 };
 
 use crate::{
@@ -48,6 +48,8 @@ pub fn syscalls_enter_blocking(ctx: TracePointContext) -> u32 {
             }
             SysCtx { nr, fd, arg: a0 }
         }
+        // epoll_ctl(epfd, op, fd, event): userspace keeps what each epoll set holds.
+        NR_EPOLL_CTL => SysCtx { nr, fd: a0 as i32, arg: (arg_any(&ctx, 1) << 32) | (arg_any(&ctx, 2) & 0xffff_ffff) },
         _ => SysCtx { nr, fd: a0 as i32, arg: arg_any(&ctx, 3) },
     };
     remember(tid, Pending::syscall(sys, now()));

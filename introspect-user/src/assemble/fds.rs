@@ -7,11 +7,19 @@
 //! made by a syscall that is not hooked has a number no entry has, and is looked up in /proc.
 use std::collections::HashMap;
 
+use introspect_common::syscalls::nr;
+
 use crate::event::{Event, FdKind, FdOrigin};
+
+/// epoll_ctl's operations.
+const EPOLL_CTL_ADD: u64 = 1;
+const EPOLL_CTL_DEL: u64 = 2;
 
 #[derive(Default)]
 pub struct FdTable {
     procs: HashMap<u32, HashMap<i32, FdKind>>,
+    /// The fds each epoll set holds, in the order they were added, per process.
+    epoll: HashMap<u32, HashMap<i32, Vec<i32>>>,
 }
 
 impl FdTable {
@@ -24,6 +32,25 @@ impl FdTable {
         match self.get(pid, fd)? {
             FdKind::Socket { peer } => peer.clone(),
             _ => None,
+        }
+    }
+
+    /// The fd an epoll wait on `epfd` is for: the first socket its set holds, else its first fd.
+    pub fn epoll_member(&self, pid: u32, epfd: i32) -> Option<i32> {
+        let members = self.epoll.get(&pid)?.get(&epfd)?;
+        members.iter().copied().find(|&fd| matches!(self.get(pid, fd), Some(FdKind::Socket { .. }))).or_else(|| members.first().copied())
+    }
+
+    fn closed(&mut self, pid: u32, fd: i32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.remove(&fd);
+        }
+        if let Some(sets) = self.epoll.get_mut(&pid) {
+            sets.remove(&fd);
+            // The kernel drops a closed fd from every set (when it was the last reference).
+            for members in sets.values_mut() {
+                members.retain(|&m| m != fd);
+            }
         }
     }
 
@@ -52,9 +79,14 @@ impl FdTable {
                     }
                 }
             }
-            Event::Close { hdr, fd } => {
-                if let Some(p) = self.procs.get_mut(&hdr.tgid) {
-                    p.remove(fd);
+            Event::Close { hdr, fd } => self.closed(hdr.tgid, *fd),
+            Event::Syscall { hdr, sys, ret: 0, .. } if sys.nr == nr::EPOLL_CTL => {
+                let (op, fd) = (sys.arg >> 32, sys.arg as u32 as i32);
+                let members = self.epoll.entry(hdr.tgid).or_default().entry(sys.fd).or_default();
+                match op {
+                    EPOLL_CTL_ADD if !members.contains(&fd) => members.push(fd),
+                    EPOLL_CTL_DEL => members.retain(|&m| m != fd),
+                    _ => {}
                 }
             }
             // A child starts with a copy of its parent's fds.
@@ -63,9 +95,14 @@ impl FdTable {
                     let copy = parent.clone();
                     self.procs.insert(*child, copy);
                 }
+                if let Some(sets) = self.epoll.get(&hdr.tgid) {
+                    let copy = sets.clone();
+                    self.epoll.insert(*child, copy);
+                }
             }
             Event::Exit { pid, .. } => {
                 self.procs.remove(pid);
+                self.epoll.remove(pid);
             }
             _ => {}
         }
@@ -103,5 +140,28 @@ mod tests {
         assert_eq!(t.get(2, 9), Some(&FdKind::Pipe));
         t.observe(&Event::Exit { hdr: h(2), pid: 2 });
         assert_eq!(t.get(2, 9), None);
+    }
+
+    #[test]
+    fn an_epoll_wait_is_for_the_first_socket_its_set_holds() {
+        let mut t = FdTable::default();
+        let ctl = |op: u64, fd: i32| Event::Syscall {
+            hdr: h(1),
+            sys: crate::event::Sys { nr: nr::EPOLL_CTL, fd: 9, arg: (op << 32) | fd as u32 as u64 },
+            enter_ts: 0,
+            ret: 0,
+        };
+        t.observe(&Event::Fd { hdr: h(1), fd: 6, origin: FdOrigin::Open });
+        t.observe(&Event::Connect { hdr: h(1), fd: 5, peer: Some("127.0.0.1:5432".into()) });
+        t.observe(&ctl(EPOLL_CTL_ADD, 6));
+        t.observe(&ctl(EPOLL_CTL_ADD, 5));
+        assert_eq!(t.epoll_member(1, 9), Some(5));
+        t.observe(&ctl(EPOLL_CTL_DEL, 5));
+        assert_eq!(t.epoll_member(1, 9), Some(6));
+        t.observe(&ctl(EPOLL_CTL_ADD, 5));
+        t.observe(&Event::Close { hdr: h(1), fd: 5 });
+        assert_eq!(t.epoll_member(1, 9), Some(6), "a closed fd leaves every set");
+        t.observe(&Event::Close { hdr: h(1), fd: 9 });
+        assert_eq!(t.epoll_member(1, 9), None);
     }
 }

@@ -300,15 +300,20 @@ mod tests {
     }
 
     #[test]
-    fn poll_timeouts_and_fdless_selects_are_sleep() {
+    fn fdless_selects_are_sleep_and_timed_out_socket_polls_are_the_peers_time() {
         let mut t = Timeline::default();
         let ms = 1_000_000;
         t.observe(&off(3, 10 * ms, 20 * ms, 21 * ms, 1, sys(nr::SELECT, -1, 0), WaitFacts::default()));
         t.observe(&off(3, 30 * ms, 40 * ms, 41 * ms, 1, sys(nr::POLL, 5, 1), sock("10.0.0.1:80")));
         t.observe(&Event::Syscall { hdr: Hdr { tgid: 1, tid: 3, ts: 41 * ms }, sys: Sys { nr: nr::POLL, fd: 5, arg: 1 }, enter_ts: 29 * ms, ret: 0 });
+        t.observe(&off(3, 50 * ms, 60 * ms, 61 * ms, 1, sys(nr::POLL, 6, 1), WaitFacts { fd: Some(FdKind::Pipe), gil: false }));
+        t.observe(&Event::Syscall { hdr: Hdr { tgid: 1, tid: 3, ts: 61 * ms }, sys: Sys { nr: nr::POLL, fd: 6, arg: 1 }, enter_ts: 49 * ms, ret: 0 });
         let d = t.detail(3, 0, 100 * ms, 0, None);
         assert_eq!(d.breakdown.sleep, 20.0);
-        assert!(d.net_peers.is_empty());
+        // A driver polling its socket in slices (psycopg 3): a slice that timed out is still
+        // the peer's time.
+        assert_eq!(d.breakdown.net_io, 10.0);
+        assert_eq!(d.net_peers, vec![PeerWait { peer: "10.0.0.1:80".into(), ms: 10.0, round_trips: 1 }]);
     }
 
     #[test]

@@ -218,6 +218,13 @@ impl<'a> Pipeline<'a> {
         match syscalls::by_nr(sys.nr).map(|s| s.wait) {
             Some(Wait::Futex) if !facts.gil => facts.gil = live.is_gil(pid, sys.arg),
             Some(Wait::Fd | Wait::Poll) if facts.fd.is_none() => facts.fd = self.fd_kind(pid, ts, sys.fd, live)?,
+            // The set's first socket names the wait (its members are known only from the
+            // epoll_ctl calls seen, never from /proc).
+            Some(Wait::Epoll) if facts.fd.is_none() => {
+                if let Some(fd) = self.asm.fds().epoll_member(pid, sys.fd) {
+                    facts.fd = self.fd_kind(pid, ts, fd, live)?;
+                }
+            }
             _ => {}
         }
         Ok(())

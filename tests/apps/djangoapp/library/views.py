@@ -1,7 +1,7 @@
 """Views whose queries are known: each answers X-Queries, the number of queries Django itself
 ran for it (`connection.queries`), and X-Sql-Ms, the time its executions took as the app saw it
-(Django's execute_wrapper around each, perf_counter): the ground truth the SQL suite compares
-with."""
+(Django's execute_wrapper around each, and the same around each COMMIT and ROLLBACK;
+perf_counter): the ground truth the SQL suite compares with."""
 import functools
 import time
 
@@ -21,6 +21,18 @@ def _timer(execute, sql, params, many, context):
         _spent["ns"] += time.perf_counter_ns() - t0
 
 
+def _timed(method):
+    @functools.wraps(method)
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter_ns()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _spent["ns"] += time.perf_counter_ns() - t0
+
+    return timed
+
+
 def measured(view):
     """Counts and times the view's queries (sync workers: one request at a time per process)."""
 
@@ -29,8 +41,16 @@ def measured(view):
         # Django records queries only in DEBUG; this asks for it on this connection alone.
         connection.force_debug_cursor = True
         _spent["ns"] = 0
-        with connection.execute_wrapper(_timer):
-            resp = view(request, *args, **kwargs)
+        # COMMIT and ROLLBACK are round trips too, outside any execution: timed the same way.
+        connection._commit = _timed(connection._commit)
+        connection._rollback = _timed(connection._rollback)
+        try:
+            with connection.execute_wrapper(_timer):
+                resp = view(request, *args, **kwargs)
+        finally:
+            # The instance attributes go; the class's methods show through again.
+            del connection._commit
+            del connection._rollback
         resp["X-Sql-Ms"] = f"{_spent['ns'] / 1e6:.3f}"
         return resp
 

@@ -288,6 +288,36 @@ def db_forupdate(tag=None):
     return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
 
 
+@app.route("/db/orders/<int:n>")
+@app.route("/db/orders/<int:n>/<tag>")
+def db_orders(n, tag=None):
+    """The N+1 pattern on PostgreSQL: the last n orders, then each one's customer in a query of
+    its own (1 + n queries), as an ORM's lazy loading does. X-Queries says how many it ran."""
+    queries = 0
+    with _db().cursor() as cur:
+        cur.execute("SELECT id, customer_id, total FROM orders ORDER BY id DESC LIMIT %s", (n,))
+        queries += 1
+        lines = []
+        for order_id, customer_id, total in cur.fetchall():
+            cur.execute("SELECT name FROM customers WHERE id = %s", (customer_id,))
+            queries += 1
+            lines.append(f"order {order_id}: {cur.fetchone()[0]} {total}\n")
+    return _counted("".join(lines), queries)
+
+
+@app.route("/db/orders-joined/<int:n>")
+@app.route("/db/orders-joined/<int:n>/<tag>")
+def db_orders_joined(n, tag=None):
+    """The same page as /db/orders in one query, with a JOIN."""
+    with _db().cursor() as cur:
+        cur.execute(
+            "SELECT o.id, c.name, o.total FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id DESC LIMIT %s",
+            (n,),
+        )
+        lines = [f"order {order_id}: {name} {total}\n" for order_id, name, total in cur.fetchall()]
+    return _counted("".join(lines), 1)
+
+
 # ---- known call chains (the stack suites) ---------------------------------------------------------
 import chains  # noqa: E402
 

@@ -65,6 +65,13 @@ impl Postgres {
         let pg = Self { guard, port, dir };
         pg.wait_ready();
         pg.psql("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'one');");
+        // A shop for the Flask app's N+1 page: 50 customers, 200 orders.
+        pg.psql(
+            "CREATE TABLE customers (id int PRIMARY KEY, name text); \
+             INSERT INTO customers SELECT i, 'customer ' || i FROM generate_series(1, 50) i; \
+             CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers, total numeric); \
+             INSERT INTO orders SELECT i, 1 + i % 50, i * 1.5 FROM generate_series(1, 200) i;",
+        );
         pg
     }
 

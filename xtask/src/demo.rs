@@ -181,6 +181,7 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
     fs::write(out_dir.join("introspect.stderr"), stderr)?;
+    let sql_lines = sql_part(server.port, &out_dir)?;
     drop(server);
     drop(pg);
 
@@ -211,6 +212,9 @@ pub fn run() -> anyhow::Result<()> {
             );
         }
     }
+    for line in &sql_lines {
+        eprintln!("{line}");
+    }
     runaway(&out_dir)?;
 
     eprintln!("\ndemo: outputs in {}:", out_dir.display());
@@ -218,9 +222,53 @@ pub fn run() -> anyhow::Result<()> {
     eprintln!("                     inflight alerts; summary)");
     eprintln!("  slow.svg           flame graph of the slow requests, on-CPU and off-CPU (open it in a browser)");
     eprintln!("  events.recording   every kernel event, for `introspect replay demo-out/events.recording --all`");
+    eprintln!("  sql.jsonl          the N+1 page and its JOIN twin, every request with its `sql`");
     eprintln!("  runaway.jsonl      part 2: the interrupted and the killed request (runaway.recording: its kernel events)");
     eprintln!("  introspect.stderr  introspect's diagnostics");
     Ok(())
+}
+
+/// The same server, watched with `--all`: an N+1 page (the last 30 orders, then each one's
+/// customer in a query of its own) and its twin with the page's orders fetched in one query.
+/// Returns what to print after the table of part 1.
+fn sql_part(port: u16, out_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let port_arg = port.to_string();
+    let watch = Watch::start(&["--port", &port_arg, "--all"]);
+    let mut out = vec![format!("\ndemo: SQL of one page, seen on the wire (introspect watch --port {port} --all)\n")];
+    let mut client = Client::new(port, false);
+    let n1 = client.request("GET", "/db/orders/30/n1")?;
+    let one = client.request("GET", "/db/orders-joined/30/join")?;
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    let mut events = fs::File::create(out_dir.join("sql.jsonl"))?;
+    for l in &lines {
+        writeln!(events, "{}", l.raw)?;
+    }
+    for ex in [&n1, &one] {
+        let Some(r) = lines.iter().find(|l| l.ty() == "request" && l.json["path"] == ex.path.as_str()) else {
+            out.push(format!("  GET {}: not reported", ex.path));
+            continue;
+        };
+        let sql = &r.json["sql"];
+        out.push(format!(
+            "  GET {:<28} {:>3} queries ({} by the app's own count), {:.1} ms of {:.1} ms in the database",
+            ex.path,
+            sql["queries"],
+            ex.header("X-Queries").unwrap_or("?"),
+            sql["time_ms"].as_f64().unwrap_or(0.0),
+            r.json["duration_ms"].as_f64().unwrap_or(0.0)
+        ));
+        for p in sql["n_plus_one"].as_array().into_iter().flatten() {
+            out.push(format!(
+                "      N+1: {} x `{}` ({} distinct values, {:.1} ms)",
+                p["count"],
+                p["shape"].as_str().unwrap_or("?"),
+                p["distinct"],
+                p["time_ms"].as_f64().unwrap_or(0.0)
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Part 2: runaway requests on a sync gunicorn with a 3 s `--timeout`, watched with

@@ -72,10 +72,19 @@ pub fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: b
         // softirq that delivers it runs first), and a real-time client can read it a few µs
         // before that return is stamped. 10 µs covers it; duration_ms is printed to the µs.
         assert!(ours <= client_ms + 0.011, "{}: {ours} ms reported, above the client's {client_ms:.3} ms", ex.path);
-        // Hypervisor steal while the client waited is time it saw pass that no one ran.
-        let tolerance = (client_ms * 0.02).max(1.0) + ex.stolen_ms;
-        assert!(client_ms - ours <= tolerance, "{}: {ours} ms reported, client measured {client_ms:.3} ms", ex.path);
-        worst_ms = worst_ms.max(client_ms - ours);
+        // Hypervisor steal while the client waited is time it saw pass that no one ran, and the
+        // client's own wait for a CPU (6 clients on 2 vCPUs) is time after the server's last
+        // write. The client's time also holds the wait of its bytes before the server read them
+        // (gthread's poller handing a keep-alive connection to a pool thread): `queue_ms`.
+        let tolerance = (client_ms * 0.02).max(1.0) + ex.stolen_ms + ex.client_runq_ms;
+        let queue = r["queue_ms"].as_f64().unwrap_or(0.0);
+        assert!(
+            client_ms - ours - queue <= tolerance,
+            "{}: {ours} ms reported (queued {queue} ms before), client measured {client_ms:.3} ms (it waited {:.3} ms for a CPU): {r}",
+            ex.path,
+            ex.client_runq_ms
+        );
+        worst_ms = worst_ms.max(client_ms - ours - queue);
         excess_ms = excess_ms.max(ours - client_ms);
     }
     eprintln!("{} requests matched; largest shortfall against the client: {worst_ms:.3} ms; largest excess: {excess_ms:.3} ms", exchanges.len());

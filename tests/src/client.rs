@@ -22,6 +22,16 @@ pub struct Exchange {
     /// CPU time the hypervisor stole from the VM while this exchange ran (/proc/stat), in ms:
     /// time the client's clock saw pass with nobody running, a slack for timing checks.
     pub stolen_ms: f64,
+    /// Time the client's own thread waited for a CPU while this exchange ran
+    /// (/proc/thread-self/schedstat), in ms: on a loaded 2-vCPU machine the client may read the
+    /// response well after the server wrote it, time no server-side figure can hold.
+    pub client_runq_ms: f64,
+}
+
+/// The calling thread's run-queue wait so far (schedstat's second field, ns), in ms.
+pub fn runq_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    stat.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e6
 }
 
 /// The VM's steal time so far (/proc/stat `steal`, all CPUs), in ms.
@@ -99,9 +109,10 @@ impl Client {
     /// Sends one request and reads its whole response (Content-Length or chunked).
     pub fn request(&mut self, method: &str, path: &str) -> io::Result<Exchange> {
         // Read outside the timed part.
-        let steal_before = steal_ms();
+        let (steal_before, runq_before) = (steal_ms(), runq_ms());
         let mut ex = self.exchange(method, path)?;
         ex.stolen_ms = steal_ms() - steal_before;
+        ex.client_runq_ms = runq_ms() - runq_before;
         Ok(ex)
     }
 
@@ -179,6 +190,7 @@ impl Client {
             keep_alive: self.keep_alive,
             head,
             stolen_ms: 0.0,
+            client_runq_ms: 0.0,
         })
     }
 }

@@ -238,3 +238,47 @@ fn flask_and_pymysql_on_mariadb() {
     let text: String = lines.iter().map(|l| l.raw.as_str()).collect();
     assert!(!text.contains("'x'") && !text.contains("author 1"), "no literal in the output");
 }
+
+/// Workers killed inside a transaction: Django inserts a row in `atomic()`, then runs C code.
+/// `sum(range(10 ** 11))` lets no Python run, so gunicorn's SIGABRT cannot roll back and SIGKILL
+/// ends the worker: the `killed` line says a transaction was open, with the INSERT as its last
+/// statement, answered. `7 ** (7 ** 9)` checks for signals: SIGABRT raises SystemExit in it,
+/// atomic() sends ROLLBACK before the worker exits, and the `killed` line says so. Either way
+/// PostgreSQL has no such row; the `inflight` line before the kill already carried the INSERT.
+#[test]
+fn workers_killed_inside_a_transaction() {
+    if !can_trace("workers_killed_inside_a_transaction") {
+        return;
+    }
+    let pg = Postgres::start();
+    let dsn = pg.dsn();
+    let server = Gunicorn::start_with_env("djangoapp.wsgi:application", 1, &["--timeout", "3"], &[("INTROSPECT_PG_DSN", &dsn)]);
+    let pid = server.master_pid().to_string();
+    let mut watch = Watch::start(&["--pid", &pid, "--threshold", "500ms"]);
+    let port = server.port;
+    // (path, item, signal, transaction open at the kill, last statement)
+    let cases = [("/db/atomic-sum/4343", 4343, "SIGKILL", true, "INSERT INTO items"), ("/db/atomic-bigint/4344", 4344, "SIGABRT", false, "ROLLBACK")];
+    for (path, item, signal, open, last_shape) in cases {
+        let client = thread::spawn(move || Client::new(port, false).request("GET", path).map(|e| e.status));
+        let inflight = watch.wait_for(Duration::from_secs(5), |l| l.ty() == "inflight" && l.json["path"] == path).expect("an inflight line");
+        let killed = watch.wait_for(Duration::from_secs(15), |l| l.ty() == "killed" && l.json["path"] == path).expect("a killed line");
+        let got = client.join().expect("client");
+        let k = &killed.json;
+        eprintln!("{path}: client {got:?}; killed by {}, sql {}", k["signal"], k["sql"]);
+        assert!(!matches!(got, Ok(200)), "{path}: the request did not succeed: {got:?}");
+        // The INSERT, and the BEGIN psycopg 3 sends before it.
+        assert!(inflight.json["sql"]["queries"].as_u64() >= Some(1), "{path}: the INSERT so far: {}", inflight.json);
+        assert_eq!(k["signal"].as_str(), Some(signal), "{path}: {k}");
+        let s = &k["sql"];
+        assert_eq!(s["transaction_open"].as_bool(), Some(open), "{path}: {k}");
+        let last = &s["last_statement"];
+        assert!(last["shape"].as_str().is_some_and(|sh| sh.starts_with(last_shape)), "{path}: {k}");
+        assert_eq!(last["ended"].as_str(), Some("complete"), "{path}: the statement was answered: {k}");
+        assert!(last["error"].is_null(), "{path}: {k}");
+        assert!(s["queries"].as_u64() >= inflight.json["sql"]["queries"].as_u64(), "{path}: {k}");
+        assert_eq!(pg.query(&format!("SELECT count(*) FROM items WHERE id = {item}")), "0", "{path}: PostgreSQL has no such row");
+    }
+    let lines = watch.stop();
+    let s = lines.iter().find(|l| l.ty() == "summary").expect("summary");
+    assert_eq!(s.json["killed"].as_u64(), Some(2), "{}", s.json);
+}

@@ -11,6 +11,8 @@ for route, view in [
     ("db/sleep/<int:ms>", views.db_sleep),
     ("db/forupdate", views.db_forupdate),
     ("db/atomic-spin/<int:item>/<int:ms>", views.db_atomic_spin),
+    ("db/atomic-bigint/<int:item>", views.db_atomic_bigint),
+    ("db/atomic-sum/<int:item>", views.db_atomic_sum),
     ("pid", views.pid),
     ("library/books/n1", library.books_n1),
     ("library/books/joined", library.books_joined),

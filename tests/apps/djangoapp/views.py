@@ -65,6 +65,28 @@ def db_atomic_spin(request, item, ms, tag=None):
     return HttpResponse("committed\n", content_type="text/plain")
 
 
+def db_atomic_bigint(request, item, tag=None):
+    """Insert row `item` inside transaction.atomic(), then 7 ** (7 ** 9): a minute of C code
+    that checks for signals, so gunicorn's SIGABRT raises SystemExit in it, atomic() rolls back
+    and gunicorn answers 500."""
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("INSERT INTO items (id, v) VALUES (%s, %s)", [item, tag or "bigint"])
+        x = 7 ** (7**9)
+    return HttpResponse(f"{x.bit_length()} bits\n", content_type="text/plain")
+
+
+def db_atomic_sum(request, item, tag=None):
+    """Insert row `item` inside transaction.atomic(), then sum(range(10 ** 11)): one C call that
+    never checks for signals, so no Python runs, SIGKILL ends the worker with the transaction
+    open, and PostgreSQL rolls it back when the socket closes."""
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("INSERT INTO items (id, v) VALUES (%s, %s)", [item, tag or "sum"])
+        n = sum(range(10**11))
+    return HttpResponse(f"{n}\n", content_type="text/plain")
+
+
 def pid(request):
     import os
 

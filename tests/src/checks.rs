@@ -76,7 +76,10 @@ pub fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: b
         // client's own wait for a CPU (6 clients on 2 vCPUs) is time after the server's last
         // write. The client's time also holds the wait of its bytes before the server read them
         // (gthread's poller handing a keep-alive connection to a pool thread): `queue_ms`.
-        let tolerance = (client_ms * 0.02).max(1.0) + ex.stolen_ms + ex.client_runq_ms;
+        // What is left is the loopback delivery and the client's wakeup, which schedstat does
+        // not count (it starts at the wakeup): seen up to 1.2 ms on this 2-vCPU VM under the
+        // suites' load, hence 2 ms.
+        let tolerance = (client_ms * 0.02).max(2.0) + ex.stolen_ms + ex.client_runq_ms;
         let queue = r["queue_ms"].as_f64().unwrap_or(0.0);
         assert!(
             client_ms - ours - queue <= tolerance,

@@ -108,14 +108,15 @@ fn django_run(label: &str, env: &[(&str, &str)]) -> BTreeMap<String, String> {
         eprintln!("    time_ms {time:.3}, the app measured {app:.3}, PostgreSQL logged {logged:.3} ms in {lines_logged} lines");
         assert!(time >= logged - 0.05, "{label} {p}: {time} ms is less than the server's own {logged} ms: {s}");
         assert!(time <= app + 0.05, "{label} {p}: {time} ms is more than the app's own {app} ms: {s}");
-        // What the app measured also holds its driver's own work per execution (Python and C,
-        // measured here at 10-70 us): allowed 100 us per query on top of max(1 ms, 5%). A failed
+        // What the app measured also holds its driver's own work per execution (Python and C:
+        // 10-70 us on a warm machine, up to 150 us with psycopg 3's server-side binding on a
+        // cold clone): allowed 200 us per query on top of max(1 ms, 5%). A failed
         // statement also costs the app the exception's translation and unwinding through
         // Django's wrappers inside its timer (up to 1.7 ms seen on a cold clone): 2 ms each.
         let n = queries(r) as f64;
         let failed = s["errors"].as_f64().unwrap_or(0.0);
         assert!(
-            app - time <= (app * 0.05).max(1.0) + 0.1 * n + 2.0 * failed,
+            app - time <= (app * 0.05).max(1.0) + 0.2 * n + 2.0 * failed,
             "{label} {p}: {time} ms vs the app's {app} ms for {n} queries, {failed} failed: {s}"
         );
         fingerprints.insert(p.to_string(), s["top"][0]["fingerprint"].as_str().unwrap_or_default().to_string());

@@ -78,14 +78,17 @@ pub fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: b
         // (gthread's poller handing a keep-alive connection to a pool thread): `queue_ms`.
         // What is left is the loopback delivery and the client's wakeup, which schedstat does
         // not count (it starts at the wakeup): seen up to 1.2 ms on this 2-vCPU VM under the
-        // suites' load, hence 2 ms.
-        let tolerance = (client_ms * 0.02).max(2.0) + ex.stolen_ms + ex.client_runq_ms;
+        // suites' load, hence 2 ms. Under more load the kernel defers that delivery to its
+        // softirq threads, which wait behind the real-time clients: their time in the window
+        // is added (seen: 3.2 ms unexplained on one request of a CI run).
+        let tolerance = (client_ms * 0.02).max(2.0) + ex.stolen_ms + ex.client_runq_ms + ex.softirq_ms;
         let queue = r["queue_ms"].as_f64().unwrap_or(0.0);
         assert!(
             client_ms - ours - queue <= tolerance,
-            "{}: {ours} ms reported (queued {queue} ms before), client measured {client_ms:.3} ms (it waited {:.3} ms for a CPU): {r}",
+            "{}: {ours} ms reported (queued {queue} ms before), client measured {client_ms:.3} ms (it waited {:.3} ms for a CPU, softirq threads {:.3} ms): {r}",
             ex.path,
-            ex.client_runq_ms
+            ex.client_runq_ms,
+            ex.softirq_ms
         );
         worst_ms = worst_ms.max(client_ms - ours - queue);
         excess_ms = excess_ms.max(ours - client_ms);

@@ -26,12 +26,36 @@ pub struct Exchange {
     /// (/proc/thread-self/schedstat), in ms: on a loaded 2-vCPU machine the client may read the
     /// response well after the server wrote it, time no server-side figure can hold.
     pub client_runq_ms: f64,
+    /// Time the kernel's softirq threads (`ksoftirqd/N`) waited for a CPU and ran while this
+    /// exchange ran, in ms. Under load the kernel defers loopback delivery to them; they run
+    /// at normal priority, so the real-time clients and the busy workers keep them waiting,
+    /// and a segment can sit there for milliseconds before either end sees it: time that
+    /// belongs to neither the server nor the client.
+    pub softirq_ms: f64,
 }
 
 /// The calling thread's run-queue wait so far (schedstat's second field, ns), in ms.
 pub fn runq_ms() -> f64 {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
     stat.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 1e6
+}
+
+/// Run time plus run-queue wait of every `ksoftirqd/N` so far (schedstat's first two
+/// fields), in ms. Their pids are found once.
+pub fn softirq_ms() -> f64 {
+    static PIDS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let pids = PIDS.get_or_init(|| {
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("ksoftirqd/")))
+            .collect()
+    });
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+            stat.split_whitespace().take(2).filter_map(|v| v.parse::<f64>().ok()).sum::<f64>() / 1e6
+        })
+        .sum()
 }
 
 /// The VM's steal time so far (/proc/stat `steal`, all CPUs), in ms.
@@ -109,10 +133,11 @@ impl Client {
     /// Sends one request and reads its whole response (Content-Length or chunked).
     pub fn request(&mut self, method: &str, path: &str) -> io::Result<Exchange> {
         // Read outside the timed part.
-        let (steal_before, runq_before) = (steal_ms(), runq_ms());
+        let (steal_before, runq_before, softirq_before) = (steal_ms(), runq_ms(), softirq_ms());
         let mut ex = self.exchange(method, path)?;
         ex.stolen_ms = steal_ms() - steal_before;
         ex.client_runq_ms = runq_ms() - runq_before;
+        ex.softirq_ms = softirq_ms() - softirq_before;
         Ok(ex)
     }
 
@@ -191,6 +216,7 @@ impl Client {
             head,
             stolen_ms: 0.0,
             client_runq_ms: 0.0,
+            softirq_ms: 0.0,
         })
     }
 }

@@ -37,6 +37,8 @@ pub mod names {
     pub const ARMED_ANY: &str = "ARMED_ANY";
     pub const STACKS: &str = "STACKS";
     pub const HEARTBEATS: &str = "HEARTBEATS";
+    pub const PG_SERVERS: &str = "PG_SERVERS";
+    pub const DB_BACKENDS: &str = "DB_BACKENDS";
     /// Offsets of tracepoint fields that are not fixed by the syscall ABI, read from tracefs.
     pub const G_OFFSETS: &str = "OFFSETS";
     /// What the kernel side copies, set at load time ([`crate::Settings`]).
@@ -74,6 +76,11 @@ pub mod kind {
     pub const OOM: u16 = 25;
     /// A thread of a watched process called exit_group: [`ProcEvent`], `code` the exit code.
     pub const EXIT_CALL: u16 = 26;
+    /// A PostgreSQL backend ran again after blocking: [`DbSwitchEvent`].
+    pub const DB_SWITCH: u16 = 27;
+    /// A serving thread's write on one of its outbound connections woke a PostgreSQL backend:
+    /// that backend serves the connection ([`DbLinkEvent`]).
+    pub const DB_LINK: u16 = 28;
 }
 
 /// Flags on a [`StackEvent`].
@@ -115,6 +122,13 @@ pub mod wire {
     /// PostgreSQL after an SSLRequest or GSSENCRequest: the server's one-byte answer says whether
     /// the rest is encrypted (then [`NONE`]) or not ([`POSTGRES`]).
     pub const POSTGRES_ASKED_TLS: u8 = 4;
+}
+
+/// Bits of the kernel's per-thread state that userspace sets too.
+pub mod thread_bit {
+    /// A PostgreSQL backend, followed through the scheduler (userspace marks the ones running
+    /// when the watch starts; the kernel marks those forked later).
+    pub const DB_BACKEND: u8 = 1 << 3;
 }
 
 /// Which side of a connection a watched process is on (`ConnState::role`).
@@ -347,6 +361,55 @@ pub struct OffCpuEvent {
 }
 const _: () = assert!(size_of::<OffCpuEvent>() == 64);
 
+/// A PostgreSQL backend (`hdr.tid`) blocked from `out_ts` to `wake_ts`, then runnable until it
+/// ran again at `hdr.ts`; what it said it waited for, and who woke it. Only blocking spells are
+/// sent (a preempted backend was waiting for a CPU, which userspace counts as its CPU time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DbSwitchEvent {
+    pub hdr: EventHeader,
+    pub out_ts: u64,
+    pub wake_ts: u64,
+    /// The backend's `*my_wait_event_info` as it left the CPU (PostgreSQL's wait event: class
+    /// in the top byte, event in the low 16 bits; 0 none).
+    pub wait_event: u32,
+    /// sched_switch prev_state & 0xff: 1 S (interruptible), 2 D.
+    pub state: u32,
+    /// The thread that woke it (0 unknown).
+    pub waker_tid: u32,
+    /// 1 when that thread is a PostgreSQL backend too.
+    pub waker_is_backend: u32,
+}
+const _: () = assert!(size_of::<DbSwitchEvent>() == 56);
+
+/// `hdr`'s write on `fd` (an outbound connection) woke PostgreSQL backend `backend`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DbLinkEvent {
+    pub hdr: EventHeader,
+    pub fd: i32,
+    pub backend: u32,
+}
+const _: () = assert!(size_of::<DbLinkEvent>() == 32);
+
+/// Kernel state of a PostgreSQL backend (map `DB_BACKENDS`, by pid): where its wait event lives
+/// and its current off-CPU spell.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DbBackend {
+    /// Address of the server's `my_wait_event_info` (a `uint32 *`) in the backend's memory:
+    /// the same in every backend, which the server forks without exec.
+    pub wait_addr: u64,
+    /// 0 while on the CPU.
+    pub out_ts: u64,
+    pub wake_ts: u64,
+    pub wait_event: u32,
+    pub state: u32,
+    pub waker_tid: u32,
+    pub waker_is_backend: u32,
+}
+const _: () = assert!(size_of::<DbBackend>() == 40);
+
 /// A hooked syscall of a thread serving a request, from enter to exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -458,7 +521,10 @@ pub struct ConnState {
     pub role: u8,
     /// Of an outbound connection: what it speaks ([`wire`]).
     pub wire: u8,
-    pub _pad: [u8; 4],
+    /// Of an outbound connection: 1 once a write on it was seen to wake a database backend
+    /// (reported once, as a [`DbLinkEvent`]).
+    pub linked: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<ConnState>() == 32);
 
@@ -522,4 +588,5 @@ mod pod {
     unsafe impl aya::Pod for PyWalk {}
     unsafe impl aya::Pod for Armed {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for DbBackend {}
 }

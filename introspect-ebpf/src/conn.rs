@@ -90,7 +90,8 @@ pub fn syscalls_exit_accept(ctx: TracePointContext) -> u32 {
         has_peer: (family == AF_INET || family == AF_INET6) as u8,
         role: role::SERVED,
         wire: wire::UNKNOWN,
-        _pad: [0; 4],
+        linked: 0,
+        _pad: [0; 3],
     };
     track(ConnKey { tgid: (pid_tgid >> 32) as u32, fd: fd as i32 }, state);
     send(AcceptEvent { hdr: header(kind::ACCEPT, 0, pid_tgid), fd: fd as i32, listen_fd: p.fd, family, _pad: [0; 6], peer, enter_ts: p.enter_ts });
@@ -145,7 +146,15 @@ pub fn syscalls_enter_connect(ctx: TracePointContext) -> u32 {
     let fd = arg(&ctx, 0) as i32;
     let family = emit_connect(pid_tgid, fd, arg(&ctx, 1), arg(&ctx, 2));
     if family == AF_INET || family == AF_INET6 || family == AF_UNIX {
-        let state = ConnState { peer: PeerKey::default(), phase: phase::IDLE, has_peer: 0, role: role::OUTBOUND, wire: wire::UNKNOWN, _pad: [0; 4] };
+        let state = ConnState {
+            peer: PeerKey::default(),
+            phase: phase::IDLE,
+            has_peer: 0,
+            role: role::OUTBOUND,
+            wire: wire::UNKNOWN,
+            linked: 0,
+            _pad: [0; 3],
+        };
         track(ConnKey { tgid, fd }, state);
     }
     if thread_bits(tid) & thread::SERVING != 0 {

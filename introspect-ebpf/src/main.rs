@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod backend;
 mod conn;
 mod data;
 mod emit;

@@ -35,6 +35,8 @@ pub mod thread {
     pub const OFF_CPU: u8 = 1 << 1;
     /// Inside a hooked syscall: its `PENDING` entry is current.
     pub const PENDING: u8 = 1 << 2;
+    /// A PostgreSQL backend: followed through the scheduler (its `DB_BACKENDS` entry).
+    pub const DB_BACKEND: u8 = introspect_common::thread_bit::DB_BACKEND;
 }
 
 /// Connections of tracked processes: accepted ones (served) and the ones they connected

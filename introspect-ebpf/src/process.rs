@@ -8,8 +8,9 @@ use aya_ebpf::{
 use introspect_common::{ProcEvent, counter, kind};
 
 use crate::{
+    backend::{self, PG_SERVERS},
     emit::{header, send},
-    maps::{OFFCPU, OFFSETS, PENDING, THREADS, TRACKED, count, is_tracked},
+    maps::{OFFCPU, OFFSETS, PENDING, THREADS, TRACKED, count, is_tracked, thread, thread_bits},
 };
 
 /// include/uapi/linux/sched.h
@@ -20,7 +21,11 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 #[tracepoint]
 pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if !is_tracked((pid_tgid >> 32) as u32) {
+    let tgid = (pid_tgid >> 32) as u32;
+    // A PostgreSQL server forking a backend (forks are rare: one hash lookup each).
+    // SAFETY: the value is copied out at once.
+    let pg = unsafe { PG_SERVERS.get(tgid) }.copied();
+    if pg.is_none() && !is_tracked(tgid) {
         return 0;
     }
     let off = OFFSETS.load();
@@ -31,6 +36,10 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
     }
     let Ok(child) = (unsafe { ctx.read_at::<i32>(off.newtask_pid as usize) }) else { return 0 };
     let child = child as u32;
+    if let Some(wait_addr) = pg {
+        backend::born(child, wait_addr);
+        return 0;
+    }
     match TRACKED.get_ptr_mut(child) {
         // SAFETY: array slot of a pid that is not running yet.
         Some(t) => unsafe { *t = 1 },
@@ -47,11 +56,14 @@ pub fn task_task_newtask(ctx: TracePointContext) -> u32 {
 pub fn sched_sched_process_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
+    if thread_bits(tid) & thread::DB_BACKEND != 0 {
+        backend::gone(tid);
+    }
     if !is_tracked(tgid) {
         return 0;
     }
     // Per-thread state dies with the thread (its tid will be reused).
-    let tid = pid_tgid as u32;
     if let Some(b) = THREADS.get_ptr_mut(tid) {
         // SAFETY: this thread's own slot, in its own context.
         unsafe { *b = 0 };

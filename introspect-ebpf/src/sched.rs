@@ -1,6 +1,6 @@
 //! The scheduler, for threads serving a request only: when they leave the CPU (blocked or
-//! preempted), when they become runnable again, and when they run. Two array loads per switch
-//! and one per wakeup are all that unrelated threads pay.
+//! preempted), when they become runnable again, and when they run; and PostgreSQL backends
+//! (`backend`). Two array loads per switch and one per wakeup are all that unrelated threads pay.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
@@ -9,6 +9,7 @@ use aya_ebpf::{
 use introspect_common::{NO_SYSCALL, OffCpuEvent, OffCpuState, SysCtx, kind, stack_flag};
 
 use crate::{
+    backend,
     emit::{header, send},
     field,
     maps::{OFFCPU, OFFSETS, PENDING, set_thread_bits, thread, thread_bits, upsert},
@@ -19,7 +20,7 @@ use crate::{
 /// TASK_REPORT_MAX (0x100) marks preemption (include/trace/events/sched.h).
 const STATE_MASK: u64 = 0xff;
 
-/// Where sched_switch records have had `next_pid`, and sched_wakeup records `pid`, for years.
+/// Where sched_switch records have had `next_pid`, and sched_waking records `pid`, for years.
 const USUAL_SWITCH_NEXT_PID: u16 = 56;
 const USUAL_WAKEUP_PID: u16 = 24;
 
@@ -33,14 +34,18 @@ pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
     let prev_bits = if prev != 0 { thread_bits(prev) } else { 0 };
     let next_bits = thread_bits(next);
     // The common case, by far: neither thread is ours.
-    if prev_bits & thread::SERVING == 0 && next_bits & thread::OFF_CPU == 0 {
+    if prev_bits & (thread::SERVING | thread::DB_BACKEND) == 0 && next_bits & (thread::OFF_CPU | thread::DB_BACKEND) == 0 {
         return 0;
     }
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: offset from this kernel's sched_switch format file.
+    let state = || unsafe { ctx.read_at::<i64>(off.switch_prev_state as usize) }.unwrap_or(0) as u64 & STATE_MASK;
+    if prev_bits & thread::DB_BACKEND != 0 {
+        backend::switched_out(prev, state() as u32, now);
+    }
     if prev_bits & thread::SERVING != 0 {
-        // SAFETY: offset from this kernel's sched_switch format file.
-        let state = unsafe { ctx.read_at::<i64>(off.switch_prev_state as usize) }.unwrap_or(0) as u64 & STATE_MASK;
+        let state = state();
         // The syscall it is blocking in, if it is one we hooked.
         let sys = match PENDING.get_ptr(prev) {
             // SAFETY: map value pointer from a successful lookup.
@@ -53,6 +58,9 @@ pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
         // A thread of a slow request: its stack as it leaves the CPU, weighted later by how long
         // it stays off.
         capture(&ctx, stack_flag::OFF_CPU, now);
+    }
+    if next_bits & thread::DB_BACKEND != 0 {
+        backend::switched_in(next, now);
     }
     if next_bits & thread::OFF_CPU == 0 {
         return 0;
@@ -72,18 +80,29 @@ pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A blocked serving thread became runnable: from here until it runs is run-queue time.
+/// A blocked serving thread became runnable: from here until it runs is run-queue time. Also
+/// PostgreSQL backends, whose waker matters. sched_waking, not sched_wakeup: it always runs in
+/// the waker's context (sched_wakeup may run on the wakee's CPU, for a queued remote wakeup).
 #[tracepoint]
-pub fn sched_sched_wakeup(ctx: TracePointContext) -> u32 {
+pub fn sched_sched_waking(ctx: TracePointContext) -> u32 {
     let pid = field::at::<i32>(&ctx, OFFSETS.load().wakeup_pid, USUAL_WAKEUP_PID) as u32;
-    if thread_bits(pid) & thread::OFF_CPU == 0 {
+    let bits = thread_bits(pid);
+    if bits & (thread::OFF_CPU | thread::DB_BACKEND) == 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if bits & thread::DB_BACKEND != 0 {
+        backend::woken(pid, now);
+    }
+    if bits & thread::OFF_CPU == 0 {
         return 0;
     }
     if let Some(st) = OFFCPU.get_ptr_mut(pid) {
         // SAFETY: map value pointer from a successful lookup; a racing wakeup writes the same.
         unsafe {
             if (*st).wake_ts == 0 {
-                (*st).wake_ts = bpf_ktime_get_ns();
+                (*st).wake_ts = now;
             }
         }
     }

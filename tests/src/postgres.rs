@@ -107,6 +107,12 @@ impl Postgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let guard = Guard::spawn("psql lock holder", &mut cmd).expect("spawn psql");
+        self.wait_row_locked();
+        guard
+    }
+
+    /// Returns once a transaction holds row 1 of `items` locked (`FOR UPDATE`).
+    pub fn wait_row_locked(&self) {
         // Taken when a transaction other than ours holds a tuple lock on items.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -116,7 +122,7 @@ impl Postgres {
                 .output()
                 .expect("psql");
             if String::from_utf8_lossy(&out.stdout).trim() == "1" {
-                return guard;
+                return;
             }
             assert!(Instant::now() < deadline, "the row lock was never taken");
             thread::sleep(Duration::from_millis(5));

@@ -298,3 +298,78 @@ fn workers_killed_inside_a_transaction() {
     let s = lines.iter().find(|l| l.ty() == "summary").expect("summary");
     assert_eq!(s.json["killed"].as_u64(), Some(2), "{}", s.json);
 }
+
+/// Row-lock waits told apart from slow queries, down to who held the lock. Request A (one
+/// worker) locks row 1 in `transaction.atomic()` and sleeps 400 ms; request B (the other
+/// worker) runs `SELECT ... FOR UPDATE` on it and waits: B's backend spends that wait in
+/// `Lock/transactionid`, and the backend that wakes it is A's, releasing at A's COMMIT, so
+/// `blocked_by` names A's worker and path. `pg_sleep` is time in the server that is no lock.
+/// A psql session holding the lock is `"outside"`. Ground truth: what B's view measured of its
+/// transaction (X-Spent-Ms), which holds the wait and a few round trips besides.
+#[test]
+fn row_lock_waits_name_the_request_that_held_them() {
+    if !can_trace("row_lock_waits_name_the_request_that_held_them") {
+        return;
+    }
+    let pg = Postgres::start();
+    let dsn = pg.dsn();
+    let server = Gunicorn::start_with_env("djangoapp.wsgi:application", 2, &[], &[("INTROSPECT_PG_DSN", &dsn)]);
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    let port = server.port;
+    // Both workers import Django and the driver first.
+    let warm: Vec<_> = (0..4).map(|i| thread::spawn(move || Client::new(port, false).request("GET", &format!("/db/sleep/50/w{i}")))).collect();
+    for w in warm {
+        assert_eq!(w.join().expect("warm-up").expect("warm-up").status, 200);
+    }
+    let holder = thread::spawn(move || Client::new(port, false).request("GET", "/db/hold/400/a").expect("holder"));
+    pg.wait_row_locked();
+    let waiter = Client::new(port, false).request("GET", "/db/forupdate/b").expect("waiter");
+    let holder = holder.join().expect("holder thread");
+    assert_eq!((holder.status, waiter.status), (200, 200));
+    let sleeper = Client::new(port, false).request("GET", "/db/sleep/400/s").expect("pg_sleep");
+    let outside = pg.hold_row_lock(Duration::from_millis(400));
+    let by_psql = Client::new(port, false).request("GET", "/db/forupdate/c").expect("psql holds it");
+    drop(outside);
+    assert_eq!((sleeper.status, by_psql.status), (200, 200));
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    let spent = |ex: &Exchange| ex.header_f64("X-Spent-Ms").expect("X-Spent-Ms");
+    let waits = |path: &str| {
+        let r = request(&lines, path);
+        let w = sql(r)["db_wait_ms"].clone();
+        assert!(w.is_object(), "{path}: no db_wait_ms: {r}");
+        eprintln!("{path}: db_wait_ms {w}, blocked_by {}", sql(r)["blocked_by"]);
+        (r.clone(), w)
+    };
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    // B waited for A.
+    let (r, w) = waits("/db/forupdate/b");
+    let (lock, want) = (f(&w, "lock"), spent(&waiter));
+    assert!(lock <= want && want - lock <= (want * 0.10).max(5.0), "lock {lock} ms, B's transaction took {want} ms: {r}");
+    assert!(lock >= 200.0, "B waited most of A's 400 ms hold: {r}");
+    assert_eq!(w["events"][0]["event"], "Lock/transactionid", "{r}");
+    let by = &sql(&r)["blocked_by"];
+    let a_worker: u64 = holder.header_f64("X-Tid").expect("X-Tid") as u64;
+    assert_eq!(by.as_array().map(Vec::len), Some(1), "one holder: {r}");
+    assert_eq!((by[0]["pid"].as_u64(), by[0]["tid"].as_u64()), (Some(a_worker), Some(a_worker)), "A's worker: {r}");
+    assert_eq!(by[0]["path"], "/db/hold/400/a", "{r}");
+    assert_eq!(by[0]["start_ts"], request(&lines, "/db/hold/400/a")["start_ts"], "{r}");
+    // The holder itself waited for nothing.
+    let (r, w) = waits("/db/hold/400/a");
+    assert!(f(&w, "lock") < 5.0 && sql(&r)["blocked_by"].is_null(), "{r}");
+    // pg_sleep: the server's time, no lock.
+    let (r, w) = waits("/db/sleep/400/s");
+    let busy = f(&w, "cpu") + f(&w, "other") + f(&w, "io");
+    assert!(f(&w, "lock") < 5.0, "{r}");
+    assert!(
+        (busy - spent(&sleeper)).abs() <= (spent(&sleeper) * 0.10).max(5.0),
+        "pg_sleep: {busy} ms besides locks, the view measured {}: {r}",
+        spent(&sleeper)
+    );
+    assert!(f(&w, "other") >= 380.0, "pg_sleep sleeps in a timeout wait: {r}");
+    // A psql session held it.
+    let (r, w) = waits("/db/forupdate/c");
+    assert!(f(&w, "lock") >= 200.0, "{r}");
+    assert_eq!(sql(&r)["blocked_by"], "outside", "{r}");
+}

@@ -10,6 +10,7 @@
 //!
 //! The assembler also keeps what every fd of a watched process is ([`fds::FdTable`]), from the
 //! syscalls that made them, so a wait is classified by what its fd was at that moment.
+pub mod backends;
 pub mod calls;
 pub mod fds;
 pub mod queries;
@@ -18,6 +19,7 @@ mod tests;
 
 use std::{collections::HashMap, net::SocketAddr};
 
+use backends::{Backends, Holder, HolderRequest, Spell};
 pub use calls::Call;
 use calls::Calls;
 use fds::FdTable;
@@ -27,7 +29,7 @@ use queries::{DbStats, Queries};
 use crate::{
     event::{Dir, Event, FdOrigin, Hdr, Head, Wire},
     proto::ResponseHead,
-    sql::stats::Tally,
+    sql::{stats::Tally, waits},
 };
 
 /// A completed request, in monotonic nanoseconds.
@@ -172,6 +174,10 @@ struct Parts {
     serving: HashMap<u32, Serving>,
     calls: Calls,
     queries: Queries,
+    backends: Backends,
+    /// The last request each thread finished, until its next one: a lock it held may be
+    /// reported released after it ended.
+    recent: HashMap<u32, (HolderRequest, u64)>,
     next_seq: u64,
     stats: AssemblerStats,
 }
@@ -251,6 +257,16 @@ impl Assembler {
                     }
                 }
             }
+            Event::DbLink { hdr, fd, backend } => self.parts.backends.link(hdr.tgid, hdr.tid, *fd, *backend),
+            Event::DbSwitch { hdr, out_ts, wake_ts, wait_event, state, waker, waker_is_backend } => {
+                // A lock wait that another backend ended: that backend released the lock.
+                let holder = match waker {
+                    Some(w) if *waker_is_backend && waits::is_lock(*wait_event) => Some(self.holder(*w, *wake_ts)),
+                    _ => None,
+                };
+                let spell = Spell { out_ns: *out_ts, wake_ns: *wake_ts, in_ns: hdr.ts, wait_event: *wait_event, state: *state, holder };
+                self.parts.backends.spell(hdr.tid, spell);
+            }
             Event::Fd { .. }
             | Event::Connect { .. }
             | Event::Fork { .. }
@@ -280,6 +296,11 @@ impl Assembler {
     fn closed(&mut self, hdr: &Hdr, fd: i32, out: &mut Vec<Request>, done: &mut Vec<Call>, queries: &mut Vec<Query>) {
         self.parts.calls.close(hdr.tgid, fd, done);
         self.parts.queries.close(hdr.tgid, fd, hdr.ts, EndReason::Delimited, queries);
+        // Its queries were counted above, with their backend still known.
+        for q in queries.drain(..) {
+            self.attach_query(q);
+        }
+        self.parts.backends.closed(hdr.tgid, fd, hdr.ts);
         if let Some(conn) = self.conns.remove(&(hdr.tgid, fd)) {
             self.end((hdr.tgid, fd), conn, hdr.ts, EndReason::Delimited, out);
         }
@@ -290,7 +311,26 @@ impl Assembler {
     fn attach_query(&mut self, q: Query) {
         let serving = self.parts.serving.get(&q.tid).copied().filter(|s| Some(s.seq) == q.request_seq);
         if let Some(open) = serving.and_then(|s| self.conns.get_mut(&s.key)).and_then(|c| c.open.as_mut()) {
-            open.sql.get_or_insert_default().add(&q);
+            let sql = open.sql.get_or_insert_default();
+            sql.add(&q);
+            if let Some(w) = self.parts.backends.wait(q.pid, q.fd, q.start_ns, q.end_ns) {
+                sql.add_wait(&w, q.shared_by);
+            }
+        }
+    }
+
+    /// Who held a lock that backend `waker` released at `at`: the request its client thread
+    /// was serving then, or someone outside the watched requests.
+    fn holder(&self, waker: u32, at: u64) -> Holder {
+        let Some(c) = self.parts.backends.client(waker, at) else { return Holder::Outside };
+        let open = self.parts.serving.get(&c.tid).and_then(|s| self.conns.get(&s.key)).and_then(|conn| conn.open.as_ref());
+        if let Some(o) = open.filter(|o| o.start_ns <= at) {
+            return Holder::Request(HolderRequest { pid: c.tgid, tid: c.tid, method: o.method.clone(), path: o.path.clone(), start_ns: o.start_ns });
+        }
+        // Released as its request ended, and seen after that.
+        match self.parts.recent.get(&c.tid) {
+            Some((r, end)) if r.start_ns <= at && at <= *end => Holder::Request(r.clone()),
+            _ => Holder::Outside,
         }
     }
 
@@ -422,6 +462,9 @@ impl Assembler {
         }
         conn.last_end_ns = end_ns;
         parts.stats.requests += 1;
+        let holder =
+            HolderRequest { pid: key.0, tid: open.reader_tid, method: open.method.clone(), path: open.path.clone(), start_ns: open.start_ns };
+        parts.recent.insert(open.reader_tid, (holder, end_ns.max(open.start_ns)));
         out.push(Request {
             pid: key.0,
             tid: open.writer_tid.unwrap_or(open.reader_tid),

@@ -21,6 +21,7 @@ use crate::{
 /// One query that ran, in monotonic nanoseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Query {
+    pub pid: u32,
     pub tid: u32,
     /// Its connection's fd.
     pub fd: i32,
@@ -57,6 +58,7 @@ struct Draft {
 
 #[derive(Debug)]
 struct Trip {
+    pid: u32,
     tid: u32,
     fd: i32,
     request_seq: Option<u64>,
@@ -124,6 +126,7 @@ impl Queries {
             db.mid_response = false;
         }
         let trip = |drafts| Trip {
+            pid: hdr.tgid,
             tid: hdr.tid,
             fd,
             request_seq,
@@ -268,6 +271,7 @@ fn finish(trip: Trip, end_ns: u64, tx_after: Option<Tx>, end: EndReason, carry_n
         stats.queries += 1;
         stats.outside_requests += u64::from(trip.request_seq.is_none());
         done.push(Query {
+            pid: trip.pid,
             tid: trip.tid,
             fd: trip.fd,
             request_seq: trip.request_seq,

@@ -124,7 +124,9 @@ impl Timeline {
             | Event::Server { .. }
             | Event::Heartbeat { .. }
             | Event::Snapshot { .. }
-            | Event::Interrupt { .. } => return,
+            | Event::Interrupt { .. }
+            | Event::DbSwitch { .. }
+            | Event::DbLink { .. } => return,
         };
         if entry > MAX_PER_THREAD
             && let Some(log) = self.threads.get_mut(&tid)

@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use introspect_common::{
-    AcceptEvent, CloseEvent, ConnectEvent, DataEvent, DataPayloadEvent, EventHeader, FdEvent, OffCpuEvent, OomEvent, PAYLOAD_MAX, PY_FRAMES_MAX,
-    PeerKey, ProcEvent, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, WIRE_MAX, data_flag, kind, stack_flag,
+    AcceptEvent, CloseEvent, ConnectEvent, DataEvent, DataPayloadEvent, DbLinkEvent, DbSwitchEvent, EventHeader, FdEvent, OffCpuEvent, OomEvent,
+    PAYLOAD_MAX, PY_FRAMES_MAX, PeerKey, ProcEvent, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, WIRE_MAX, data_flag, kind, stack_flag,
 };
 
 use super::{Dir, Event, FdOrigin, Hdr, Sys, WaitFacts};
@@ -167,6 +167,22 @@ impl Decoder {
             kind::EXIT_CALL => {
                 let e: ProcEvent = read(buf, h.kind)?;
                 Event::ExitCall { hdr: hdr(&e.hdr), code: e.code }
+            }
+            kind::DB_SWITCH => {
+                let e: DbSwitchEvent = read(buf, h.kind)?;
+                Event::DbSwitch {
+                    hdr: hdr(&e.hdr),
+                    out_ts: e.out_ts,
+                    wake_ts: e.wake_ts,
+                    wait_event: e.wait_event,
+                    state: e.state,
+                    waker: (e.waker_tid != 0).then_some(e.waker_tid),
+                    waker_is_backend: e.waker_is_backend != 0,
+                }
+            }
+            kind::DB_LINK => {
+                let e: DbLinkEvent = read(buf, h.kind)?;
+                Event::DbLink { hdr: hdr(&e.hdr), fd: e.fd, backend: e.backend }
             }
             kind::SIGNAL => {
                 let e: SignalEvent = read(buf, h.kind)?;

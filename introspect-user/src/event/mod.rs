@@ -225,6 +225,25 @@ pub enum Event {
         hdr: Hdr,
         stack: Vec<Frame>,
     },
+    /// PostgreSQL backend `hdr.tid` was blocked from `out_ts` to `wake_ts` waiting for
+    /// `wait_event` (its `wait_event_info`), then runnable until `hdr.ts`; `waker` woke it.
+    DbSwitch {
+        hdr: Hdr,
+        out_ts: u64,
+        wake_ts: u64,
+        wait_event: u32,
+        /// 1 interruptible sleep, 2 uninterruptible (D).
+        state: u32,
+        waker: Option<u32>,
+        waker_is_backend: bool,
+    },
+    /// `hdr.tid`'s write on its connection `fd` woke PostgreSQL backend `backend`: the backend
+    /// serving that connection.
+    DbLink {
+        hdr: Hdr,
+        fd: i32,
+        backend: u32,
+    },
     /// `--interrupt-before` on `hdr.tid`'s request, whose kill was predicted at `kill_at`.
     Interrupt {
         hdr: Hdr,
@@ -270,7 +289,9 @@ impl Event {
             | Event::Server { hdr, .. }
             | Event::Heartbeat { hdr, .. }
             | Event::Snapshot { hdr, .. }
-            | Event::Interrupt { hdr, .. } => hdr,
+            | Event::Interrupt { hdr, .. }
+            | Event::DbSwitch { hdr, .. }
+            | Event::DbLink { hdr, .. } => hdr,
         }
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{Completed, Counts, Crossed, KillReport, Sink, State, summary::EndpointRow};
 use crate::{
-    assemble::EndReason,
+    assemble::{EndReason, backends::Holder},
     breakdown::{Breakdown, Detail, PeerWait, SyscallStat},
     clock::Clock,
     sql::stats::Report,
@@ -51,7 +51,7 @@ struct RequestLine<'a> {
     killed: bool,
     /// Its queries on database connections.
     #[serde(skip_serializing_if = "Option::is_none")]
-    sql: Option<&'a Report>,
+    sql: Option<SqlLine<'a>>,
 }
 
 #[derive(Serialize)]
@@ -81,14 +81,67 @@ struct InflightLine<'a> {
     kill_by: Option<&'static str>,
     /// Its queries so far.
     #[serde(skip_serializing_if = "Option::is_none")]
-    sql: Option<&'a Report>,
+    sql: Option<SqlLine<'a>>,
+}
+
+/// A request's `sql`: the report, and who held the locks it waited for.
+#[derive(Serialize)]
+struct SqlLine<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blocked_by: Option<BlockedBy>,
+}
+
+/// `"outside"` when every holder was a session outside the watched requests, else the
+/// requests (and `"outside"` among them if some holder was).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BlockedBy {
+    Outside(&'static str),
+    Some(Vec<BlockedEntry>),
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BlockedEntry {
+    Request { pid: u32, tid: u32, method: String, path: String, start_ts: String },
+    Outside(&'static str),
+}
+
+impl<'a> SqlLine<'a> {
+    fn of(report: &'a Report, clock: &Clock) -> Self {
+        let holders = &report.blocked_by;
+        let blocked_by = if holders.is_empty() {
+            None
+        } else if holders.iter().all(|h| *h == Holder::Outside) {
+            Some(BlockedBy::Outside("outside"))
+        } else {
+            Some(BlockedBy::Some(
+                holders
+                    .iter()
+                    .map(|h| match h {
+                        Holder::Outside => BlockedEntry::Outside("outside"),
+                        Holder::Request(r) => BlockedEntry::Request {
+                            pid: r.pid,
+                            tid: r.tid,
+                            method: r.method.clone(),
+                            path: r.path.clone(),
+                            start_ts: clock.rfc3339(r.start_ns),
+                        },
+                    })
+                    .collect(),
+            ))
+        };
+        Self { report, blocked_by }
+    }
 }
 
 /// What a killed request's queries left behind.
 #[derive(Serialize)]
 struct KilledSql<'a> {
     #[serde(flatten)]
-    report: &'a Report,
+    report: SqlLine<'a>,
     /// A transaction was open on one of its connections when its worker died (the server rolls
     /// it back when it notices the connection is gone).
     transaction_open: bool,
@@ -283,7 +336,7 @@ impl<W: Write> JsonLines<W> {
             stacks_before_kill: k.before_kill.iter().map(|(ts, stack)| Snapshot { at_ms: since(*ts), stack }).collect(),
             profile: c.profile,
             sql: c.sql.zip(r.sql.as_deref()).map(|(report, tally)| KilledSql {
-                report,
+                report: SqlLine::of(report, &self.clock),
                 transaction_open: tally.transaction_open(),
                 last_statement: tally.last.as_ref().map(|l| LastStatement {
                     shape: l.statement.as_deref().map(|s| s.shape.as_str()),
@@ -321,7 +374,7 @@ impl<W: Write> JsonLines<W> {
             stack: c.stack,
             profile: c.profile,
             killed: c.kill.is_some(),
-            sql: c.sql,
+            sql: c.sql.map(|r| SqlLine::of(r, &self.clock)),
         };
         self.line(&line)
     }
@@ -359,7 +412,7 @@ impl<W: Write> Sink for JsonLines<W> {
             stack: c.stack,
             kill_in_ms: c.kill.map(|(ms, _)| (ms * 1e3).round() / 1e3),
             kill_by: c.kill.map(|(_, reason)| reason.name()),
-            sql: c.sql,
+            sql: c.sql.map(|r| SqlLine::of(r, &self.clock)),
         };
         self.line(&line)
     }

@@ -19,8 +19,11 @@ use aya::{
     },
 };
 use introspect_common::{
-    Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, Settings, TracepointOffsets, WIRE_MAX, counter, names, phase, role, wire,
+    Armed, ConnKey, ConnState, DbBackend, OffCpuState, PeerKey, PyWalk, Settings, TracepointOffsets, WIRE_MAX, counter, names, phase, role,
+    thread_bit::DB_BACKEND as DB_BACKEND_BIT, wire,
 };
+
+use crate::proc::postgres::PgServer;
 use programs::Program;
 use tracefs::{Tracefs, TracefsError};
 
@@ -76,7 +79,7 @@ fn offsets(tracefs: &Tracefs) -> Result<(TracepointOffsets, Unusable), TracefsEr
         newtask_clone_flags: f("task", "task_newtask", "clone_flags")?,
         switch_prev_state: f("sched", "sched_switch", "prev_state")?,
         switch_next_pid: f("sched", "sched_switch", "next_pid")?,
-        wakeup_pid: f("sched", "sched_wakeup", "pid")?,
+        wakeup_pid: f("sched", "sched_waking", "pid")?,
         signal_pid: sig[0],
         signal_sig: sig[1],
         signal_code: sig[2],
@@ -120,7 +123,7 @@ fn pid_slots() -> u32 {
 }
 
 fn idle() -> ConnState {
-    ConnState { peer: PeerKey::default(), phase: phase::IDLE, has_peer: 0, role: role::SERVED, wire: wire::UNKNOWN, _pad: [0; 4] }
+    ConnState { peer: PeerKey::default(), phase: phase::IDLE, has_peer: 0, role: role::SERVED, wire: wire::UNKNOWN, linked: 0, _pad: [0; 3] }
 }
 
 fn peer_key(addr: &SocketAddr) -> PeerKey {
@@ -328,6 +331,28 @@ impl Probes {
         let mut map = self.array(names::PORTS)?;
         for &port in ports {
             map.set(u32::from(port), 1, 0).map_err(|source| LoadError::Map { name: names::PORTS, source })?;
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL servers whose backends are followed: the servers first (each backend they
+    /// fork from now on is marked by the kernel), then the children they already have.
+    pub fn watch_postgres(&mut self, servers: &[PgServer]) -> Result<(), LoadError> {
+        let mut map: HashMap<&mut MapData, u32, u64> = self.hash(names::PG_SERVERS)?;
+        for s in servers {
+            map.insert(s.pid, s.wait_addr, 0).map_err(|source| LoadError::Map { name: names::PG_SERVERS, source })?;
+        }
+        let mut backends: HashMap<&mut MapData, u32, DbBackend> = self.hash(names::DB_BACKENDS)?;
+        for s in servers {
+            for &pid in &s.children {
+                let st = DbBackend { wait_addr: s.wait_addr, ..DbBackend::default() };
+                backends.insert(pid, st, 0).map_err(|source| LoadError::Map { name: names::DB_BACKENDS, source })?;
+            }
+        }
+        let mut threads = self.array(names::THREADS)?;
+        for pid in servers.iter().flat_map(|s| &s.children) {
+            let bits = threads.get(pid, 0).unwrap_or(0);
+            threads.set(*pid, bits | DB_BACKEND_BIT, 0).map_err(|source| LoadError::Map { name: names::THREADS, source })?;
         }
         Ok(())
     }

@@ -59,7 +59,7 @@ pub fn request() -> Vec<Program> {
         out.push(Program { name, points: TABLE.iter().filter(|s| s.exit == exit).map(|s| point(s, "exit")).collect() });
     }
     out.push(Program { name: "sched_sched_switch", points: vec![required("sched", "sched_switch")] });
-    out.push(Program { name: "sched_sched_wakeup", points: vec![required("sched", "sched_wakeup")] });
+    out.push(Program { name: "sched_sched_waking", points: vec![required("sched", "sched_waking")] });
     let optional = |category, name: &str, lost: &str| Point { category, name: name.to_string(), optional: Some(lost.to_string()) };
     out.push(Program {
         name: "signal_signal_generate",

@@ -4,6 +4,7 @@ pub mod cmdline;
 pub mod fds;
 pub mod maps;
 pub mod mem;
+pub mod postgres;
 pub mod sockets;
 pub mod targets;
 pub mod task;

@@ -127,6 +127,9 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     // the scan or tracked by the fork probe.
     probes.track(&roots.iter().copied().collect())?;
     probes.attach_process_tracking().context("attaching process tracking")?;
+    // PostgreSQL servers on this host: their backends' waits explain the requests' queries.
+    let (pg_servers, pg_problems) = crate::proc::postgres::servers();
+    probes.watch_postgres(&pg_servers)?;
     let pids = targets::with_descendants(&roots);
     probes.track(&pids)?;
     let served = targets::served(&pids);
@@ -153,7 +156,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
         humantime::format_duration(session.reporting.threshold),
         if session.reporting.all { ", reporting all requests" } else { "" },
     );
-    for m in missing {
+    for m in missing.into_iter().chain(pg_problems) {
         pipeline.warning(clock::monotonic_ns(), &m)?;
     }
     if served.ports.is_empty() {

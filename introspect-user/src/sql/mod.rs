@@ -2,6 +2,7 @@
 //! fingerprint, a short summary) and, per request, what its queries cost (`stats`).
 pub mod normalize;
 pub mod stats;
+pub mod waits;
 
 use std::hash::{BuildHasher, RandomState};
 

@@ -7,9 +7,15 @@ use std::{
 
 use serde::Serialize;
 
-use super::{NPlusOne, Statement};
+use super::{
+    NPlusOne, Statement,
+    waits::{DbWait, DbWaitReport},
+};
 use crate::{
-    assemble::{EndReason, Query},
+    assemble::{
+        EndReason, Query,
+        backends::{Holder, QueryWait},
+    },
     proto::Tx,
 };
 
@@ -20,6 +26,8 @@ const MAX_INSTANCES: usize = 4096;
 const MAX_SHAPES: usize = 512;
 /// Shapes listed in a report's `top`.
 const TOP: usize = 5;
+/// Lock holders named per request.
+const MAX_HOLDERS: usize = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Shape {
@@ -59,6 +67,11 @@ pub struct Tally {
     /// Each connection's transaction state after the request's last round trip on it.
     tx: Vec<(i32, Tx)>,
     pub last: Option<Last>,
+    /// Its queries' server time, when their backends are followed (a PostgreSQL server on
+    /// this host).
+    pub db_wait: Option<DbWait>,
+    /// Who held the locks its queries waited for.
+    pub holders: Vec<Holder>,
 }
 
 impl Tally {
@@ -114,6 +127,22 @@ impl Tally {
                 s.instances.insert(q.instance, 1);
             }
             None => {}
+        }
+    }
+
+    /// What a query's backend did meanwhile (its share, when `shared_by` queries were pipelined
+    /// in one round trip).
+    pub fn add_wait(&mut self, w: &QueryWait, shared_by: u32) {
+        let n = u64::from(shared_by.max(1));
+        let mut share = w.wait.clone();
+        for v in [&mut share.lock_ns, &mut share.io_ns, &mut share.cpu_ns, &mut share.other_ns].into_iter().chain(share.events.values_mut()) {
+            *v /= n;
+        }
+        self.db_wait.get_or_insert_default().add(&share);
+        for h in &w.holders {
+            if !self.holders.contains(h) && self.holders.len() < MAX_HOLDERS {
+                self.holders.push(h.clone());
+            }
         }
     }
 
@@ -175,6 +204,8 @@ impl Tally {
             duplicates,
             failed,
             transaction_open_at_end: self.transaction_open(),
+            db_wait_ms: self.db_wait.as_ref().map(DbWait::report),
+            blocked_by: self.holders.clone(),
         }
     }
 }
@@ -246,6 +277,13 @@ pub struct Report {
     pub duplicates: Vec<Duplicate>,
     pub failed: Vec<Failed>,
     pub transaction_open_at_end: bool,
+    /// The backends' time during its queries (PostgreSQL on this host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_wait_ms: Option<DbWaitReport>,
+    /// Who held the locks its queries waited for (written by the output, which knows the
+    /// wall clock for their start times).
+    #[serde(skip)]
+    pub blocked_by: Vec<Holder>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -262,6 +300,7 @@ mod tests {
 
     fn q(s: Arc<Statement>, start: u64, end: u64, tx: Tx) -> Query {
         Query {
+            pid: 1,
             tid: 1,
             fd: 5,
             request_seq: Some(0),

@@ -10,6 +10,7 @@ for route, view in [
     ("sleep/<int:ms>", views.sleep),
     ("db/sleep/<int:ms>", views.db_sleep),
     ("db/forupdate", views.db_forupdate),
+    ("db/hold/<int:ms>", views.db_hold),
     ("db/atomic-spin/<int:item>/<int:ms>", views.db_atomic_spin),
     ("db/atomic-bigint/<int:item>", views.db_atomic_bigint),
     ("db/atomic-sum/<int:item>", views.db_atomic_sum),

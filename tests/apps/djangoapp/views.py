@@ -47,6 +47,18 @@ def db_forupdate(request, tag=None):
     return _measured(spent, (time.thread_time() - c0) * 1e3)
 
 
+def db_hold(request, ms, tag=None):
+    """Locks row 1 of `items` (SELECT ... FOR UPDATE inside transaction.atomic()) and keeps it
+    locked for `ms` ms before committing: the holder a test's other request waits for."""
+    c0, t0 = time.thread_time(), time.monotonic()
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE")
+        time.sleep(ms / 1000.0)
+    spent = (time.monotonic() - t0) * 1e3
+    return _measured(spent, (time.thread_time() - c0) * 1e3)
+
+
 def _spin(ms):
     end = time.thread_time() + ms / 1000.0
     x = 0

@@ -1,0 +1,169 @@
+//! PostgreSQL backends behind the apps' connections: which backend serves which connection
+//! (from the kernel's link events), and each backend's recent spells off the CPU (from its
+//! scheduling, with the wait event it reported), so a query's time can be split into the
+//! server's lock, IO, CPU and other time, and a lock wait named by the request that held it.
+use std::collections::{HashMap, VecDeque};
+
+use crate::sql::waits::{self, Bucket, DbWait};
+
+/// Spells kept per backend: a query's window only ever reaches back over its own spells, and a
+/// backend blocks a few times per query.
+const MAX_SPELLS: usize = 256;
+
+/// Who held a lock a backend waited for: the request the releasing backend's client was serving
+/// when it released it, or a session that is not a watched request (psql, a cron job).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    Outside,
+    Request(HolderRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HolderRequest {
+    pub pid: u32,
+    pub tid: u32,
+    pub method: String,
+    pub path: String,
+    pub start_ns: u64,
+}
+
+/// One blocking spell of a backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spell {
+    pub out_ns: u64,
+    pub wake_ns: u64,
+    pub in_ns: u64,
+    pub wait_event: u32,
+    pub state: u32,
+    /// For a lock wait ended by another backend: who that was.
+    pub holder: Option<Holder>,
+}
+
+/// The app side of a backend: process, thread and fd of the connection it serves, and when the
+/// app closed it (a holder is named only for a release before that).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Client {
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub closed_ns: Option<u64>,
+}
+
+#[derive(Default)]
+pub struct Backends {
+    by_conn: HashMap<(u32, i32), u32>,
+    clients: HashMap<u32, Client>,
+    spells: HashMap<u32, VecDeque<Spell>>,
+    /// Backends seen to block (every one of the watched servers' children that did).
+    pub seen: u64,
+}
+
+/// A query's share of its backend's time, and the holders of the locks it waited for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueryWait {
+    pub wait: DbWait,
+    pub holders: Vec<Holder>,
+}
+
+impl Backends {
+    /// `tid` of `tgid` wrote on `fd` and woke `backend`.
+    pub fn link(&mut self, tgid: u32, tid: u32, fd: i32, backend: u32) {
+        if let Some(old) = self.by_conn.insert((tgid, fd), backend)
+            && old != backend
+        {
+            self.clients.remove(&old);
+        }
+        self.clients.insert(backend, Client { tgid, tid, fd, closed_ns: None });
+    }
+
+    /// The app closed `fd`: its backend ends its session.
+    pub fn closed(&mut self, tgid: u32, fd: i32, ts: u64) {
+        if let Some(b) = self.by_conn.remove(&(tgid, fd))
+            && let Some(c) = self.clients.get_mut(&b)
+        {
+            c.closed_ns = Some(ts);
+        }
+    }
+
+    /// The app side of `backend` as of `at`, if it is a watched process's connection.
+    pub fn client(&self, backend: u32, at: u64) -> Option<Client> {
+        self.clients.get(&backend).copied().filter(|c| c.closed_ns.is_none_or(|t| t >= at))
+    }
+
+    pub fn spell(&mut self, backend: u32, spell: Spell) {
+        let log = self.spells.entry(backend).or_insert_with(|| {
+            self.seen += 1;
+            VecDeque::new()
+        });
+        if log.len() == MAX_SPELLS {
+            log.pop_front();
+        }
+        log.push_back(spell);
+    }
+
+    /// The backend serving `(tgid, fd)`, if known.
+    pub fn backend_of(&self, tgid: u32, fd: i32) -> Option<u32> {
+        self.by_conn.get(&(tgid, fd)).copied()
+    }
+
+    /// How the backend serving `(tgid, fd)` spent `[start, end]`: blocked time by what it waited
+    /// for; the rest it ran or waited for a CPU. `None` when no backend is known for it.
+    pub fn wait(&self, tgid: u32, fd: i32, start: u64, end: u64) -> Option<QueryWait> {
+        let backend = self.backend_of(tgid, fd)?;
+        let mut out = QueryWait::default();
+        let mut blocked = 0;
+        if let Some(log) = self.spells.get(&backend) {
+            for s in log.iter().rev().take_while(|s| s.in_ns > start) {
+                let ns = s.wake_ns.min(end).saturating_sub(s.out_ns.max(start));
+                if ns == 0 {
+                    continue;
+                }
+                blocked += ns;
+                match waits::bucket(s.wait_event, s.state) {
+                    Bucket::Lock => out.wait.lock_ns += ns,
+                    Bucket::Io => out.wait.io_ns += ns,
+                    Bucket::Other => out.wait.other_ns += ns,
+                }
+                if s.wait_event != 0 {
+                    *out.wait.events.entry(s.wait_event).or_default() += ns;
+                }
+                if let Some(h) = &s.holder
+                    && !out.holders.contains(h)
+                {
+                    out.holders.push(h.clone());
+                }
+            }
+        }
+        out.wait.cpu_ns = end.saturating_sub(start).saturating_sub(blocked);
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spell(out_ns: u64, wake_ns: u64, in_ns: u64, wait_event: u32, holder: Option<Holder>) -> Spell {
+        Spell { out_ns, wake_ns, in_ns, wait_event, state: 1, holder }
+    }
+
+    #[test]
+    fn a_query_window_is_split_by_what_its_backend_waited_for() {
+        let mut b = Backends::default();
+        b.link(10, 11, 5, 900);
+        // Idle in ClientRead before the query, then a 400 µs row lock, 100 µs of IO.
+        b.spell(900, spell(0, 1_000, 1_010, 0x0600_0000, None));
+        b.spell(900, spell(1_100, 401_100, 401_120, 0x0300_0005, Some(Holder::Outside)));
+        b.spell(900, spell(402_000, 402_100, 402_105, 0x0A00_0011, None));
+        let w = b.wait(10, 5, 1_000, 500_000).expect("a backend");
+        assert_eq!((w.wait.lock_ns, w.wait.io_ns, w.wait.other_ns), (400_000, 100, 0));
+        assert_eq!(w.wait.cpu_ns, 499_000 - 400_100);
+        assert_eq!(w.holders, vec![Holder::Outside]);
+        assert_eq!(w.wait.events.get(&0x0300_0005), Some(&400_000));
+        // Another connection of the same process has no backend known.
+        assert_eq!(b.wait(10, 6, 0, 10), None);
+        // Once the app closed it, the backend is no one's client for later releases.
+        b.closed(10, 5, 600_000);
+        assert!(b.client(900, 500_000).is_some() && b.client(900, 700_000).is_none());
+    }
+}

@@ -288,6 +288,24 @@ def db_forupdate(tag=None):
     return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
 
 
+@app.route("/db/hold/<int:ms>")
+@app.route("/db/hold/<int:ms>/<tag>")
+def db_hold(ms, tag=None):
+    """Locks row 1 of `items` (SELECT ... FOR UPDATE in a transaction) and keeps it locked for
+    `ms` ms before committing: what /db/forupdate then waits for."""
+    c0, t0 = time.thread_time(), time.monotonic()
+    conn = _db()
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE")
+        time.sleep(ms / 1000.0)
+        conn.commit()
+    finally:
+        conn.autocommit = True
+    return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
+
+
 @app.route("/db/orders/<int:n>")
 @app.route("/db/orders/<int:n>/<tag>")
 def db_orders(n, tag=None):

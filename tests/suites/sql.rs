@@ -346,6 +346,7 @@ fn row_lock_waits_name_the_request_that_held_them() {
     // B waited for A.
     let (r, w) = waits("/db/forupdate/b");
     let (lock, want) = (f(&w, "lock"), spent(&waiter));
+    eprintln!("B's view measured {want} ms; pg_sleep view {} ms", spent(&sleeper));
     assert!(lock <= want && want - lock <= (want * 0.10).max(5.0), "lock {lock} ms, B's transaction took {want} ms: {r}");
     assert!(lock >= 200.0, "B waited most of A's 400 ms hold: {r}");
     assert_eq!(w["events"][0]["event"], "Lock/transactionid", "{r}");

@@ -238,6 +238,11 @@ fn sql_part(port: u16, out_dir: &std::path::Path) -> anyhow::Result<Vec<String>>
     let mut client = Client::new(port, false);
     let n1 = client.request("GET", "/db/orders/30/n1")?;
     let one = client.request("GET", "/db/orders-joined/30/join")?;
+    // A row lock: one request holds row 1 for 300 ms, another waits for it.
+    let holder = thread::spawn(move || Client::new(port, false).request("GET", "/db/hold/300/holder"));
+    thread::sleep(Duration::from_millis(100));
+    let waiter = client.request("GET", "/db/forupdate/waiter")?;
+    let _ = holder.join();
     thread::sleep(Duration::from_millis(300));
     let lines = watch.stop();
     let mut events = fs::File::create(out_dir.join("sql.jsonl"))?;
@@ -267,6 +272,23 @@ fn sql_part(port: u16, out_dir: &std::path::Path) -> anyhow::Result<Vec<String>>
                 p["time_ms"].as_f64().unwrap_or(0.0)
             ));
         }
+    }
+    match lines.iter().find(|l| l.ty() == "request" && l.json["path"] == waiter.path.as_str()) {
+        Some(r) => {
+            let (sql, w) = (&r.json["sql"], &r.json["sql"]["db_wait_ms"]);
+            let by = &sql["blocked_by"][0];
+            out.push(format!(
+                "  GET {:<28} {:.1} ms: {:.1} ms waiting for a row lock ({}), held by pid {} serving {} {}",
+                waiter.path,
+                r.json["duration_ms"].as_f64().unwrap_or(0.0),
+                w["lock"].as_f64().unwrap_or(0.0),
+                w["events"][0]["event"].as_str().unwrap_or("?"),
+                by["pid"],
+                by["method"].as_str().unwrap_or("?"),
+                by["path"].as_str().unwrap_or("?"),
+            ));
+        }
+        None => out.push(format!("  GET {}: not reported", waiter.path)),
     }
     Ok(out)
 }

@@ -53,6 +53,14 @@ fn server_ms(pg: &Postgres, ex: &Exchange) -> (f64, usize) {
     (logged.iter().map(|(ms, _)| ms).sum(), logged.len())
 }
 
+/// The summary's `sql` of a route (`{id}` where the path had a number).
+fn route_sql<'a>(lines: &'a [Line], path: &str) -> &'a Value {
+    let summary = &lines.iter().find(|l| l.ty() == "summary").expect("a summary").json;
+    let row = summary["endpoints"].as_array().expect("endpoints").iter().find(|e| e["route"] == path);
+    let row = row.unwrap_or_else(|| panic!("no summary row for {path}: {summary}"));
+    &row["sql"]
+}
+
 fn django_queries(ex: &Exchange) -> u64 {
     ex.header("X-Queries").and_then(|q| q.parse().ok()).unwrap_or_else(|| panic!("X-Queries: {}", ex.head))
 }
@@ -147,6 +155,18 @@ fn django_run(label: &str, env: &[(&str, &str)]) -> BTreeMap<String, String> {
         assert!(s["duplicates"].as_array().unwrap().is_empty(), "{label} {p}: {s}");
     }
     assert_eq!(queries(request(&lines, "/library/books/joined")), 1);
+    // Per route in the summary: queries per request, the N+1 page counted as one.
+    let (n1_route, joined_route) = (route_sql(&lines, "/library/books/n1"), route_sql(&lines, "/library/books/joined"));
+    assert_eq!(
+        (n1_route["queries_p50"].as_u64(), n1_route["queries_p99"].as_u64(), n1_route["n_plus_one"].as_u64()),
+        (Some(21), Some(21), Some(1)),
+        "{label}: {n1_route}"
+    );
+    assert_eq!((joined_route["queries_p50"].as_u64(), joined_route["n_plus_one"].as_u64()), (Some(1), Some(0)), "{label}: {joined_route}");
+    let share = n1_route["db_share"].as_f64().expect("db_share");
+    let r = request(&lines, "/library/books/n1");
+    let want = sql(r)["time_ms"].as_f64().unwrap() / r["duration_ms"].as_f64().unwrap();
+    assert!((share - want).abs() < 0.001, "{label}: db_share {share}, one request's {want}");
     // Exact repeats.
     let same = sql(request(&lines, "/library/same"));
     assert_eq!(same["duplicates"][0]["count"], 3, "{label}: {same}");
@@ -373,4 +393,8 @@ fn row_lock_waits_name_the_request_that_held_them() {
     let (r, w) = waits("/db/forupdate/c");
     assert!(f(&w, "lock") >= 200.0, "{r}");
     assert_eq!(sql(&r)["blocked_by"], "outside", "{r}");
+    // The summary's routes carry their lock waits.
+    let waited = route_sql(&lines, "/db/forupdate/b")["lock_wait_ms"].as_f64().expect("lock_wait_ms");
+    assert!((waited - lock).abs() < 0.01, "route lock_wait_ms {waited}, the request's {lock}");
+    assert_eq!(route_sql(&lines, "/db/hold/{id}/a")["lock_wait_ms"].as_f64().map(|v| v < 5.0), Some(true));
 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::route;
-use crate::{assemble::Request, kills::Reason};
+use crate::{assemble::Request, kills::Reason, sql::NPlusOne};
 
 /// Log-bucketed histogram of durations: 1% relative precision from 1 µs to ~3 h in a few
 /// thousand counters, whatever the request count.
@@ -63,6 +63,53 @@ pub struct RouteStats {
     pub total_ns: u64,
     pub cpu_ns: u64,
     pub hist: Histogram,
+    pub sql: Option<RouteSql>,
+}
+
+/// A route's queries, over its requests that made any.
+#[derive(Clone, Debug, Default)]
+pub struct RouteSql {
+    pub requests: u64,
+    /// Requests by their number of queries (exact: few distinct counts per route).
+    pub per_request: BTreeMap<u64, u64>,
+    pub queries: u64,
+    pub time_ns: u64,
+    /// Requests with an N+1 pattern.
+    pub n_plus_one: u64,
+    pub lock_ns: u64,
+    /// Of those requests' time, in ns (the base of `db_share`).
+    pub request_ns: u64,
+}
+
+impl RouteSql {
+    fn quantile(&self, q: f64) -> u64 {
+        let rank = ((q * self.requests as f64).ceil() as u64).clamp(1, self.requests.max(1));
+        let mut seen = 0;
+        for (&n, &count) in &self.per_request {
+            seen += count;
+            if seen >= rank {
+                return n;
+            }
+        }
+        0
+    }
+}
+
+/// A route's `sql` in the summary.
+#[derive(Serialize)]
+pub struct RouteSqlRow {
+    /// Its requests that ran queries.
+    pub requests: u64,
+    pub queries: u64,
+    pub queries_p50: u64,
+    pub queries_p99: u64,
+    pub time_ms: f64,
+    /// Of those requests' time, the part spent in their queries.
+    pub db_share: f64,
+    /// Requests with an N+1 pattern.
+    pub n_plus_one: u64,
+    /// Time their queries' backends waited for locks (PostgreSQL on this host).
+    pub lock_wait_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -86,6 +133,9 @@ pub struct EndpointRow {
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Its queries, when any of its requests ran some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sql: Option<RouteSqlRow>,
 }
 
 #[derive(Default)]
@@ -103,7 +153,7 @@ fn round3(v: f64) -> f64 {
 impl Summary {
     /// `cpu_ns`: the request's on-CPU time (from its breakdown); `killed`: why its worker was
     /// killed with it in flight; `interrupted`: `--interrupt-before` made it raise.
-    pub fn record(&mut self, r: &Request, slow: bool, cpu_ns: u64, killed: Option<Reason>, interrupted: bool) {
+    pub fn record(&mut self, r: &Request, slow: bool, cpu_ns: u64, killed: Option<Reason>, interrupted: bool, rule: NPlusOne) {
         self.key.clear();
         self.key.push_str(&r.method);
         self.key.push(' ');
@@ -124,6 +174,16 @@ impl Summary {
         s.total_ns += r.duration_ns();
         s.cpu_ns += cpu_ns;
         s.hist.record(r.duration_ns());
+        if let Some(t) = r.sql.as_deref().filter(|t| t.queries > 0) {
+            let q = s.sql.get_or_insert_default();
+            q.requests += 1;
+            *q.per_request.entry(t.queries).or_default() += 1;
+            q.queries += t.queries;
+            q.time_ns += t.time_ns;
+            q.n_plus_one += u64::from(t.has_n_plus_one(rule));
+            q.lock_ns += t.db_wait.as_ref().map_or(0, |w| w.lock_ns);
+            q.request_ns += r.duration_ns();
+        }
     }
 
     /// Routes ranked by total time consumed.
@@ -154,6 +214,16 @@ impl Summary {
                 p50_ms: s.hist.quantile_ms(0.50).map(round3),
                 p95_ms: s.hist.quantile_ms(0.95).map(round3),
                 p99_ms: s.hist.quantile_ms(0.99).map(round3),
+                sql: s.sql.as_ref().map(|q| RouteSqlRow {
+                    requests: q.requests,
+                    queries: q.queries,
+                    queries_p50: q.quantile(0.50),
+                    queries_p99: q.quantile(0.99),
+                    time_ms: round3(q.time_ns as f64 / 1e6),
+                    db_share: share(q.time_ns.min(q.request_ns), q.request_ns),
+                    n_plus_one: q.n_plus_one,
+                    lock_wait_ms: round3(q.lock_ns as f64 / 1e6),
+                }),
             })
             .collect();
         rows.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms).then_with(|| a.route.cmp(&b.route)).then_with(|| a.method.cmp(&b.method)));

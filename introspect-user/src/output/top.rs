@@ -81,14 +81,26 @@ fn render(rows: &[EndpointRow], running: &[Running], counts: &Counts, sort: Sort
         ),
         String::new(),
         format!(
-            "{:<36} {:>7} {:>7} {:>6} {:>9} {:>9} {:>9} {:>6} {:>5} {:>6}",
-            "ROUTE", "COUNT", "TIME%", "CPU%", "P50 ms", "P95 ms", "P99 ms", "SLOW", "5XX", "KILLED"
+            "{:<36} {:>7} {:>7} {:>6} {:>9} {:>9} {:>9} {:>6} {:>5} {:>6} {:>9} {:>5} {:>4} {:>8}",
+            "ROUTE", "COUNT", "TIME%", "CPU%", "P50 ms", "P95 ms", "P99 ms", "SLOW", "5XX", "KILLED", "SQL/REQ", "DB%", "N+1", "LOCK ms"
         ),
     ];
     for r in rows.iter().take(max_rows) {
         let route: String = format!("{} {}", r.method, r.route).chars().take(36).collect();
+        // Queries per request (p50/p99), the database's share of those requests' time, requests
+        // with an N+1 pattern, and their lock waits in the server.
+        let sql = match &r.sql {
+            Some(q) => format!(
+                " {:>9} {:>4.0}% {:>4} {:>8.1}",
+                format!("{}/{}", q.queries_p50, q.queries_p99),
+                q.db_share * 100.0,
+                q.n_plus_one,
+                q.lock_wait_ms
+            ),
+            None => format!(" {:>9} {:>5} {:>4} {:>8}", "-", "-", "-", "-"),
+        };
         out.push(format!(
-            "{:<36} {:>7} {:>6.1}% {:>5.1}% {:>9} {:>9} {:>9} {:>6} {:>5} {:>6}",
+            "{:<36} {:>7} {:>6.1}% {:>5.1}% {:>9} {:>9} {:>9} {:>6} {:>5} {:>6}{sql}",
             route,
             r.count,
             r.share_time * 100.0,
@@ -213,12 +225,23 @@ mod tests {
             p50_ms: Some(1.0),
             p95_ms: Some(2.0),
             p99_ms: Some(p99),
+            sql: None,
         }
     }
 
     #[test]
     fn sorts_and_renders() {
         let mut rows = vec![row("/a", 10, 50.0, 9.0), row("/b", 99, 20.0, 1.0)];
+        rows[0].sql = Some(super::super::summary::RouteSqlRow {
+            requests: 10,
+            queries: 210,
+            queries_p50: 21,
+            queries_p99: 31,
+            time_ms: 20.0,
+            db_share: 0.4,
+            n_plus_one: 10,
+            lock_wait_ms: 12.5,
+        });
         SortBy::Count.sort(&mut rows);
         assert_eq!(rows[0].route, "/b");
         SortBy::P99.sort(&mut rows);
@@ -237,6 +260,8 @@ mod tests {
         let lines = render(&rows, &running, &Counts::default(), SortBy::P99, 10, 200);
         assert!(lines[0].contains("sorted by p99"));
         assert!(lines[3].starts_with("GET /a") && lines[3].contains("50.0%") && lines[3].contains("25.0%"));
+        assert!(lines[3].ends_with("21/31   40%   10     12.5"), "{}", lines[3]);
+        assert!(lines[4].ends_with("-     -    -        -"), "{}", lines[4]);
         assert!(lines.iter().any(|l| l.contains("GET /a: 2 gunicorn_timeout")), "{lines:?}");
         assert!(lines.iter().any(|l| l.starts_with("interrupted") && l.contains("GET /b: 3")), "{lines:?}");
         let run = lines.iter().find(|l| l.starts_with("GET /spin/9")).expect("the running request");

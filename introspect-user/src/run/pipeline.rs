@@ -356,7 +356,7 @@ impl<'a> Pipeline<'a> {
             self.counts.interrupted += u64::from(outcome == "raised" && kill.is_none());
         }
         let saved = matches!(outcome, Some(("raised", _, _))) && kill.is_none();
-        self.summary.record(r, e.slow, e.on_cpu_ns, kill.as_ref().map(|k| k.reason), saved);
+        self.summary.record(r, e.slow, e.on_cpu_ns, kill.as_ref().map(|k| k.reason), saved, self.cfg.n_plus_one);
         self.counts.requests += 1;
         let reported = e.slow || self.cfg.all;
         self.counts.reported += u64::from(reported);

@@ -152,6 +152,11 @@ impl Tally {
         self.tx.iter().any(|(_, tx)| *tx != Tx::Idle)
     }
 
+    /// Whether some shape ran as an N+1 pattern under `rule`.
+    pub fn has_n_plus_one(&self, rule: NPlusOne) -> bool {
+        self.shapes.iter().any(|s| s.instances.len() as u64 >= u64::from(rule.count) && s.time_ns >= rule.min_total_ns)
+    }
+
     pub fn report(&self, rule: NPlusOne) -> Report {
         let ms = |ns: u64| (ns as f64 / 1e3).round() / 1e3;
         let entry = |s: &Shape| ShapeLine {

@@ -75,6 +75,11 @@ impl Postgres {
         pg
     }
 
+    /// The server (postmaster) process: `setpriv` execs it.
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
     /// A libpq connection string over TCP (so waits on it show the server's address).
     pub fn dsn(&self) -> String {
         format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)

@@ -398,3 +398,39 @@ fn row_lock_waits_name_the_request_that_held_them() {
     assert!((waited - lock).abs() < 0.01, "route lock_wait_ms {waited}, the request's {lock}");
     assert_eq!(route_sql(&lines, "/db/hold/{id}/a")["lock_wait_ms"].as_f64().map(|v| v < 5.0), Some(true));
 }
+
+/// An N+1 loop names the line of the app that issued it, when the request's stacks are taken:
+/// Flask's `/db/orders/200` (200 lookups, one per order) crosses a 5 ms threshold early, and
+/// every lookup after that waits for PostgreSQL off the CPU in `db_orders`, at the
+/// `cur.execute` of the lookup — not in psycopg2 or Flask.
+#[test]
+fn an_n_plus_one_names_the_line_that_issued_it() {
+    if !can_trace("an_n_plus_one_names_the_line_that_issued_it") {
+        return;
+    }
+    let pg = Postgres::start();
+    let dsn = pg.dsn();
+    let server = Gunicorn::start_with_env("flaskapp:app", 1, &[], &[("INTROSPECT_PG_DSN", &dsn)]);
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--threshold", "5ms"]);
+    let mut c = Client::new(server.port, false);
+    // The warm-up is slow too (imports, the first connection): its stacks are the first this
+    // watch symbolizes, which loads the interpreter's symbols. A request that ends while the
+    // agent is busy with that is reported without stacks, so the page comes after.
+    c.request("GET", "/db/orders/5/warm").expect("warm-up");
+    thread::sleep(Duration::from_millis(300));
+    let ex = c.request("GET", "/db/orders/200/n1").expect("N+1 page");
+    assert_eq!(ex.status, 200);
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    let r = request(&lines, "/db/orders/200/n1");
+    let p = &sql(r)["n_plus_one"][0];
+    assert_eq!(p["count"], 200, "{r}");
+    let source = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/apps/flaskapp.py")).expect("flaskapp.py");
+    let line = source.lines().position(|l| l.contains(r#"cur.execute("SELECT name FROM customers WHERE id = %s""#)).expect("the lookup") + 1;
+    let frame = &p["frame"];
+    eprintln!("N+1 frame: {frame}");
+    assert_eq!(frame["function"], "db_orders", "{r}");
+    assert!(frame["file"].as_str().is_some_and(|f| f.ends_with("flaskapp.py")), "{r}");
+    assert_eq!(frame["line"].as_u64(), Some(line as u64), "{r}");
+}

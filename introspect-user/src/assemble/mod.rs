@@ -30,6 +30,7 @@ use crate::{
     event::{Dir, Event, FdOrigin, Hdr, Head, Wire},
     proto::ResponseHead,
     sql::{stats::Tally, waits},
+    stacks::{Frame, FrameKind},
 };
 
 /// A completed request, in monotonic nanoseconds.
@@ -255,6 +256,16 @@ impl Assembler {
                     if let Some(conn) = self.conns.remove(&key) {
                         self.end(key, conn, hdr.ts, EndReason::ProcessExit, out);
                     }
+                }
+            }
+            // A slow request's thread left the CPU waiting for a query: where in the app it
+            // was asked from (N+1 patterns name it).
+            Event::Stack { hdr, on_cpu: false, at_signal: false, frames, .. } => {
+                if let Some(st) = self.parts.queries.waiting_on(hdr.tgid, hdr.tid, hdr.ts)
+                    && let Some(frame) = app_frame(frames)
+                    && let Some(open) = self.parts.serving.get(&hdr.tid).and_then(|s| self.conns.get_mut(&s.key)).and_then(|c| c.open.as_mut())
+                {
+                    open.sql.get_or_insert_default().frame_of(st.fingerprint, frame);
                 }
             }
             Event::DbLink { hdr, fd, backend } => self.parts.backends.link(hdr.tgid, hdr.tid, *fd, *backend),
@@ -527,6 +538,16 @@ impl Assembler {
     pub fn close(&mut self) {
         self.parts.stats.open_at_exit = self.open_requests() as u64;
     }
+}
+
+/// The innermost Python frame of the application's own code: not the standard library, not an
+/// installed package (the driver, the ORM, the framework).
+fn app_frame(frames: &[Frame]) -> Option<&Frame> {
+    frames.iter().filter(|f| f.kind == FrameKind::Python).find(|f| {
+        let file = f.file.as_str();
+        // Installed scripts (a venv's bin/gunicorn) have no .py: they are not the app either.
+        file.ends_with(".py") && !(file.contains("/site-packages/") || file.contains("/dist-packages/") || file.contains("/lib/python3"))
+    })
 }
 
 fn keep_call(open: &mut Open, call: Call, stats: &mut AssemblerStats) {

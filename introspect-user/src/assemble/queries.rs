@@ -237,6 +237,15 @@ impl Queries {
 
     /// The connection's fd was closed (or its process exited, `reason`): round trips still
     /// waiting end now.
+    /// The statement thread `tid` of `tgid` is waiting on at `ts` (its round trip sent, not
+    /// answered yet), if any.
+    pub fn waiting_on(&self, tgid: u32, tid: u32, ts: u64) -> Option<Arc<Statement>> {
+        self.conns.iter().filter(|((pid, _), _)| *pid == tgid).find_map(|(_, db)| {
+            let trip = db.waiting.iter().find(|t| t.tid == tid && t.start_ns <= ts && !t.connect)?;
+            trip.drafts.get(trip.next.min(trip.drafts.len().saturating_sub(1)))?.statement.clone()
+        })
+    }
+
     pub fn close(&mut self, tgid: u32, fd: i32, ts: u64, reason: EndReason, done: &mut Vec<Query>) {
         if let Some(db) = self.conns.remove(&(tgid, fd)) {
             let mut carry = db.carry_ns;

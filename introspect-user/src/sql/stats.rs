@@ -17,6 +17,7 @@ use crate::{
         backends::{Holder, QueryWait},
     },
     proto::Tx,
+    stacks::Frame,
 };
 
 /// Distinct value sets remembered per shape (an N+1 loop over a big table runs one shape with
@@ -72,6 +73,8 @@ pub struct Tally {
     pub db_wait: Option<DbWait>,
     /// Who held the locks its queries waited for.
     pub holders: Vec<Holder>,
+    /// Where in the app each shape was asked from, when its thread's stacks were taken.
+    frames: HashMap<u64, Frame>,
 }
 
 impl Tally {
@@ -152,6 +155,13 @@ impl Tally {
         self.tx.iter().any(|(_, tx)| *tx != Tx::Idle)
     }
 
+    /// A query of shape `fingerprint` was waited on in `frame` (the first one seen is kept).
+    pub fn frame_of(&mut self, fingerprint: u64, frame: &Frame) {
+        if self.frames.len() < MAX_SHAPES && !self.frames.contains_key(&fingerprint) {
+            self.frames.insert(fingerprint, frame.clone());
+        }
+    }
+
     /// Whether some shape ran as an N+1 pattern under `rule`.
     pub fn has_n_plus_one(&self, rule: NPlusOne) -> bool {
         self.shapes.iter().any(|s| s.instances.len() as u64 >= u64::from(rule.count) && s.time_ns >= rule.min_total_ns)
@@ -174,7 +184,15 @@ impl Tally {
         let n_plus_one = by_time
             .iter()
             .filter(|s| s.instances.len() as u64 >= u64::from(rule.count) && s.time_ns >= rule.min_total_ns)
-            .map(|s| Pattern { distinct: s.instances.len() as u64, ..Pattern::of(entry(s)) })
+            .map(|s| Pattern {
+                distinct: s.instances.len() as u64,
+                frame: self.frames.get(&s.statement.fingerprint).map(|f| FrameLine {
+                    function: f.function.clone(),
+                    file: f.file.clone(),
+                    line: f.line,
+                }),
+                ..Pattern::of(entry(s))
+            })
             .collect();
         let duplicates = by_time
             .iter()
@@ -242,11 +260,22 @@ pub struct Pattern {
     /// Different value sets among them.
     pub distinct: u64,
     pub time_ms: f64,
+    /// The innermost frame of the application's own code that issued them, when the request's
+    /// stacks were taken (it crossed the threshold while they ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame: Option<FrameLine>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FrameLine {
+    pub function: String,
+    pub file: String,
+    pub line: Option<u32>,
 }
 
 impl Pattern {
     fn of(s: ShapeLine) -> Self {
-        Self { shape: s.shape, fingerprint: s.fingerprint, summary: s.summary, count: s.count, distinct: 0, time_ms: s.time_ms }
+        Self { shape: s.shape, fingerprint: s.fingerprint, summary: s.summary, count: s.count, distinct: 0, time_ms: s.time_ms, frame: None }
     }
 }
 

@@ -1,6 +1,8 @@
 //! The serial measurement (one worker and one client on one CPU, so time per request is
 //! 1/throughput) and what processes nobody watches pay: pipe and TCP round trips, an unhooked
-//! syscall and a hooked futex, each without and with the tracer attached.
+//! syscall and a hooked futex, each without and with the tracer attached. And what a query
+//! costs: a page that runs 21 queries on PostgreSQL (its server on the same CPU) against the
+//! hello-world page that runs none, on the same worker, in the same rounds.
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
@@ -9,7 +11,7 @@ use std::{
 };
 
 use anyhow::bail;
-use introspect_tests::server::Gunicorn;
+use introspect_tests::{postgres::Postgres, server::Gunicorn};
 use serde_json::{Value, json};
 
 use super::{Config, exec_s, median, pin, pin_thread, start_tracer, wrk_on};
@@ -44,6 +46,7 @@ impl Ab {
 #[derive(Default)]
 struct Samples {
     request_us: Vec<f64>,
+    sql_request_us: Vec<f64>,
     pipe_us: Vec<f64>,
     tcp_us: Vec<f64>,
     getppid_ns: Vec<f64>,
@@ -55,6 +58,9 @@ pub struct Serial {
     request_us: Ab,
     /// The tracer's own CPU per request.
     tracer_us: f64,
+    /// The page with `SQL_QUERIES` queries, and the tracer's own CPU per request of it.
+    sql_request_us: Ab,
+    sql_tracer_us: f64,
     pipe_us: Ab,
     tcp_us: Ab,
     /// ns per call of an unhooked syscall and of a hooked futex.
@@ -66,13 +72,25 @@ impl Serial {
     pub fn json(&self) -> Value {
         let mut hello = self.request_us.json();
         hello["tracer_own_cpu"] = json!(self.tracer_us);
+        let mut sql = self.sql_request_us.json();
+        sql["tracer_own_cpu"] = json!(self.sql_tracer_us);
+        sql["queries"] = json!(SQL_QUERIES);
+        sql["added_us_per_query"] = json!(self.per_query_us());
         json!({
             "hello_world_us_per_request": hello,
+            "sql_page_us_per_request": sql,
             "unrelated_pipe_round_trip_us": self.pipe_us.json(),
             "unrelated_tcp_round_trip_us": self.tcp_us.json(),
             "unrelated_getppid_ns": self.getppid_ns.json(),
             "unrelated_futex_wake_ns": self.futex_ns.json(),
         })
+    }
+
+    /// What each query adds: the SQL page's added time (serving CPU and tracer) less the
+    /// hello-world page's, over its queries.
+    fn per_query_us(&self) -> f64 {
+        let added = |ab: Ab, tracer: f64| ab.added() + tracer;
+        (added(self.sql_request_us, self.sql_tracer_us) - added(self.request_us, self.tracer_us)) / SQL_QUERIES as f64
     }
 
     pub fn print(&self) {
@@ -83,6 +101,14 @@ impl Serial {
             self.request_us.added(),
             self.tracer_us,
             self.request_us.added() + self.tracer_us
+        );
+        println!(
+            "Serial SQL page ({SQL_QUERIES} queries on PostgreSQL, its server on CPU 1 too): {:.1} µs/request untraced, {:.1} traced: +{:.1} µs on the serving CPU, +{:.1} µs in the tracer; {:.2} µs per query beyond the hello-world request's cost",
+            self.sql_request_us.untraced,
+            self.sql_request_us.traced,
+            self.sql_request_us.added(),
+            self.sql_tracer_us,
+            self.per_query_us()
         );
         println!("Unwatched process, pipe round trip (2 writes, 2 reads, 2 context switches): {}", self.pipe_us.line("µs", 2));
         println!("Unwatched process, loopback TCP round trip (2 writes, 2 reads, 2 segments, 2 context switches): {}", self.tcp_us.line("µs", 2));
@@ -95,20 +121,30 @@ impl Serial {
 }
 
 const SERIAL_ROUNDS: usize = 5;
+/// Queries of the SQL page: `/db/orders/20`, the last 20 orders, then each one's customer.
+const SQL_QUERIES: u32 = 21;
 
 pub fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> anyhow::Result<Serial> {
     if thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         bail!("the serial measurement needs two CPUs");
     }
-    let server = Gunicorn::start("flaskapp:app", 1, &[]);
+    // The database on the serving CPU too, so the SQL page's time per request is all its cost;
+    // backends inherit the postmaster's affinity. The worker keeps its connection.
+    let pg = Postgres::start();
+    pin(pg.pid(), 1);
+    let dsn = pg.dsn();
+    let server = Gunicorn::start_with_env("flaskapp:app", 1, &[], &[("INTROSPECT_PG_DSN", &dsn), ("INTROSPECT_PG_PERSISTENT", "1")]);
     pin(server.master_pid(), 1);
     for w in server.workers() {
         pin(w, 1);
     }
     let url = format!("http://127.0.0.1:{}/fast", server.port);
+    let sql_url = format!("http://127.0.0.1:{}/db/orders/{}", server.port, SQL_QUERIES - 1);
     wrk_on(Some(1), &url, 1, 1, 2)?;
+    wrk_on(Some(1), &sql_url, 1, 1, 2)?;
     let mut samples: [Samples; 2] = Default::default();
     let mut tracer_cpu = Vec::new();
+    let mut sql_tracer_cpu = Vec::new();
     for round in 0..SERIAL_ROUNDS {
         for with in if round % 2 == 0 { [false, true] } else { [true, false] } {
             let tracer = if with { start_tracer(Config::Default, server.master_pid(), "500ms", bin, venv, &[])? } else { None };
@@ -117,29 +153,37 @@ pub fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> an
             }
             let t0 = tracer.as_ref().map_or(0.0, |t| exec_s(t.pid));
             let r = wrk_on(Some(1), &url, 1, 1, 4)?;
+            let t1 = tracer.as_ref().map_or(0.0, |t| exec_s(t.pid));
+            let q = wrk_on(Some(1), &sql_url, 1, 1, 4)?;
+            let t2 = tracer.as_ref().map_or(0.0, |t| exec_s(t.pid));
             let pipe = pipe_round_trip_us(1, 100_000)?;
             let tcp = tcp_round_trip_us(1, 50_000)?;
             let (ppid, futex) = syscall_loops_ns(1, 1_000_000)?;
             if let Some(mut t) = tracer {
-                tracer_cpu.push((exec_s(t.pid) - t0) / r.requests.max(1.0) * 1e6);
+                tracer_cpu.push((t1 - t0) / r.requests.max(1.0) * 1e6);
+                sql_tracer_cpu.push((t2 - t1) / q.requests.max(1.0) * 1e6);
                 t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
             }
             let s = &mut samples[usize::from(with)];
             s.request_us.push(1e6 / r.rps);
+            s.sql_request_us.push(1e6 / q.rps);
             s.pipe_us.push(pipe);
             s.tcp_us.push(tcp);
             s.getppid_ns.push(ppid);
             s.futex_ns.push(futex);
             eprintln!(
-                "bench: serial round {round} {}: {:.1} µs/request, pipe round trip {pipe:.2} µs, TCP round trip {tcp:.2} µs",
+                "bench: serial round {round} {}: {:.1} µs/request, SQL page {:.1} µs/request, pipe round trip {pipe:.2} µs, TCP round trip {tcp:.2} µs",
                 if with { "introspect" } else { "no tracer" },
-                1e6 / r.rps
+                1e6 / r.rps,
+                1e6 / q.rps
             );
         }
     }
     Ok(Serial {
         request_us: Ab::of(&samples, |s| &s.request_us),
         tracer_us: median(tracer_cpu),
+        sql_request_us: Ab::of(&samples, |s| &s.sql_request_us),
+        sql_tracer_us: median(sql_tracer_cpu),
         pipe_us: Ab::of(&samples, |s| &s.pipe_us),
         tcp_us: Ab::of(&samples, |s| &s.tcp_us),
         getppid_ns: Ab::of(&samples, |s| &s.getppid_ns),

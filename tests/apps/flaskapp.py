@@ -271,10 +271,8 @@ def db_sleep(ms, tag=None):
     return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
 
 
-@app.route("/db/forupdate")
-@app.route("/db/forupdate/<tag>")
-def db_forupdate(tag=None):
-    """SELECT ... FOR UPDATE on row 1, which a test may hold locked from another transaction.
+def _lock_row(hold_ms):
+    """SELECT ... FOR UPDATE on row 1 in a transaction, kept `hold_ms` ms before the commit.
     The measured part includes connecting when the connection is new, and the commit."""
     c0, t0 = time.thread_time(), time.monotonic()
     conn = _db()
@@ -282,28 +280,26 @@ def db_forupdate(tag=None):
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE")
+        if hold_ms:
+            time.sleep(hold_ms / 1000.0)
         conn.commit()
     finally:
         conn.autocommit = True
     return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
+
+
+@app.route("/db/forupdate")
+@app.route("/db/forupdate/<tag>")
+def db_forupdate(tag=None):
+    """Row 1 locked and released at once: waits when a test holds it from another transaction."""
+    return _lock_row(0)
 
 
 @app.route("/db/hold/<int:ms>")
 @app.route("/db/hold/<int:ms>/<tag>")
 def db_hold(ms, tag=None):
-    """Locks row 1 of `items` (SELECT ... FOR UPDATE in a transaction) and keeps it locked for
-    `ms` ms before committing: what /db/forupdate then waits for."""
-    c0, t0 = time.thread_time(), time.monotonic()
-    conn = _db()
-    conn.autocommit = False
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT id FROM items WHERE id = 1 FOR UPDATE")
-        time.sleep(ms / 1000.0)
-        conn.commit()
-    finally:
-        conn.autocommit = True
-    return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
+    """Row 1 held `ms` ms: what /db/forupdate then waits for."""
+    return _lock_row(ms)
 
 
 @app.route("/db/orders/<int:n>")

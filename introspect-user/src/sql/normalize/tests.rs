@@ -1,4 +1,6 @@
-use super::*;
+use std::collections::HashMap;
+
+use super::{keywords::*, *};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 

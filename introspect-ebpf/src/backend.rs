@@ -116,25 +116,43 @@ pub fn woken(pid: u32, now: u64) {
         }
     }
     // A serving thread writing on an outbound connection woke this backend: on loopback and
-    // Unix sockets the receiving side runs in the writer's context, so the connection is the
-    // backend's client socket.
+    // Unix sockets the receiving side runs in the writer's context (unless the kernel deferred
+    // it to ksoftirqd), so the connection is the backend's client socket.
     if waker_bits & thread::PENDING == 0 {
         return;
     }
     let Some(p) = PENDING.get_ptr(waker) else { return };
     // SAFETY: map value pointer from a successful lookup (the waker's own entry).
-    let (pkind, prole, fd) = unsafe { ((*p).kind, (*p).role, (*p).fd) };
-    if pkind != kind::WRITE || prole != role::OUTBOUND {
+    let (pkind, fd) = unsafe { ((*p).kind, (*p).fd) };
+    if pkind == kind::WRITE {
+        link(pid_tgid, fd, pid);
+    }
+}
+
+/// A serving thread (`tid` of `tgid`), blocked in a syscall on `fd`, is being woken by the
+/// current task: when that is a backend, its reply woke the thread (the other direction of
+/// [`woken`], a second chance at the link when one delivery was deferred).
+#[inline(always)]
+pub fn woke_client(tgid: u32, tid: u32, fd: i32) {
+    let waker = bpf_get_current_pid_tgid() as u32;
+    if fd < 0 || thread_bits(waker) & thread::DB_BACKEND == 0 {
         return;
     }
+    link(((tgid as u64) << 32) | tid as u64, fd, waker);
+}
+
+/// `fd` of the thread `pid_tgid`, if one of its outbound connections, is served by `backend`:
+/// reported once per connection.
+#[inline(always)]
+fn link(pid_tgid: u64, fd: i32, backend: u32) {
     let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd };
     let Some(conn) = CONNS.get_ptr_mut(key) else { return };
-    // SAFETY: map value pointer from a successful lookup; the key is the waker's own fd.
+    // SAFETY: map value pointer from a successful lookup; a racing link writes the same.
     unsafe {
-        if (*conn).linked != 0 {
+        if (*conn).role != role::OUTBOUND || (*conn).linked != 0 {
             return;
         }
         (*conn).linked = 1;
     }
-    send(DbLinkEvent { hdr: header(kind::DB_LINK, 0, pid_tgid), fd, backend: pid });
+    send(DbLinkEvent { hdr: header(kind::DB_LINK, 0, pid_tgid), fd, backend });
 }

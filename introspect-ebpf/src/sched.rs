@@ -103,6 +103,7 @@ pub fn sched_sched_waking(ctx: TracePointContext) -> u32 {
         unsafe {
             if (*st).wake_ts == 0 {
                 (*st).wake_ts = now;
+                backend::woke_client((*st).tgid, pid, (*st).sys.fd);
             }
         }
     }

@@ -54,8 +54,6 @@ pub struct Backends {
     by_conn: HashMap<(u32, i32), u32>,
     clients: HashMap<u32, Client>,
     spells: HashMap<u32, VecDeque<Spell>>,
-    /// Backends seen to block (every one of the watched servers' children that did).
-    pub seen: u64,
 }
 
 /// A query's share of its backend's time, and the holders of the locks it waited for.
@@ -91,10 +89,7 @@ impl Backends {
     }
 
     pub fn spell(&mut self, backend: u32, spell: Spell) {
-        let log = self.spells.entry(backend).or_insert_with(|| {
-            self.seen += 1;
-            VecDeque::new()
-        });
+        let log = self.spells.entry(backend).or_default();
         if log.len() == MAX_SPELLS {
             log.pop_front();
         }

@@ -42,6 +42,13 @@ struct Shape {
     errors: BTreeMap<String, u64>,
 }
 
+impl Shape {
+    /// Run with enough different value sets, costing enough together, to be an N+1 pattern.
+    fn is_n_plus_one(&self, rule: NPlusOne) -> bool {
+        self.instances.len() as u64 >= u64::from(rule.count) && self.time_ns >= rule.min_total_ns
+    }
+}
+
 /// How a request's last query ended, and on which connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Last {
@@ -164,7 +171,7 @@ impl Tally {
 
     /// Whether some shape ran as an N+1 pattern under `rule`.
     pub fn has_n_plus_one(&self, rule: NPlusOne) -> bool {
-        self.shapes.iter().any(|s| s.instances.len() as u64 >= u64::from(rule.count) && s.time_ns >= rule.min_total_ns)
+        self.shapes.iter().any(|s| s.is_n_plus_one(rule))
     }
 
     pub fn report(&self, rule: NPlusOne) -> Report {
@@ -183,7 +190,7 @@ impl Tally {
         by_time.sort_by(|a, b| b.time_ns.cmp(&a.time_ns).then(b.count.cmp(&a.count)));
         let n_plus_one = by_time
             .iter()
-            .filter(|s| s.instances.len() as u64 >= u64::from(rule.count) && s.time_ns >= rule.min_total_ns)
+            .filter(|s| s.is_n_plus_one(rule))
             .map(|s| Pattern {
                 distinct: s.instances.len() as u64,
                 frame: self.frames.get(&s.statement.fingerprint).map(|f| FrameLine {

@@ -28,6 +28,17 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
         .collect()
 }
 
+/// Where an ELF file's link-time addresses sit in a process: 0 for a non-PIE executable, else
+/// where its first segment (link-time `first_vaddr`, page-aligned) was mapped minus that
+/// address. `None` when the file is not mapped.
+pub fn load_bias(maps: &[Mapping], path: &str, executable: bool, first_vaddr: u64) -> Option<u64> {
+    if executable {
+        return Some(0);
+    }
+    let base = maps.iter().filter(|m| m.path == path && m.offset == 0).map(|m| m.start).min()?;
+    Some(base.wrapping_sub(first_vaddr))
+}
+
 /// The mappings of process `pid`.
 pub fn read(pid: u32) -> std::io::Result<Vec<Mapping>> {
     Ok(parse_maps(&fs::read_to_string(format!("/proc/{pid}/maps"))?))

@@ -66,6 +66,6 @@ fn wait_addr(pid: u32) -> Result<u64, String> {
     }
     let first_vaddr = elf.segments().map(|s| s.address()).min().unwrap_or(0) & !0xfff;
     let maps = maps::read(pid).map_err(|e| format!("/proc/{pid}/maps: {e}"))?;
-    let base = maps.iter().filter(|m| m.path == exe && m.offset == 0).map(|m| m.start).min().ok_or_else(|| format!("{exe} is not mapped"))?;
-    Ok(sym.wrapping_add(base.wrapping_sub(first_vaddr)))
+    let bias = maps::load_bias(&maps, &exe, false, first_vaddr).ok_or_else(|| format!("{exe} is not mapped"))?;
+    Ok(sym.wrapping_add(bias))
 }

@@ -105,12 +105,7 @@ pub fn find_runtime(pid: u32) -> Result<Runtime, PyError> {
         let Some(rt_vaddr) = info.runtime else { continue };
         // Load bias: 0 for a non-PIE executable (Debian's python3.11), else where the file's
         // first segment was mapped minus its link-time address.
-        let bias = if info.executable {
-            0
-        } else {
-            let Some(base) = maps.iter().filter(|x| x.path == m.path && x.offset == 0).map(|x| x.start).min() else { continue };
-            base.wrapping_sub(info.first_vaddr)
-        };
+        let Some(bias) = maps::load_bias(&maps, &m.path, info.executable, info.first_vaddr) else { continue };
         let runtime = rt_vaddr.wrapping_add(bias);
         // Py_Version (3.11+) is exact; older builds carry the version in their file name.
         let (major, minor) = match info.py_version {

@@ -167,6 +167,26 @@ fn django_run(label: &str, env: &[(&str, &str)]) -> BTreeMap<String, String> {
     let r = request(&lines, "/library/books/n1");
     let want = sql(r)["time_ms"].as_f64().unwrap() / r["duration_ms"].as_f64().unwrap();
     assert!((share - want).abs() < 0.001, "{label}: db_share {share}, one request's {want}");
+    // The heaviest shapes across routes: the lookup counted over every request that ran it,
+    // its 20 from the N+1 page under that route, and that page flagged once.
+    let summary = &lines.iter().find(|l| l.ty() == "summary").expect("a summary").json;
+    let all_shapes = summary["query_shapes"].as_array().unwrap_or_else(|| panic!("{label}: no query_shapes: {summary}"));
+    let times: Vec<f64> = all_shapes.iter().map(|s| s["time_ms"].as_f64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{label}: query_shapes not heaviest first: {times:?}");
+    let lookup = &patterns[0]["fingerprint"];
+    let row = all_shapes.iter().find(|s| &s["fingerprint"] == lookup).unwrap_or_else(|| panic!("{label}: {lookup} not in query_shapes"));
+    let per_request: u64 = lines
+        .iter()
+        .filter(|l| l.ty() == "request")
+        .filter_map(|l| l.json.get("sql"))
+        .flat_map(|s| s["top"].as_array().cloned().unwrap_or_default())
+        .filter(|t| &t["fingerprint"] == lookup)
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(row["count"].as_u64(), Some(per_request), "{label}: {row}");
+    assert_eq!(row["n_plus_one"].as_u64(), Some(1), "{label}: {row}");
+    let n1_part = row["routes"].as_array().unwrap().iter().find(|r| r["route"] == "GET /library/books/n1").expect("the N+1 route");
+    assert_eq!(n1_part["count"].as_u64(), Some(20), "{label}: {row}");
     // Exact repeats.
     let same = sql(request(&lines, "/library/same"));
     assert_eq!(same["duplicates"][0]["count"], 3, "{label}: {same}");
@@ -433,4 +453,40 @@ fn an_n_plus_one_names_the_line_that_issued_it() {
     assert_eq!(frame["function"], "db_orders", "{r}");
     assert!(frame["file"].as_str().is_some_and(|f| f.ends_with("flaskapp.py")), "{r}");
     assert_eq!(frame["line"].as_u64(), Some(line as u64), "{r}");
+}
+
+#[test]
+fn top_lists_the_heaviest_query_shapes() {
+    if !can_trace("top_lists_the_heaviest_query_shapes") {
+        return;
+    }
+    let pg = Postgres::start();
+    let dsn = pg.dsn();
+    let server = Gunicorn::start_with_env("flaskapp:app", 1, &[], &[("INTROSPECT_PG_DSN", &dsn)]);
+    let mut cmd = std::process::Command::new(introspect_tests::introspect_bin());
+    cmd.args(["top", "--port", &server.port.to_string(), "--interval", "500ms", "--duration", "4s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut top = introspect_tests::guard::Guard::spawn("introspect top", &mut cmd).expect("spawn top");
+    let stdout = top.child_mut().stdout.take().unwrap();
+    let reader = thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+    thread::sleep(Duration::from_millis(1000));
+    let mut c = Client::new(server.port, false);
+    // Six N+1 pages of 10 lookups each, and one page that runs its orders in one query.
+    for _ in 0..6 {
+        assert_eq!(c.request("GET", "/db/orders/10").expect("N+1 page").status, 200);
+    }
+    assert_eq!(c.request("GET", "/db/orders-joined/10/j").expect("joined page").status, 200);
+    let text = reader.join().unwrap();
+    // The last table has everything: the lookups first (60 of them, each page flagged), then the
+    // pages' list query.
+    let last = text.rsplit("introspect top — ").next().unwrap_or_default();
+    let rows: Vec<&str> = last.lines().skip_while(|l| !l.starts_with("QUERY SHAPE")).skip(1).take_while(|l| !l.is_empty()).collect();
+    eprintln!("{}", rows.join("\n"));
+    let lookup = rows.iter().find(|l| l.starts_with("SELECT name FROM customers WHERE id = ?")).unwrap_or_else(|| panic!("no lookup row:\n{last}"));
+    let cols: Vec<&str> = lookup[60..].split_whitespace().collect();
+    // COUNT TIME ms TIME% MEAN ms MAX ms REQS N+1 ERR TOP ROUTE
+    assert_eq!((cols[0], cols[5], cols[6], cols[7]), ("60", "6", "6", "0"), "{lookup}");
+    assert!(lookup.ends_with("GET /db/orders/{id} (100%)"), "{lookup}");
+    assert!(rows.iter().any(|l| l.starts_with("SELECT o.id, c.name, o.total FROM orders o JOIN customers c")), "{last}");
 }

@@ -4,7 +4,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{Completed, Counts, Crossed, KillReport, Sink, State, summary::EndpointRow};
+use super::{Completed, Counts, Crossed, KillReport, Sink, State, shapes::ShapeRow, summary::EndpointRow};
 use crate::{
     assemble::{EndReason, backends::Holder},
     breakdown::{Breakdown, Detail, PeerWait, SyscallStat},
@@ -12,6 +12,9 @@ use crate::{
     sql::stats::Report,
     stacks::{Frame, profile::ProfileEntry},
 };
+
+/// Query shapes listed in the summary.
+const SUMMARY_SHAPES: usize = 20;
 
 fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e3).round() / 1e3
@@ -260,6 +263,9 @@ struct SummaryLine<'a> {
     #[serde(flatten)]
     counts: &'a Counts,
     endpoints: &'a [EndpointRow],
+    /// The heaviest query shapes across routes, when requests ran any.
+    #[serde(skip_serializing_if = "<[ShapeRow]>::is_empty")]
+    query_shapes: &'a [ShapeRow],
 }
 
 /// JSON lines to a writer (stdout, or `record`'s events.jsonl); only reported requests.
@@ -444,7 +450,8 @@ impl<W: Write> Sink for JsonLines<W> {
 
     fn finish(&mut self, state: &State<'_>) -> io::Result<()> {
         let rows = state.summary.rows();
-        let line = SummaryLine { ty: "summary", ts: self.clock.rfc3339(state.now_ns), counts: state.counts, endpoints: &rows };
+        let shapes = state.summary.query_shapes(SUMMARY_SHAPES);
+        let line = SummaryLine { ty: "summary", ts: self.clock.rfc3339(state.now_ns), counts: state.counts, endpoints: &rows, query_shapes: &shapes };
         self.line(&line)?;
         self.out.flush()
     }
@@ -469,7 +476,8 @@ impl SummaryFile {
 impl Sink for SummaryFile {
     fn finish(&mut self, state: &State<'_>) -> io::Result<()> {
         let rows = state.summary.rows();
-        let line = SummaryLine { ty: "summary", ts: self.clock.rfc3339(state.now_ns), counts: state.counts, endpoints: &rows };
+        let shapes = state.summary.query_shapes(SUMMARY_SHAPES);
+        let line = SummaryLine { ty: "summary", ts: self.clock.rfc3339(state.now_ns), counts: state.counts, endpoints: &rows, query_shapes: &shapes };
         let text = serde_json::to_string_pretty(&line).map_err(io::Error::other)? + "\n";
         self.file.write_all(text.as_bytes())
     }

@@ -6,6 +6,7 @@ pub mod files;
 pub mod flame;
 pub mod json;
 pub mod route;
+pub mod shapes;
 pub mod summary;
 pub mod top;
 

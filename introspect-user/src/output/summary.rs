@@ -3,7 +3,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use super::route;
+use super::{
+    route,
+    shapes::{ShapeRow, Shapes},
+};
 use crate::{assemble::Request, kills::Reason, sql::NPlusOne};
 
 /// Log-bucketed histogram of durations: 1% relative precision from 1 µs to ~3 h in a few
@@ -144,6 +147,8 @@ pub struct Summary {
     routes: HashMap<String, RouteStats>,
     /// The key being looked up, reused from request to request.
     key: String,
+    /// Query shapes across routes.
+    shapes: Shapes,
 }
 
 fn round3(v: f64) -> f64 {
@@ -183,7 +188,13 @@ impl Summary {
             q.n_plus_one += u64::from(t.has_n_plus_one(rule));
             q.lock_ns += t.db_wait.as_ref().map_or(0, |w| w.lock_ns);
             q.request_ns += r.duration_ns();
+            self.shapes.record(&self.key, t.shapes(rule));
         }
+    }
+
+    /// The `limit` query shapes that took the most time across routes.
+    pub fn query_shapes(&self, limit: usize) -> Vec<ShapeRow> {
+        if self.shapes.is_empty() { Vec::new() } else { self.shapes.rows(limit) }
     }
 
     /// Routes ranked by total time consumed.

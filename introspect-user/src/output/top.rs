@@ -12,7 +12,7 @@ use crossterm::{
     terminal::{self, ClearType},
 };
 
-use super::{Counts, Sink, State, summary::EndpointRow};
+use super::{Counts, Sink, State, shapes::ShapeRow, summary::EndpointRow};
 use crate::run::deadlines::Running;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +73,7 @@ fn render(rows: &[EndpointRow], running: &[Running], counts: &Counts, sort: Sort
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     let mut out = vec![
         format!(
-            "introspect top — {} requests, {} slow, {} dropped events — sorted by {} (keys: t n c p s e k, q quits)",
+            "introspect top — {} requests, {} slow, {} dropped events — sorted by {} (keys: t n c p s e k, d queries, q quits)",
             counts.requests,
             rows.iter().map(|r| r.slow).sum::<u64>(),
             counts.dropped_events,
@@ -140,10 +140,48 @@ fn render(rows: &[EndpointRow], running: &[Running], counts: &Counts, sort: Sort
     out.into_iter().map(|l| l.chars().take(width).collect()).collect()
 }
 
+/// Query shapes listed after the routes when stdout is not a terminal.
+const PLAIN_SHAPES: usize = 10;
+
+/// The query-shape view: the statements that took the most time across routes, at most
+/// `max_rows`. Its heading line starts with "QUERY SHAPE".
+fn render_queries(shapes: &[ShapeRow], max_rows: usize, width: usize) -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<60} {:>8} {:>10} {:>6} {:>8} {:>8} {:>6} {:>5} {:>4}  {}",
+        "QUERY SHAPE (by total time)", "COUNT", "TIME ms", "TIME%", "MEAN ms", "MAX ms", "REQS", "N+1", "ERR", "TOP ROUTE"
+    )];
+    if shapes.is_empty() {
+        out.push("(no queries seen yet)".into());
+    }
+    for s in shapes.iter().take(max_rows) {
+        let shape: String = s.shape.chars().take(60).collect();
+        let route = s.routes.first().map_or(String::new(), |r| format!("{} ({:.0}%)", r.route, r.time_ms / s.time_ms.max(1e-9) * 100.0));
+        out.push(format!(
+            "{shape:<60} {:>8} {:>10.1} {:>5.1}% {:>8.2} {:>8.1} {:>6} {:>5} {:>4}  {route}",
+            s.count,
+            s.time_ms,
+            s.share * 100.0,
+            s.mean_ms,
+            s.max_ms,
+            s.requests,
+            s.n_plus_one,
+            s.errors
+        ));
+    }
+    out.into_iter().map(|l| l.chars().take(width).collect()).collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    Routes,
+    Queries,
+}
+
 pub struct Top {
     interval: Duration,
     last: Option<Instant>,
     sort: SortBy,
+    view: View,
     tty: bool,
     dirty: bool,
 }
@@ -151,7 +189,7 @@ pub struct Top {
 impl Top {
     /// `tty`: full-screen with keys; else a plain table every `interval`.
     pub fn new(interval: Duration, tty: bool) -> Self {
-        Self { interval, last: None, sort: SortBy::Total, tty, dirty: false }
+        Self { interval, last: None, sort: SortBy::Total, view: View::Routes, tty, dirty: false }
     }
 }
 
@@ -166,9 +204,15 @@ impl Sink for Top {
                     match k.code {
                         KeyCode::Char('q') | KeyCode::Esc => return Ok(true),
                         KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return Ok(true),
+                        KeyCode::Char('d') => {
+                            self.view = View::Queries;
+                            self.dirty = true;
+                        }
                         KeyCode::Char(c) => {
+                            // A sort key goes back to the routes, sorted by it.
                             if let Some(s) = SortBy::from_key(c) {
                                 self.sort = s;
+                                self.view = View::Routes;
                                 self.dirty = true;
                             }
                         }
@@ -187,7 +231,18 @@ impl Sink for Top {
         let mut out = io::stdout().lock();
         if self.tty {
             let (w, h) = terminal::size().unwrap_or((120, 40));
-            let lines = render(&rows, state.running, counts, self.sort, (h as usize).saturating_sub(4), w as usize);
+            let max_rows = (h as usize).saturating_sub(4);
+            let lines = match self.view {
+                View::Routes => render(&rows, state.running, counts, self.sort, max_rows, w as usize),
+                View::Queries => {
+                    let mut lines = vec![
+                        format!("introspect top — {} requests — query shapes across routes (keys: t n c p s e k routes, q quits)", counts.requests),
+                        String::new(),
+                    ];
+                    lines.extend(render_queries(&summary.query_shapes(max_rows), max_rows, w as usize));
+                    lines
+                }
+            };
             queue!(out, cursor::MoveTo(0, 0), terminal::Clear(ClearType::All))?;
             for (i, l) in lines.iter().enumerate() {
                 queue!(out, cursor::MoveTo(0, i as u16))?;
@@ -196,6 +251,13 @@ impl Sink for Top {
         } else {
             for l in render(&rows, state.running, counts, self.sort, usize::MAX, usize::MAX) {
                 writeln!(out, "{l}")?;
+            }
+            let shapes = summary.query_shapes(PLAIN_SHAPES);
+            if !shapes.is_empty() {
+                writeln!(out)?;
+                for l in render_queries(&shapes, PLAIN_SHAPES, usize::MAX) {
+                    writeln!(out, "{l}")?;
+                }
             }
             writeln!(out)?;
         }
@@ -266,5 +328,30 @@ mod tests {
         assert!(lines.iter().any(|l| l.starts_with("interrupted") && l.contains("GET /b: 3")), "{lines:?}");
         let run = lines.iter().find(|l| l.starts_with("GET /spin/9")).expect("the running request");
         assert!(run.contains("2500") && run.contains("700") && run.ends_with("gunicorn_timeout"), "{run}");
+    }
+
+    #[test]
+    fn renders_query_shapes() {
+        use super::super::shapes::ShapeRoute;
+        let shape = ShapeRow {
+            shape: "SELECT name FROM customers WHERE id = ?".into(),
+            fingerprint: "00000000000000ff".into(),
+            summary: "SELECT customers".into(),
+            count: 400,
+            time_ms: 80.0,
+            mean_ms: 0.2,
+            max_ms: 1.5,
+            share: 0.75,
+            requests: 20,
+            n_plus_one: 20,
+            errors: 0,
+            truncated: false,
+            routes: vec![ShapeRoute { route: "GET /db/orders/{id}".into(), count: 400, time_ms: 60.0 }],
+        };
+        assert_eq!(render_queries(&[], 10, 200)[1], "(no queries seen yet)");
+        let lines = render_queries(&[shape], 10, 300);
+        assert!(lines[0].starts_with("QUERY SHAPE"));
+        assert!(lines[1].starts_with("SELECT name FROM customers WHERE id = ?"), "{}", lines[1]);
+        assert!(lines[1].contains("  400       80.0  75.0%     0.20      1.5     20    20    0  GET /db/orders/{id} (75%)"), "{}", lines[1]);
     }
 }

@@ -174,6 +174,19 @@ impl Tally {
         self.shapes.iter().any(|s| s.is_n_plus_one(rule))
     }
 
+    /// Each shape the request ran, with what it cost there (for the summary's totals across
+    /// requests).
+    pub fn shapes(&self, rule: NPlusOne) -> impl Iterator<Item = ShapeUse<'_>> {
+        self.shapes.iter().map(move |s| ShapeUse {
+            statement: &s.statement,
+            count: s.count,
+            time_ns: s.time_ns,
+            max_ns: s.max_ns,
+            errors: s.errors.values().sum(),
+            n_plus_one: s.is_n_plus_one(rule),
+        })
+    }
+
     pub fn report(&self, rule: NPlusOne) -> Report {
         let ms = |ns: u64| (ns as f64 / 1e3).round() / 1e3;
         let entry = |s: &Shape| ShapeLine {
@@ -238,6 +251,17 @@ impl Tally {
             blocked_by: self.holders.clone(),
         }
     }
+}
+
+/// One shape's executions in one request.
+pub struct ShapeUse<'a> {
+    pub statement: &'a Arc<Statement>,
+    pub count: u64,
+    pub time_ns: u64,
+    pub max_ns: u64,
+    pub errors: u64,
+    /// It ran as an N+1 pattern there.
+    pub n_plus_one: bool,
 }
 
 /// One shape of statement in a report.

@@ -173,11 +173,14 @@ pub(super) const KEYWORDS: &[&str] = &[
 ];
 
 pub(super) fn is_keyword(raw: &[u8]) -> bool {
-    if raw.len() > 20 || !raw.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_') {
+    // Called for every word of every statement: upper-cased on the stack, no allocation.
+    let mut upper = [0u8; 20];
+    if raw.len() > upper.len() || !raw.iter().all(|c| c.is_ascii_alphabetic() || *c == b'_') {
         return false;
     }
-    let upper = raw.to_ascii_uppercase();
-    // All ASCII, so this is the same string.
-    let upper = String::from_utf8_lossy(&upper);
-    KEYWORDS.binary_search(&upper.as_ref()).is_ok()
+    for (u, c) in upper.iter_mut().zip(raw) {
+        *u = c.to_ascii_uppercase();
+    }
+    let upper = &upper[..raw.len()];
+    KEYWORDS.binary_search_by(|k| k.as_bytes().cmp(upper)).is_ok()
 }

@@ -193,6 +193,13 @@ pub struct SqlArgs {
     /// default: they may hold personal data and secrets.
     #[arg(long)]
     pub sql_literals: bool,
+    /// A PostgreSQL server on another host: follow its sessions through `pg_stat_activity` (a
+    /// role with `pg_monitor`; `host=… port=… user=… dbname=…` or a `postgres://` URL). Its
+    /// backends' lock waits, who held the locks, and their other waits are sampled every 10 ms
+    /// and matched to the app's connections by client address and port. Without it,
+    /// PostgreSQL servers on this host are followed through the scheduler (exact, no login).
+    #[arg(long, value_name = "DSN")]
+    pub pg_dsn: Option<String>,
 }
 
 #[derive(Args, Debug)]

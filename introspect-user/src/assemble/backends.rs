@@ -4,7 +4,10 @@
 //! server's lock, IO, CPU and other time, and a lock wait named by the request that held it.
 use std::collections::{HashMap, VecDeque};
 
-use crate::sql::waits::{self, Bucket, DbWait};
+use crate::sql::{
+    activity::REMOTE,
+    waits::{self, Bucket, DbWait},
+};
 
 /// Spells kept per backend: a query's window only ever reaches back over its own spells, and a
 /// backend blocks a few times per query.
@@ -51,10 +54,16 @@ pub struct Client {
 
 #[derive(Default)]
 pub struct Backends {
-    by_conn: HashMap<(u32, i32), u32>,
+    /// By connection: the backends that served it, with when each link was seen, oldest first.
+    /// A link can be seen before the close of the connection the fd was before it is processed
+    /// (`--pg-dsn` samples arrive apart from the kernel's events), so links are kept by time.
+    by_conn: HashMap<(u32, i32), Vec<(u32, u64)>>,
     clients: HashMap<u32, Client>,
     spells: HashMap<u32, VecDeque<Spell>>,
 }
+
+/// Links kept per connection: the current one, and the next ones seen early.
+const MAX_LINKS: usize = 4;
 
 /// A query's share of its backend's time, and the holders of the locks it waited for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,22 +73,31 @@ pub struct QueryWait {
 }
 
 impl Backends {
-    /// `tid` of `tgid` wrote on `fd` and woke `backend`.
-    pub fn link(&mut self, tgid: u32, tid: u32, fd: i32, backend: u32) {
-        if let Some(old) = self.by_conn.insert((tgid, fd), backend)
-            && old != backend
-        {
+    /// `tid` of `tgid` (0: not known) was seen using `fd` served by `backend` at `at`.
+    pub fn link(&mut self, tgid: u32, tid: u32, fd: i32, backend: u32, at: u64) {
+        let links = self.by_conn.entry((tgid, fd)).or_default();
+        if links.iter().any(|&(b, _)| b == backend) {
+            return;
+        }
+        if links.len() == MAX_LINKS {
+            let (old, _) = links.remove(0);
             self.clients.remove(&old);
         }
+        links.push((backend, at));
         self.clients.insert(backend, Client { tgid, tid, fd, closed_ns: None });
     }
 
-    /// The app closed `fd`: its backend ends its session.
+    /// The app closed `fd` at `ts`: the backends linked to it before then end their sessions.
     pub fn closed(&mut self, tgid: u32, fd: i32, ts: u64) {
-        if let Some(b) = self.by_conn.remove(&(tgid, fd))
-            && let Some(c) = self.clients.get_mut(&b)
-        {
-            c.closed_ns = Some(ts);
+        let Some(links) = self.by_conn.get_mut(&(tgid, fd)) else { return };
+        for &(b, _) in links.iter().filter(|&&(_, at)| at <= ts) {
+            if let Some(c) = self.clients.get_mut(&b) {
+                c.closed_ns = Some(ts);
+            }
+        }
+        links.retain(|&(_, at)| at > ts);
+        if links.is_empty() {
+            self.by_conn.remove(&(tgid, fd));
         }
     }
 
@@ -96,21 +114,30 @@ impl Backends {
         log.push_back(spell);
     }
 
-    /// The backend serving `(tgid, fd)`, if known.
-    pub fn backend_of(&self, tgid: u32, fd: i32) -> Option<u32> {
-        self.by_conn.get(&(tgid, fd)).copied()
+    /// The backend serving `(tgid, fd)` at `at`: the latest linked by then (or the first one, for a
+    /// query that ended before its link was seen).
+    pub fn backend_of(&self, tgid: u32, fd: i32, at: u64) -> Option<u32> {
+        let links = self.by_conn.get(&(tgid, fd))?;
+        links.iter().rev().find(|&&(_, since)| since <= at).or(links.first()).map(|&(b, _)| b)
     }
 
     /// How the backend serving `(tgid, fd)` spent `[start, end]`: blocked time by what it waited
-    /// for; the rest it ran or waited for a CPU. `None` when no backend is known for it.
+    /// for; the rest it ran or waited for a CPU. `None` when no backend is known for it. For a
+    /// backend seen through `pg_stat_activity` the spells are samples: `cpu` is the samples of it
+    /// running with no wait event, and what no sample covers (the network, mostly) is `other`.
     pub fn wait(&self, tgid: u32, fd: i32, start: u64, end: u64) -> Option<QueryWait> {
-        let backend = self.backend_of(tgid, fd)?;
+        let backend = self.backend_of(tgid, fd, end)?;
         let mut out = QueryWait::default();
         let mut blocked = 0;
+        let mut running = 0;
         if let Some(log) = self.spells.get(&backend) {
             for s in log.iter().rev().take_while(|s| s.in_ns > start) {
                 let ns = s.wake_ns.min(end).saturating_sub(s.out_ns.max(start));
                 if ns == 0 {
+                    continue;
+                }
+                if s.state == waits::SAMPLED_RUNNING {
+                    running += ns;
                     continue;
                 }
                 blocked += ns;
@@ -129,7 +156,13 @@ impl Backends {
                 }
             }
         }
-        out.wait.cpu_ns = end.saturating_sub(start).saturating_sub(blocked);
+        let rest = end.saturating_sub(start).saturating_sub(blocked);
+        if backend & REMOTE == 0 {
+            out.wait.cpu_ns = rest;
+        } else {
+            out.wait.cpu_ns = running.min(rest);
+            out.wait.other_ns += rest - out.wait.cpu_ns;
+        }
         Some(out)
     }
 }
@@ -145,7 +178,7 @@ mod tests {
     #[test]
     fn a_query_window_is_split_by_what_its_backend_waited_for() {
         let mut b = Backends::default();
-        b.link(10, 11, 5, 900);
+        b.link(10, 11, 5, 900, 0);
         // Idle in ClientRead before the query, then a 400 µs row lock, 100 µs of IO.
         b.spell(900, spell(0, 1_000, 1_010, 0x0600_0000, None));
         b.spell(900, spell(1_100, 401_100, 401_120, 0x0300_0005, Some(Holder::Outside)));
@@ -160,5 +193,19 @@ mod tests {
         // Once the app closed it, the backend is no one's client for later releases.
         b.closed(10, 5, 600_000);
         assert!(b.client(900, 500_000).is_some() && b.client(900, 700_000).is_none());
+    }
+
+    #[test]
+    fn a_link_seen_before_the_close_of_the_connection_before_it_waits_its_turn() {
+        let mut b = Backends::default();
+        b.link(10, 0, 5, 900, 100);
+        b.spell(900, spell(200, 900, 900, 0x0300_0005, None));
+        // The fd's next connection is linked (at 1_500) before the first one's close (at 1_000)
+        // is processed, and before its query ending at 950 is counted.
+        b.link(10, 0, 5, 901, 1_500);
+        assert_eq!(b.wait(10, 5, 150, 950).map(|w| w.wait.lock_ns), Some(700));
+        b.closed(10, 5, 1_000);
+        assert_eq!(b.backend_of(10, 5, 2_000), Some(901));
+        assert!(b.client(900, 1_200).is_none() && b.client(901, 1_200).is_some());
     }
 }

@@ -268,7 +268,7 @@ impl Assembler {
                     open.sql.get_or_insert_default().frame_of(st.fingerprint, frame);
                 }
             }
-            Event::DbLink { hdr, fd, backend } => self.parts.backends.link(hdr.tgid, hdr.tid, *fd, *backend),
+            Event::DbLink { hdr, fd, backend } => self.parts.backends.link(hdr.tgid, hdr.tid, *fd, *backend, hdr.ts),
             Event::DbSwitch { hdr, out_ts, wake_ts, wait_event, state, waker, waker_is_backend } => {
                 // A lock wait that another backend ended: that backend released the lock.
                 let holder = match waker {
@@ -277,6 +277,22 @@ impl Assembler {
                 };
                 let spell = Spell { out_ns: *out_ts, wake_ns: *wake_ts, in_ns: hdr.ts, wait_event: *wait_event, state: *state, holder };
                 self.parts.backends.spell(hdr.tid, spell);
+            }
+            Event::PgActivity { hdr, interval_ns, sessions } => {
+                // Each sample of a session running a statement stands for the interval before it.
+                let from = hdr.ts.saturating_sub(*interval_ns);
+                for s in sessions.iter().filter(|s| s.active) {
+                    let (wait_event, state) = match (&s.wait_type, &s.wait_event) {
+                        (Some(t), Some(e)) => (waits::named(t, e), 1),
+                        _ => (0, waits::SAMPLED_RUNNING),
+                    };
+                    let holder = match s.blocked_by.first() {
+                        Some(&b) if waits::is_lock(wait_event) => Some(self.holder(b, hdr.ts)),
+                        _ => None,
+                    };
+                    let spell = Spell { out_ns: from, wake_ns: hdr.ts, in_ns: hdr.ts, wait_event, state, holder };
+                    self.parts.backends.spell(s.backend, spell);
+                }
             }
             Event::Fd { .. }
             | Event::Connect { .. }
@@ -333,7 +349,14 @@ impl Assembler {
     /// Who held a lock that backend `waker` released at `at`: the request its client thread
     /// was serving then, or someone outside the watched requests.
     fn holder(&self, waker: u32, at: u64) -> Holder {
-        let Some(c) = self.parts.backends.client(waker, at) else { return Holder::Outside };
+        let Some(mut c) = self.parts.backends.client(waker, at) else { return Holder::Outside };
+        // Linked by address (`--pg-dsn`): the thread is the one that used the connection last.
+        if c.tid == 0 {
+            match self.parts.queries.last_tid(c.tgid, c.fd) {
+                Some(tid) => c.tid = tid,
+                None => return Holder::Outside,
+            }
+        }
         let open = self.parts.serving.get(&c.tid).and_then(|s| self.conns.get(&s.key)).and_then(|conn| conn.open.as_ref());
         if let Some(o) = open.filter(|o| o.start_ns <= at) {
             return Holder::Request(HolderRequest { pid: c.tgid, tid: c.tid, method: o.method.clone(), path: o.path.clone(), start_ns: o.start_ns });

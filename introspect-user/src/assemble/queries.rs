@@ -84,6 +84,8 @@ struct Db {
     mid_response: bool,
     /// The return of the last read.
     last_read_ns: u64,
+    /// The thread that wrote last.
+    last_tid: u32,
     /// Time of round trips that only prepared, owed to the next query.
     carry_ns: u64,
 }
@@ -115,6 +117,7 @@ impl Queries {
     /// A write on a database connection, with what it asked.
     pub fn write(&mut self, hdr: &Hdr, fd: i32, enter_ts: u64, asks: &[Ask], request_seq: Option<u64>, done: &mut Vec<Query>) {
         let db = self.conns.entry((hdr.tgid, fd)).or_default();
+        db.last_tid = hdr.tid;
         // The client asks again while a response it was reading has not been seen to end (its end
         // was in bytes the copy did not hold): it ended with the last read.
         if db.mid_response
@@ -237,6 +240,11 @@ impl Queries {
 
     /// The connection's fd was closed (or its process exited, `reason`): round trips still
     /// waiting end now.
+    /// The thread that last wrote on `(tgid, fd)`.
+    pub fn last_tid(&self, tgid: u32, fd: i32) -> Option<u32> {
+        self.conns.get(&(tgid, fd)).map(|db| db.last_tid).filter(|&t| t != 0)
+    }
+
     /// The statement thread `tid` of `tgid` is waiting on at `ts` (its round trip sent, not
     /// answered yet), if any.
     pub fn waiting_on(&self, tgid: u32, tid: u32, ts: u64) -> Option<Arc<Statement>> {

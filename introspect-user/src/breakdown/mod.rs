@@ -126,7 +126,8 @@ impl Timeline {
             | Event::Snapshot { .. }
             | Event::Interrupt { .. }
             | Event::DbSwitch { .. }
-            | Event::DbLink { .. } => return,
+            | Event::DbLink { .. }
+            | Event::PgActivity { .. } => return,
         };
         if entry > MAX_PER_THREAD
             && let Some(log) = self.threads.get_mut(&tid)

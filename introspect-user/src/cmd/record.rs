@@ -31,6 +31,7 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     session.try_write = args.servers.try_write;
     session.sql_capture = args.sql.sql_capture_bytes;
     session.sql_literals = args.sql.sql_literals;
+    session.pg_dsn = args.sql.pg_dsn.clone();
     let sinks: Vec<Box<dyn Sink>> = vec![
         Box::new(Stderr),
         Box::new(JsonLines::new(BufWriter::new(events), session.clock)),

@@ -33,6 +33,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     session.try_write = args.servers.try_write;
     session.sql_capture = args.sql.sql_capture_bytes;
     session.sql_literals = args.sql.sql_literals;
+    session.pg_dsn = args.sql.pg_dsn.clone();
     let _guard = if tty {
         execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
         terminal::enable_raw_mode()?;

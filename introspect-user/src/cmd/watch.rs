@@ -30,6 +30,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     session.try_write = args.servers.try_write;
     session.sql_capture = args.sql.sql_capture_bytes;
     session.sql_literals = args.sql.sql_literals;
+    session.pg_dsn = args.sql.pg_dsn.clone();
     let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(Stderr), Box::new(JsonLines::new(BufWriter::new(io::stdout().lock()), session.clock))];
     if let Some(path) = &args.record {
         let file = BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?);

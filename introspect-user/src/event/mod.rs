@@ -244,6 +244,14 @@ pub enum Event {
         fd: i32,
         backend: u32,
     },
+    /// `--pg-dsn`: what `pg_stat_activity` said of the server's client sessions at `hdr.ts`,
+    /// `interval_ns` after the previous sample. Backends are numbered with
+    /// [`crate::sql::activity::REMOTE`] set, apart from this host's.
+    PgActivity {
+        hdr: Hdr,
+        interval_ns: u64,
+        sessions: Vec<crate::sql::activity::Session>,
+    },
     /// `--interrupt-before` on `hdr.tid`'s request, whose kill was predicted at `kill_at`.
     Interrupt {
         hdr: Hdr,
@@ -291,7 +299,8 @@ impl Event {
             | Event::Snapshot { hdr, .. }
             | Event::Interrupt { hdr, .. }
             | Event::DbSwitch { hdr, .. }
-            | Event::DbLink { hdr, .. } => hdr,
+            | Event::DbLink { hdr, .. }
+            | Event::PgActivity { hdr, .. } => hdr,
         }
     }
 }

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{
+    activity::Sampler,
     forbid,
     host::Host,
     pace::Pace,
@@ -29,6 +30,7 @@ use crate::{
     probe::{EventRing, KernelLosses, Probes, tracefs},
     proc::{cmdline, targets},
     proto::{Options, Protocols},
+    sql::activity,
 };
 
 /// What a live run watches and how: resolved once from the command line and shared by
@@ -55,6 +57,8 @@ pub struct Session {
     pub sql_capture: u16,
     /// `--sql-literals`: statements keep their values.
     pub sql_literals: bool,
+    /// `--pg-dsn`: a PostgreSQL server followed through `pg_stat_activity`.
+    pub pg_dsn: Option<String>,
     /// Monotonic to wall-clock time, taken once for the whole run (outputs and recordings).
     pub clock: Clock,
 }
@@ -76,6 +80,7 @@ impl Session {
             try_write: false,
             sql_capture: 1024,
             sql_literals: false,
+            pg_dsn: None,
             clock: Clock::new(),
         }
     }
@@ -128,8 +133,17 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     probes.track(&roots.iter().copied().collect())?;
     probes.attach_process_tracking().context("attaching process tracking")?;
     // PostgreSQL servers on this host: their backends' waits explain the requests' queries.
-    let (pg_servers, pg_problems) = crate::proc::postgres::servers();
+    // With --pg-dsn the server is followed through pg_stat_activity instead.
+    let (pg_servers, pg_problems) = if session.pg_dsn.is_some() { Default::default() } else { crate::proc::postgres::servers() };
     probes.watch_postgres(&pg_servers)?;
+    let pg_port = session.pg_dsn.as_deref().map(activity::server_port).transpose()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Connected before anything is reported: a DSN that does not work is an error, not a watch
+    // without what was asked for. Its sampler runs once the watch loop does.
+    let mut pg = match (&session.pg_dsn, pg_port) {
+        (Some(dsn), Some(port)) => Some((rt.block_on(activity::start(dsn))?, Sampler::new(port))),
+        _ => None,
+    };
     let pids = targets::with_descendants(&roots);
     probes.track(&pids)?;
     let served = targets::served(&pids);
@@ -167,7 +181,6 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     }
 
     let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut live = pids;
     let mut host = Host::new(probes, session.reporting.sample_hz);
     host.warm(live.iter().copied());
@@ -206,6 +219,24 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
                 _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
             }
             host.set_now(clock::monotonic_ns());
+            // Samples before the ring: a query that ended since is attached with the samples
+            // that cover it.
+            if let Some((rx, sampler)) = &mut pg {
+                while let Ok(sample) = rx.try_recv() {
+                    match sample {
+                        Ok(sample) => {
+                            for ev in sampler.events(sample, &live) {
+                                pipeline.event(ev, &mut host)?;
+                            }
+                        }
+                        Err(e) => {
+                            pipeline.warning(clock::monotonic_ns(), &e)?;
+                            pg = None;
+                            break;
+                        }
+                    }
+                }
+            }
             let drained = drain(&mut ring, &decoder, &mut pipeline, &mut host, &mut decode_errors, &mut live)?;
             events += drained;
             let now = clock::monotonic_ns();

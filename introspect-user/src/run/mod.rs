@@ -1,5 +1,6 @@
 //! Running: the pure pipeline ([`pipeline`]), the live host it asks what only the machine knows
 //! ([`host`]), and the watch loop that drains the kernel into them ([`live`], [`pace`]).
+pub mod activity;
 pub mod deadlines;
 pub mod forbid;
 pub mod host;

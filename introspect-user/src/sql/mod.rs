@@ -1,5 +1,6 @@
 //! SQL seen on the wire: statements made reportable (their literals replaced, a stable
 //! fingerprint, a short summary) and, per request, what its queries cost (`stats`).
+pub mod activity;
 pub mod normalize;
 pub mod stats;
 pub mod waits;

@@ -4,8 +4,10 @@
 //! The class is the top byte (`PG_WAIT_LWLOCK` 0x01 … `PG_WAIT_IO` 0x0A, stable since
 //! PostgreSQL 9.6); for the Lock class the low 16 bits are the lock tag type, whose order is
 //! fixed by `LockTagType` (src/include/storage/lock.h). Other classes' event numbers follow
-//! enums that move between server versions, so they are shown as numbers.
-use std::collections::BTreeMap;
+//! enums that move between server versions, so they are shown as numbers when read from a
+//! backend's memory. Events named by `pg_stat_activity` (`--pg-dsn`) get codes of their own
+//! ([`named`]) and keep their names.
+use std::{collections::BTreeMap, sync::Mutex};
 
 use serde::Serialize;
 
@@ -56,8 +58,57 @@ pub fn is_lock(info: u32) -> bool {
     info >> 24 == CLASS_LOCK
 }
 
+/// The task state of a spell that stands for a sample of a session running a statement with no
+/// wait event (`--pg-dsn`): its time is the server's CPU.
+pub const SAMPLED_RUNNING: u32 = 0x100;
+
+/// Ids at or above this in a code are [`named`] events.
+const NAMED_ID: u32 = 0x8000;
+/// Names of events seen by name, by id - [`NAMED_ID`]: a server has a few hundred kinds.
+static NAMED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+const MAX_NAMED: usize = 0x7fff;
+
+/// The code of the wait event `pg_stat_activity` calls `wait_type`/`event`: the class byte as
+/// the server's, a lock's tag as the server's, other events numbered as first seen.
+pub fn named(wait_type: &str, event: &str) -> u32 {
+    let class: u32 = match wait_type {
+        "LWLock" => CLASS_LWLOCK,
+        "Lock" => CLASS_LOCK,
+        "BufferPin" => CLASS_BUFFERPIN,
+        "Activity" => 0x05,
+        "Client" => 0x06,
+        "Extension" => 0x07,
+        "IPC" => 0x08,
+        "Timeout" => 0x09,
+        "IO" => CLASS_IO,
+        "InjectionPoint" => 0x0B,
+        _ => 0x0C,
+    };
+    if class == CLASS_LOCK
+        && let Some(tag) = LOCK_TAGS.iter().position(|t| *t == event)
+    {
+        return class << 24 | tag as u32;
+    }
+    let full = format!("{wait_type}/{event}");
+    let mut names = NAMED.lock().unwrap_or_else(|p| p.into_inner());
+    let id = match names.iter().position(|n| *n == full) {
+        Some(i) => i,
+        None if names.len() < MAX_NAMED => {
+            names.push(full);
+            names.len() - 1
+        }
+        None => MAX_NAMED,
+    };
+    class << 24 | (NAMED_ID + id as u32)
+}
+
 /// `Lock/transactionid`, `IO/10`, … as `pg_stat_activity` groups them; `None` for no event.
 pub fn name(info: u32) -> Option<String> {
+    let id = info & 0xffff;
+    if info >> 24 != 0 && id >= NAMED_ID {
+        let names = NAMED.lock().unwrap_or_else(|p| p.into_inner());
+        return Some(names.get((id - NAMED_ID) as usize).cloned().unwrap_or_else(|| "?".into()));
+    }
     let class = match info >> 24 {
         0 => return None,
         CLASS_LWLOCK => "LWLock",
@@ -72,7 +123,6 @@ pub fn name(info: u32) -> Option<String> {
         0x0B => "InjectionPoint",
         c => return Some(format!("0x{c:02x}/{}", info & 0xffff)),
     };
-    let id = info & 0xffff;
     Some(match LOCK_TAGS.get(id as usize) {
         Some(tag) if info >> 24 == CLASS_LOCK => format!("{class}/{tag}"),
         _ => format!("{class}/{id}"),
@@ -143,5 +193,17 @@ mod tests {
         assert_eq!(bucket(0, 2), Bucket::Io);
         assert_eq!(bucket(0x0600_0000, 1), Bucket::Other);
         assert!(is_lock(0x0300_0005) && !is_lock(0x0100_0005));
+    }
+
+    #[test]
+    fn events_seen_by_name_keep_it() {
+        assert_eq!(named("Lock", "transactionid"), 0x0300_0005);
+        let read = named("IO", "DataFileRead");
+        assert_eq!(name(read).as_deref(), Some("IO/DataFileRead"));
+        assert_eq!(bucket(read, 1), Bucket::Io);
+        assert_eq!(named("IO", "DataFileRead"), read);
+        let advisory_like = named("Lock", "something new");
+        assert!(is_lock(advisory_like) && name(advisory_like).as_deref() == Some("Lock/something new"));
+        assert_eq!(bucket(named("LWLock", "WALWrite"), 1), Bucket::Lock);
     }
 }

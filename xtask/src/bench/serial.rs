@@ -2,7 +2,9 @@
 //! 1/throughput) and what processes nobody watches pay: pipe and TCP round trips, an unhooked
 //! syscall and a hooked futex, each without and with the tracer attached. And what a query
 //! costs: a page that runs 21 queries on PostgreSQL (its server on the same CPU) against the
-//! hello-world page that runs none, on the same worker, in the same rounds.
+//! hello-world page that runs none, on the same worker, in the same rounds; and both pages once
+//! more with the SQL capture off (`--sql-capture-bytes 0`), which tells what reading the
+//! statements costs apart from the hooks every syscall, switch and segment of a query passes.
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
@@ -24,8 +26,12 @@ struct Ab {
 }
 
 impl Ab {
-    fn of(samples: &[Samples; 2], pick: fn(&Samples) -> &Vec<f64>) -> Self {
-        Self { untraced: median(pick(&samples[0]).clone()), traced: median(pick(&samples[1]).clone()) }
+    fn of(samples: &[Samples; 3], pick: fn(&Samples) -> &Vec<f64>) -> Self {
+        Self::between(samples, 0, 1, pick)
+    }
+
+    fn between(samples: &[Samples; 3], a: usize, b: usize, pick: fn(&Samples) -> &Vec<f64>) -> Self {
+        Self { untraced: median(pick(&samples[a]).clone()), traced: median(pick(&samples[b]).clone()) }
     }
 
     fn added(self) -> f64 {
@@ -61,6 +67,10 @@ pub struct Serial {
     /// The page with `SQL_QUERIES` queries, and the tracer's own CPU per request of it.
     sql_request_us: Ab,
     sql_tracer_us: f64,
+    /// Both pages traced with the SQL capture off, against untraced.
+    hello_sql_off_us: Ab,
+    sql_page_sql_off_us: Ab,
+    sql_off_tracer_us: f64,
     pipe_us: Ab,
     tcp_us: Ab,
     /// ns per call of an unhooked syscall and of a hooked futex.
@@ -76,7 +86,12 @@ impl Serial {
         sql["tracer_own_cpu"] = json!(self.sql_tracer_us);
         sql["queries"] = json!(SQL_QUERIES);
         sql["added_us_per_query"] = json!(self.per_query_us());
+        let mut sql_off = self.sql_page_sql_off_us.json();
+        sql_off["hello_world"] = self.hello_sql_off_us.json();
+        sql_off["tracer_own_cpu"] = json!(self.sql_off_tracer_us);
+        sql_off["added_us_per_query"] = json!(self.per_query_sql_off_us());
         json!({
+            "sql_page_with_sql_capture_off_us_per_request": sql_off,
             "hello_world_us_per_request": hello,
             "sql_page_us_per_request": sql,
             "unrelated_pipe_round_trip_us": self.pipe_us.json(),
@@ -91,6 +106,11 @@ impl Serial {
     fn per_query_us(&self) -> f64 {
         let added = |ab: Ab, tracer: f64| ab.added() + tracer;
         (added(self.sql_request_us, self.sql_tracer_us) - added(self.request_us, self.tracer_us)) / SQL_QUERIES as f64
+    }
+
+    /// The same with the SQL capture off: what the hooks alone cost per query.
+    fn per_query_sql_off_us(&self) -> f64 {
+        (self.sql_page_sql_off_us.added() - self.hello_sql_off_us.added()) / SQL_QUERIES as f64
     }
 
     pub fn print(&self) {
@@ -109,6 +129,13 @@ impl Serial {
             self.sql_request_us.added(),
             self.sql_tracer_us,
             self.per_query_us()
+        );
+        println!(
+            "Serial, SQL capture off (--sql-capture-bytes 0): hello-world +{:.1} µs, SQL page +{:.1} µs on the serving CPU; {:.2} µs per query on the serving CPU (with it on: {:.2})",
+            self.hello_sql_off_us.added(),
+            self.sql_page_sql_off_us.added(),
+            self.per_query_sql_off_us(),
+            (self.sql_request_us.added() - self.request_us.added()) / SQL_QUERIES as f64
         );
         println!("Unwatched process, pipe round trip (2 writes, 2 reads, 2 context switches): {}", self.pipe_us.line("µs", 2));
         println!("Unwatched process, loopback TCP round trip (2 writes, 2 reads, 2 segments, 2 context switches): {}", self.tcp_us.line("µs", 2));
@@ -142,12 +169,16 @@ pub fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> an
     let sql_url = format!("http://127.0.0.1:{}/db/orders/{}", server.port, SQL_QUERIES - 1);
     wrk_on(Some(1), &url, 1, 1, 2)?;
     wrk_on(Some(1), &sql_url, 1, 1, 2)?;
-    let mut samples: [Samples; 2] = Default::default();
+    let mut samples: [Samples; 3] = Default::default();
     let mut tracer_cpu = Vec::new();
     let mut sql_tracer_cpu = Vec::new();
+    let mut sql_off_tracer_cpu = Vec::new();
     for round in 0..SERIAL_ROUNDS {
-        for with in if round % 2 == 0 { [false, true] } else { [true, false] } {
-            let tracer = if with { start_tracer(Config::Default, server.master_pid(), "500ms", bin, venv, &[])? } else { None };
+        // 0 untraced, 1 traced, 2 traced with the SQL capture off.
+        for config in if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] } {
+            let with = config > 0;
+            let extra: &[&str] = if config == 2 { &["--sql-capture-bytes", "0"] } else { &[] };
+            let tracer = if with { start_tracer(Config::Default, server.master_pid(), "500ms", bin, venv, extra)? } else { None };
             if let Some(t) = &tracer {
                 pin(t.pid, 0);
             }
@@ -160,11 +191,15 @@ pub fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> an
             let tcp = tcp_round_trip_us(1, 50_000)?;
             let (ppid, futex) = syscall_loops_ns(1, 1_000_000)?;
             if let Some(mut t) = tracer {
-                tracer_cpu.push((t1 - t0) / r.requests.max(1.0) * 1e6);
-                sql_tracer_cpu.push((t2 - t1) / q.requests.max(1.0) * 1e6);
+                if config == 1 {
+                    tracer_cpu.push((t1 - t0) / r.requests.max(1.0) * 1e6);
+                    sql_tracer_cpu.push((t2 - t1) / q.requests.max(1.0) * 1e6);
+                } else {
+                    sql_off_tracer_cpu.push((t2 - t1) / q.requests.max(1.0) * 1e6);
+                }
                 t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
             }
-            let s = &mut samples[usize::from(with)];
+            let s = &mut samples[config];
             s.request_us.push(1e6 / r.rps);
             s.sql_request_us.push(1e6 / q.rps);
             s.pipe_us.push(pipe);
@@ -173,7 +208,7 @@ pub fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> an
             s.futex_ns.push(futex);
             eprintln!(
                 "bench: serial round {round} {}: {:.1} µs/request, SQL page {:.1} µs/request, pipe round trip {pipe:.2} µs, TCP round trip {tcp:.2} µs",
-                if with { "introspect" } else { "no tracer" },
+                ["no tracer", "introspect", "introspect, SQL capture off"][config],
                 1e6 / r.rps,
                 1e6 / q.rps
             );
@@ -184,6 +219,9 @@ pub fn serial_and_unrelated(bin: &std::path::Path, venv: &std::path::Path) -> an
         tracer_us: median(tracer_cpu),
         sql_request_us: Ab::of(&samples, |s| &s.sql_request_us),
         sql_tracer_us: median(sql_tracer_cpu),
+        hello_sql_off_us: Ab::between(&samples, 0, 2, |s| &s.request_us),
+        sql_page_sql_off_us: Ab::between(&samples, 0, 2, |s| &s.sql_request_us),
+        sql_off_tracer_us: median(sql_off_tracer_cpu),
         pipe_us: Ab::of(&samples, |s| &s.pipe_us),
         tcp_us: Ab::of(&samples, |s| &s.tcp_us),
         getppid_ns: Ab::of(&samples, |s| &s.getppid_ns),

@@ -75,7 +75,14 @@ pub fn server_port(dsn: &str) -> Result<u16, ActivityError> {
 /// [`INTERVAL`] into the returned channel until the receiver is dropped. A failure after the
 /// start ends the channel with its message.
 pub async fn start(dsn: &str) -> Result<mpsc::UnboundedReceiver<Result<Sample, String>>, ActivityError> {
-    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await.map_err(ActivityError::Connect)?;
+    let mut config: tokio_postgres::Config = dsn.parse().map_err(|e: tokio_postgres::Error| ActivityError::Dsn(e.to_string()))?;
+    // A password kept out of the command line (where `ps` shows it), as libpq reads it.
+    if config.get_password().is_none()
+        && let Ok(p) = std::env::var("PGPASSWORD")
+    {
+        config.password(p);
+    }
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(ActivityError::Connect)?;
     tokio::spawn(async move {
         // Ends when the client is dropped or the server goes away; the sampler reports that.
         let _ = connection.await;

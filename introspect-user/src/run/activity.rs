@@ -13,9 +13,13 @@ use crate::{
     sql::activity::{INTERVAL, Sample, Session},
 };
 
-/// How often /proc is searched again for clients not found yet: sessions of other hosts (and
-/// psql) are never found, and a search reads every watched process's fd table.
+/// How often /proc may be searched for new clients: a search reads the TCP table and every
+/// watched process's fd table.
 const RESEARCH: Duration = Duration::from_millis(50);
+/// Searches for one client before it is taken for someone else's (another host's app, a psql):
+/// its socket exists before its session does, so a second look is only for a search that ran
+/// between the two.
+const TRIES: u8 = 2;
 /// The key of a connection found by its port alone.
 const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
@@ -23,6 +27,7 @@ const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 struct Client {
     addr: (IpAddr, u16),
     found: Option<(u32, i32)>,
+    tries: u8,
 }
 
 pub struct Sampler {
@@ -45,16 +50,17 @@ impl Sampler {
             let Some(addr) = *addr else { continue };
             let known = self.clients.get(&s.backend).is_some_and(|c| c.addr == addr);
             if !known {
-                self.clients.insert(s.backend, Client { addr, found: None });
+                self.clients.insert(s.backend, Client { addr, found: None, tries: 0 });
             }
         }
         let live_backends: BTreeSet<u32> = sample.sessions.iter().map(|(s, _)| s.backend).collect();
         self.clients.retain(|b, _| live_backends.contains(b));
-        let searching = self.clients.values().any(|c| c.found.is_none());
+        let searching = self.clients.values().any(|c| c.found.is_none() && c.tries < TRIES);
         if searching && self.last_search.is_none_or(|t| t.elapsed() >= RESEARCH) {
             self.last_search = Some(Instant::now());
             let found = self.search(live);
-            for (backend, c) in self.clients.iter_mut().filter(|(_, c)| c.found.is_none()) {
+            for (backend, c) in self.clients.iter_mut().filter(|(_, c)| c.found.is_none() && c.tries < TRIES) {
+                c.tries += 1;
                 if let Some(&(pid, fd)) = found.get(&c.addr).or_else(|| found.get(&(ANY, c.addr.1))) {
                     c.found = Some((pid, fd));
                     out.push(Event::DbLink { hdr: hdr(pid, sample.ts), fd, backend: *backend });

@@ -70,8 +70,11 @@ pub fn check_against_client(exchanges: &[Exchange], lines: &[Line], check_tid: b
         // Never above the client's time, up to the server's own syscall return: on loopback the
         // last byte reaches the client while the server's write() is still returning (the
         // softirq that delivers it runs first), and a real-time client can read it a few µs
-        // before that return is stamped. 10 µs covers it; duration_ms is printed to the µs.
-        assert!(ours <= client_ms + 0.011, "{}: {ours} ms reported, above the client's {client_ms:.3} ms", ex.path);
+        // before that return is stamped: when it runs on the writer's CPU it preempts the write
+        // and stamps its own time first. Seen up to 8 µs here and 13 µs on a slower CI machine;
+        // 50 µs bounds it and still catches any real excess (keep-alive idle time, a previous
+        // request's tail: milliseconds). duration_ms is printed to the µs.
+        assert!(ours <= client_ms + 0.050, "{}: {ours} ms reported, above the client's {client_ms:.3} ms", ex.path);
         // Hypervisor steal while the client waited is time it saw pass that no one ran, and the
         // client's own wait for a CPU (6 clients on 2 vCPUs) is time after the server's last
         // write. The client's time also holds the wait of its bytes before the server read them

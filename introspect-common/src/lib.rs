@@ -34,6 +34,7 @@ pub mod names {
     pub const OFFCPU: &str = "OFFCPU";
     pub const PY_WALK: &str = "PY_WALK";
     pub const ARMED: &str = "ARMED";
+    pub const PY_THREADS: &str = "PY_THREADS";
     pub const ARMED_ANY: &str = "ARMED_ANY";
     pub const STACKS: &str = "STACKS";
     pub const HEARTBEATS: &str = "HEARTBEATS";
@@ -93,7 +94,24 @@ pub mod stack_flag {
     /// Taken as a fatal signal was delivered to a serving thread: where it was when it was
     /// killed (or when its handler was about to run).
     pub const SIGNAL: u16 = 1 << 2;
+    /// From the all-traffic profiler (`--profile-all`, `record`): a per-CPU CPU-clock sample of
+    /// any thread of a watched process, or an off-CPU stack of a serving thread taken as its
+    /// wait was sampled (see [`SAMPLE_EVERY`]); not from arming.
+    pub const SAMPLED: u16 = 1 << 3;
+    /// An off-CPU stack taken at the exit of the syscall the thread blocked in (its user and
+    /// Python frames are those it blocked with); `wait_us` is the syscall's duration.
+    pub const AT_EXIT: u16 = 1 << 4;
+    /// Stands for [`SAMPLE_EVERY`] such waits: one in that many was captured.
+    pub const SCALED: u16 = 1 << 5;
 }
+
+/// The all-traffic profiler captures every wait of a serving thread that lasts at least this
+/// long (so at most one stack walk per millisecond of waiting)...
+pub const LONG_WAIT_NS: u64 = 1_000_000;
+/// ... and one in this many shorter ones (and of switch-outs outside a hooked syscall:
+/// preemption, page faults), counted per CPU, weighted by this many: a hello-world request
+/// blocks a few times for microseconds, and a stack walk at each would cost more than serving it.
+pub const SAMPLE_EVERY: u16 = 16;
 
 /// Flags on a [`DataEvent`].
 pub mod data_flag {
@@ -485,7 +503,8 @@ pub struct StackEvent {
     pub kstack: i32,
     pub ustack: i32,
     pub nframes: u32,
-    pub _pad: u32,
+    /// `stack_flag::AT_EXIT`: how long the syscall lasted, in microseconds.
+    pub wait_us: u32,
     pub frames: [PyRawFrame; PY_FRAMES_MAX],
 }
 const _: () = assert!(size_of::<StackEvent>() == 40 + 16 * PY_FRAMES_MAX);
@@ -567,7 +586,9 @@ pub struct Settings {
     /// 1: copy the head of each request and response on outbound connections too (the payload
     /// of a protocol parser for them); 0: only their sizes and timing.
     pub outbound_heads: u8,
-    pub _pad: u8,
+    /// 1: the all-traffic profiler is on: off-CPU waits of every serving thread are sampled
+    /// (its on-CPU side is the per-CPU sampler, attached only then).
+    pub profile_all: u8,
     /// Bytes of each write on a database connection copied (at most [`WIRE_MAX`]); 0: database
     /// connections are not recognised, nothing of them is copied.
     pub sql_capture: u16,

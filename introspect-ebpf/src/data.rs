@@ -12,12 +12,15 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use introspect_common::{CLIENT_CONN, ConnKey, DataEvent, DataPayloadEvent, PAYLOAD_MAX, SysCtx, counter, data_flag, kind, phase, role};
+use introspect_common::{
+    CLIENT_CONN, ConnKey, DataEvent, DataPayloadEvent, LONG_WAIT_NS, PAYLOAD_MAX, SysCtx, counter, data_flag, kind, phase, role, stack_flag,
+};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header, send},
     fd,
     maps::{ARRIVALS, CONNS, EVENTS, Pending, SETTINGS, buf_kind, count, is_tracked, set_thread_bits, thread, thread_bits},
+    python::{capture_sampled, wait_sampled},
     syscall::{arg, emit_syscall, now, nr, recall, remember, ret},
     wire,
 };
@@ -136,6 +139,9 @@ pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(p) = recall(pid_tgid as u32) else { return 0 };
     let n = ret(&ctx);
+    if thread_bits(pid_tgid as u32) & thread::WAITED != 0 {
+        sampled_wait(&ctx, &p, pid_tgid);
+    }
     match p.kind {
         kind::SYSCALL => emit_syscall(&p, n, pid_tgid),
         kind::OPEN | kind::SOCKET | kind::DUP => fd::exit(&p, n, pid_tgid),
@@ -249,4 +255,23 @@ fn emit_with_payload(p: &Pending, mut base: DataEvent, n: u64) {
         (*ev).data = base;
     }
     entry.submit(SUBMIT_FLAGS);
+}
+
+/// All-traffic profiling: the thread left the CPU inside this syscall. Every wait of at least
+/// `LONG_WAIT_NS` is captured, one in `SAMPLE_EVERY` shorter ones: here, not at the switch-out,
+/// because only now is its length known; the user and Python frames are still those the thread
+/// blocked with (it ran no user code since).
+#[inline(always)]
+fn sampled_wait(ctx: &TracePointContext, p: &Pending, pid_tgid: u64) {
+    set_thread_bits(pid_tgid as u32, 0, thread::WAITED);
+    let now = now();
+    let dur = now.saturating_sub(p.enter_ts);
+    let flags = if dur >= LONG_WAIT_NS {
+        stack_flag::OFF_CPU | stack_flag::AT_EXIT
+    } else if wait_sampled() {
+        stack_flag::OFF_CPU | stack_flag::AT_EXIT | stack_flag::SCALED
+    } else {
+        return;
+    };
+    capture_sampled(ctx, flags, now, pid_tgid, (dur / 1000).min(u32::MAX as u64) as u32);
 }

@@ -37,6 +37,9 @@ pub mod thread {
     pub const PENDING: u8 = 1 << 2;
     /// A PostgreSQL backend: followed through the scheduler (its `DB_BACKENDS` entry).
     pub const DB_BACKEND: u8 = introspect_common::thread_bit::DB_BACKEND;
+    /// Left the CPU inside its current `PENDING` syscall (all-traffic profiling): its stack is
+    /// taken at that syscall's exit, if the wait is sampled.
+    pub const WAITED: u8 = 1 << 4;
 }
 
 /// Connections of tracked processes: accepted ones (served) and the ones they connected
@@ -72,6 +75,16 @@ pub static OFFCPU: HashMap<u32, OffCpuState> = HashMap::with_max_entries(16384, 
 /// of its threads.
 #[map(name = "PY_WALK")]
 pub static PY_WALK: HashMap<u32, PyWalk> = HashMap::with_max_entries(4096, 0);
+
+/// Every Python thread of the watched processes that userspace has found the thread state of
+/// (by tid), for the all-traffic profiler's Python walks. Entries of exited processes are
+/// removed by userspace.
+#[map(name = "PY_THREADS")]
+pub static PY_THREADS: HashMap<u32, Armed> = HashMap::with_max_entries(16384, 0);
+
+/// Per CPU: waits seen by the all-traffic profiler since the last one it sampled.
+#[map(name = "WAIT_TICKS")]
+pub static WAIT_TICKS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Threads serving a slow request, whose stacks are captured (by tid).
 #[map(name = "ARMED")]
@@ -122,7 +135,7 @@ pub static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
 });
 
 #[unsafe(no_mangle)]
-pub static SETTINGS: Global<Settings> = Global::new(Settings { outbound_heads: 0, _pad: 0, sql_capture: 0, _pad2: [0; 4] });
+pub static SETTINGS: Global<Settings> = Global::new(Settings { outbound_heads: 0, profile_all: 0, sql_capture: 0, _pad2: [0; 4] });
 
 /// How a pending syscall names its buffer.
 pub mod buf_kind {

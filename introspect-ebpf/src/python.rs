@@ -7,11 +7,11 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     programs::tracing::StackIdContext,
 };
-use introspect_common::{Armed, NO_OFFSET, PY_FRAMES_MAX, PyRawFrame, PyWalk, StackEvent, counter, kind, stack_flag};
+use introspect_common::{Armed, NO_OFFSET, PY_FRAMES_MAX, PyRawFrame, PyWalk, SAMPLE_EVERY, StackEvent, counter, kind, stack_flag};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header},
-    maps::{ARMED, ARMED_ANY, EVENTS, PY_WALK, STACKS, count},
+    maps::{ARMED, ARMED_ANY, EVENTS, PY_THREADS, PY_WALK, SETTINGS, STACKS, WAIT_TICKS, count},
 };
 
 /// bpf_get_stackid flags (include/uapi/linux/bpf.h).
@@ -43,8 +43,43 @@ fn armed_walk(tid: u32) -> Option<(u64, PyWalk)> {
 pub fn capture<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
     if let Some(walk) = armed_walk(pid_tgid as u32) {
-        emit(ctx, flags, ts, pid_tgid, Some(walk));
+        emit(ctx, flags, ts, pid_tgid, Some(walk), 0);
     }
+}
+
+/// Whether the all-traffic profiler is on.
+#[inline(always)]
+pub fn profiling_all() -> bool {
+    SETTINGS.load().profile_all != 0
+}
+
+/// For the all-traffic profiler: true for one wait in `SAMPLE_EVERY` on this CPU.
+#[inline(always)]
+pub fn wait_sampled() -> bool {
+    let Some(t) = WAIT_TICKS.get_ptr_mut(0) else { return false };
+    // SAFETY: per-CPU slot, and BPF programs do not preempt each other on one CPU.
+    unsafe {
+        *t += 1;
+        if *t >= SAMPLE_EVERY as u32 {
+            *t = 0;
+            return true;
+        }
+    }
+    false
+}
+
+/// How to walk the thread's Python frames for the all-traffic profiler, if userspace has found
+/// its thread state.
+#[inline(always)]
+fn profiled_walk(tid: u32) -> Option<(u64, PyWalk)> {
+    // SAFETY: map value pointers from successful lookups.
+    unsafe { PY_THREADS.get_ptr(tid).and_then(|a| Some(((*a).tstate, *PY_WALK.get_ptr((*a).tgid)?))) }
+}
+
+/// The all-traffic profiler: emits the current thread's stacks with `flags | SAMPLED`.
+#[inline(always)]
+pub fn capture_sampled<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64, pid_tgid: u64, wait_us: u32) {
+    emit(ctx, flags | stack_flag::SAMPLED, ts, pid_tgid, profiled_walk(pid_tgid as u32), wait_us);
 }
 
 /// The current thread, serving a request, is taking a fatal signal: its kernel and native
@@ -52,11 +87,12 @@ pub fn capture<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64) {
 #[inline(always)]
 pub fn capture_dying<C: EbpfContext + StackIdContext>(ctx: &C, ts: u64) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    emit(ctx, stack_flag::SIGNAL, ts, pid_tgid, armed_walk(pid_tgid as u32));
+    let tid = pid_tgid as u32;
+    emit(ctx, stack_flag::SIGNAL, ts, pid_tgid, armed_walk(tid).or_else(|| profiled_walk(tid)), 0);
 }
 
 #[inline(always)]
-fn emit<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64, pid_tgid: u64, walk: Option<(u64, PyWalk)>) {
+fn emit<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64, pid_tgid: u64, walk: Option<(u64, PyWalk)>, wait_us: u32) {
     let Some(mut entry) = EVENTS.reserve::<StackEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return;
@@ -94,7 +130,7 @@ fn emit<C: EbpfContext + StackIdContext>(ctx: &C, flags: u16, ts: u64, pid_tgid:
         (*ev).kstack = kstack;
         (*ev).ustack = ustack;
         (*ev).nframes = n;
-        (*ev)._pad = 0;
+        (*ev).wait_us = wait_us;
     }
     entry.submit(SUBMIT_FLAGS);
 }

@@ -13,7 +13,7 @@ use crate::{
     emit::{header, send},
     field,
     maps::{OFFCPU, OFFSETS, PENDING, set_thread_bits, thread, thread_bits, upsert},
-    python::capture,
+    python::{capture, capture_sampled, profiling_all, wait_sampled},
 };
 
 /// sched_switch prev_state: the low byte is the task state (0 = runnable, i.e. preempted);
@@ -58,6 +58,16 @@ pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
         // A thread of a slow request: its stack as it leaves the CPU, weighted later by how long
         // it stays off.
         capture(&ctx, stack_flag::OFF_CPU, now);
+        if profiling_all() {
+            if prev_bits & thread::PENDING != 0 {
+                // In a hooked syscall: sampled at its exit, when its length is known.
+                set_thread_bits(prev, thread::WAITED, 0);
+            } else if wait_sampled() {
+                // Preempted, or blocked outside the hooked syscalls: weighted by the wait that
+                // follows, times the sampling.
+                capture_sampled(&ctx, stack_flag::OFF_CPU | stack_flag::SCALED, now, pid_tgid, 0);
+            }
+        }
     }
     if next_bits & thread::DB_BACKEND != 0 {
         backend::switched_in(next, now);

@@ -33,11 +33,15 @@ pub enum Command {
 }
 
 const RECORD_EXAMPLES: &str = "EXAMPLES:
-    # One minute of a server on port 8000; then open out/slow.svg in a browser:
+    # One minute of a server on port 8000, every request profiled at 49 Hz; then open
+    # out/all.svg (where the time went) and out/slow.svg (the requests over 500 ms):
     introspect record --port 8000 --duration 60s --out out
 
-    # Only requests over 200 ms are slow (and profiled):
-    introspect record --pid 4242 --threshold 200ms --duration 5m --out /tmp/run1";
+    # Only requests over 200 ms in events.jsonl and slow.svg (the graphs still cover all):
+    introspect record --pid 4242 --threshold 200ms --duration 5m --out /tmp/run1
+
+    # Only slow requests sampled and drawn, as `watch` does:
+    introspect record --port 8000 --duration 60s --slow-only --out out";
 
 const TOP_EXAMPLES: &str = "EXAMPLES:
     introspect top --port 8000
@@ -56,13 +60,17 @@ pub struct RecordArgs {
     /// How long to record (e.g. 60s, 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Directory for events.jsonl, summary.json, slow.folded, slow.svg, cpu.svg, offcpu.svg and
-    /// routes/*.svg (created if needed).
+    /// Directory for events.jsonl, summary.json, all.svg, cpu.svg, offcpu.svg, slow.svg (with
+    /// .folded files) and routes/*.svg (created if needed).
     #[arg(long)]
     pub out: PathBuf,
     /// Keep query strings in reported paths.
     #[arg(long)]
     pub keep_query: bool,
+    /// Sample and draw only requests over the threshold (and report only those), as `watch`
+    /// does: cheaper, but blind to fast pages that add up.
+    #[arg(long)]
+    pub slow_only: bool,
 }
 
 #[derive(Args, Debug)]
@@ -167,20 +175,35 @@ pub struct Servers {
 
 #[derive(Args, Debug, Clone)]
 pub struct Reporting {
-    /// Report completed requests at least this slow, and running requests as they cross it.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub threshold: Duration,
+    /// Report completed requests at least this slow, and running requests as they cross it
+    /// [default: 500ms]. `record` reports every request unless this is given.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub threshold: Option<Duration>,
     /// Report every completed request, not only slow ones.
     #[arg(long)]
     pub all: bool,
-    /// On-CPU sampling frequency (Hz) of a slow request's thread, from the moment it crosses the
-    /// threshold until it ends (0: no on-CPU samples).
-    #[arg(long, default_value_t = 99)]
-    pub sample_hz: u64,
+    /// On-CPU sampling frequency (Hz). Profiling all traffic (`record`, `watch --profile-all`):
+    /// of every thread of the watched processes, default 49. Otherwise: of a slow request's
+    /// thread from the moment it crosses the threshold until it ends, default 99. 0: no
+    /// on-CPU samples.
+    #[arg(long)]
+    pub sample_hz: Option<u64>,
+    /// Profile all traffic: sample every thread of the watched processes (on-CPU, and their
+    /// waits) and give every reported request its `profile`, not only slow ones. `record` does
+    /// this unless `--slow-only`.
+    #[arg(long)]
+    pub profile_all: bool,
     /// Flag an N+1 pattern when one request runs the same statement shape with different values
     /// at least COUNT times, [and together at least MIN_TOTAL] (e.g. `10,50ms`).
     #[arg(long, default_value = "5", value_name = "COUNT[,MIN_TOTAL]")]
     pub n_plus_one: NPlusOne,
+}
+
+impl Reporting {
+    /// `--threshold`, or its default.
+    pub fn threshold(&self) -> Duration {
+        self.threshold.unwrap_or(Duration::from_millis(500))
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -50,6 +50,62 @@ def cpu(ms, tag=None):
     return _measured(spent, cpu_ms, f"burned {ms} ms\n")
 
 
+def price_catalog(ms):
+    """The typical hotspot: a page whose CPU, called often, adds up. It spins itself (rather
+    than through burn) so that it is the innermost Python frame of its samples."""
+    end = time.thread_time() + ms / 1000.0
+    x = 0
+    while time.thread_time() < end:
+        x += 1
+    return x
+
+
+@app.route("/catalog/<int:ms>")
+@app.route("/catalog/<int:ms>/<tag>")
+def catalog(ms, tag=None):
+    _, spent, cpu_ms = _timed(lambda: price_catalog(ms))
+    return _measured(spent, cpu_ms, f"priced in {ms} ms of CPU\n")
+
+
+def crunch_report(ms):
+    end = time.thread_time() + ms / 1000.0
+    x = 0
+    while time.thread_time() < end:
+        x += 1
+    return x
+
+
+def housekeeping(ms):
+    """Work a background thread does outside any request."""
+    end = time.thread_time() + ms / 1000.0
+    x = 0
+    while time.thread_time() < end:
+        x += 1
+    return x
+
+
+@app.route("/later/<int:ms>")
+def later(ms):
+    """Answers at once and leaves `ms` of CPU to a background thread: samples of that thread
+    belong to no request. X-Bg-Tid names the thread."""
+    t = threading.Thread(target=housekeeping, args=(ms,), daemon=True)
+    t.start()
+    resp = Response("later\n")
+    resp.headers["X-Bg-Tid"] = str(t.native_id)
+    return resp
+
+
+@app.route("/report/<int:ms>")
+@app.route("/report/<int:ms>/<tag>")
+def report(ms, tag=None):
+    """The rare slow page: a third of its time on the CPU (crunch_report), the rest asleep."""
+    def run():
+        crunch_report(ms / 3)
+        time.sleep(ms * 2 / 3 / 1000.0)
+    _, spent, cpu_ms = _timed(run)
+    return _measured(spent, cpu_ms, f"report in {ms} ms\n")
+
+
 @app.route("/fail")
 @app.route("/fail/<tag>")
 def fail(tag=None):

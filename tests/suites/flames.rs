@@ -78,7 +78,8 @@ fn record_writes_real_graphs_and_a_table_that_matches_the_client() {
     let out = std::env::temp_dir().join(format!("introspect-record-{}", server.port));
     let _ = fs::remove_dir_all(&out);
     let mut cmd = Command::new(introspect_bin());
-    cmd.args(["record", "--port", &server.port.to_string(), "--threshold", "100ms", "--duration", "12s", "--out"])
+    // Today's slow-only profile (the all-traffic one has its own tests below).
+    cmd.args(["record", "--slow-only", "--port", &server.port.to_string(), "--threshold", "100ms", "--duration", "12s", "--out"])
         .arg(&out)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -164,6 +165,164 @@ fn record_writes_real_graphs_and_a_table_that_matches_the_client() {
     let res = introspect::run(&["flamegraph", out.join("events.jsonl").to_str().unwrap(), "--route", "/nope", "-o", "/dev/null"]);
     assert_eq!(res.status.code(), Some(2), "an unknown route is a usage error");
     let _ = fs::remove_dir_all(&out);
+}
+
+/// The line `def NAME(` is on in an app's source (what `hot` must call its line).
+fn def_line(app_file: &str, name: &str) -> u64 {
+    let src = fs::read_to_string(introspect_tests::repo_root().join("tests/apps").join(app_file)).unwrap();
+    src.lines().position(|l| l.starts_with(&format!("def {name}("))).map(|i| i as u64 + 1).expect("function in the app")
+}
+
+/// The innermost Python frame's function of a folded line (`root;outer;...;inner weight`).
+fn innermost_python(line: &str) -> Option<String> {
+    let (stack, _) = line.rsplit_once(' ')?;
+    // Python frames are labelled `function (file:line)`.
+    stack.split(';').skip(1).filter(|f| f.ends_with(')') && f.contains(" (")).last().map(|f| f.split(" (").next().unwrap().to_string())
+}
+
+/// Weight per root frame (route, or `(no request)`) of a folded file, heaviest first.
+fn roots(folded: &str) -> Vec<(String, u64)> {
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    for l in folded.lines() {
+        let (stack, w) = l.rsplit_once(' ').unwrap();
+        *by.entry(stack.split(';').next().unwrap().to_string()).or_default() += w.parse::<u64>().unwrap();
+    }
+    let mut v: Vec<(String, u64)> = by.into_iter().collect();
+    v.sort_by_key(|r| std::cmp::Reverse(r.1));
+    v
+}
+
+/// `record` with no threshold against a real app: a 150 ms CPU page called 20 times as often as
+/// a 1.5 s page (a third CPU, the rest asleep). What the site spent its CPU on must come out
+/// first, in the table and the graph, in the proportion the app measured with its own thread
+/// CPU clock; the slow page must lead the slow-only view; every request must be in
+/// events.jsonl. `app_file`: the source holding `price_catalog`; `background`: the app has
+/// `/later/MS` (CPU on a thread serving no request).
+/// The two pages' routes (a trailing tag makes every path unique).
+const CATALOG: &str = "/catalog/{id}/{id}";
+const REPORT: &str = "/report/{id}/{id}";
+
+fn record_profiles_all_traffic(app: &str, app_file: &str, background: bool) {
+    let server = Gunicorn::start(app, 2, &[]);
+    let out = std::env::temp_dir().join(format!("introspect-record-all-{}", server.port));
+    let _ = fs::remove_dir_all(&out);
+    let mut cmd = Command::new(introspect_bin());
+    cmd.args(["record", "--port", &server.port.to_string(), "--duration", "14s", "--out"]).arg(&out).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut record = Guard::spawn("introspect record", &mut cmd).expect("spawn record");
+    thread::sleep(Duration::from_secs(2));
+    let mut paths: Vec<String> = (0..63).map(|i| if i % 21 == 10 { format!("/report/1500/{i}") } else { format!("/catalog/150/{i}") }).collect();
+    if background {
+        paths.insert(5, "/later/400".to_string());
+    }
+    let exchanges: Vec<Exchange> = drive(server.port, paths, 2, false, false);
+    assert!(exchanges.iter().all(|e| e.status == 200), "every request answered");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = record.try_wait() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "record did not finish");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "record failed");
+    let summary: Value = serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+
+    // Every request, counted per route as the client sent them.
+    let mut client: BTreeMap<String, u64> = BTreeMap::new();
+    for ex in &exchanges {
+        *client.entry(route_of(&ex.path)).or_default() += 1;
+    }
+    let events = fs::read_to_string(out.join("events.jsonl")).unwrap();
+    let mut logged: BTreeMap<String, u64> = BTreeMap::new();
+    for l in events.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        if v["type"] == "request" {
+            *logged.entry(route_of(v["path"].as_str().unwrap())).or_default() += 1;
+            assert!(v["profile"].is_array(), "every request has its profile: {l}");
+        }
+    }
+    assert_eq!(logged, client, "requests in events.jsonl");
+    let rows = summary["endpoints"].as_array().unwrap();
+    let counted: BTreeMap<String, u64> = rows.iter().map(|r| (r["route"].as_str().unwrap().to_string(), r["count"].as_u64().unwrap())).collect();
+    assert_eq!(counted, client, "per-route counts");
+
+    // The hot table: the often-called page's function first, its line, its share.
+    let hot = summary["hot"].as_array().expect("a hot table");
+    assert!(!hot.is_empty() && hot.len() <= 50);
+    let top = &hot[0];
+    assert_eq!(top["function"], "price_catalog", "hottest function: {top}");
+    assert_eq!(top["line"].as_u64(), Some(def_line(app_file, "price_catalog")), "its line of definition");
+    assert!(top["file"].as_str().unwrap().ends_with(app_file));
+    assert_eq!(top["routes"][0]["route"], CATALOG);
+    let cpu_of = |route: &str| exchanges.iter().filter(|e| route_of(&e.path) == route).map(|e| e.header_f64("X-Cpu-Ms").unwrap()).sum::<f64>();
+    let theirs = cpu_of(CATALOG) / (cpu_of(CATALOG) + cpu_of(REPORT));
+    let ours = top["share_cpu"].as_f64().unwrap();
+    eprintln!("{app}: price_catalog's CPU share {ours} vs the app's own {theirs:.4}");
+    assert!((ours - theirs).abs() <= 0.10 * theirs, "price_catalog's CPU share: {ours} vs the app's own {theirs:.4}");
+    let catalog_requests = client[CATALOG];
+    let seen_in = top["requests"].as_u64().unwrap();
+    assert!(seen_in * 10 >= catalog_requests * 9 && seen_in <= catalog_requests, "seen in {seen_in} of {catalog_requests} catalog requests");
+    let crunch = hot.iter().find(|r| r["function"] == "crunch_report").expect("the slow page's CPU function in the table");
+    assert!(crunch["self_cpu_ms"].as_f64().unwrap() < top["self_cpu_ms"].as_f64().unwrap());
+
+    // all.svg: the widest innermost Python frame under the routes is the same function.
+    let all = fs::read_to_string(out.join("all.folded")).unwrap();
+    let mut leaves: BTreeMap<String, u64> = BTreeMap::new();
+    for l in all.lines().filter(|l| !l.starts_with("(no request)")) {
+        if let Some(f) = innermost_python(l) {
+            *leaves.entry(f).or_default() += l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap();
+        }
+    }
+    let widest = leaves.iter().max_by_key(|(_, w)| **w).unwrap();
+    assert_eq!(widest.0, "price_catalog", "widest leaf of all.svg: {leaves:?}");
+    // The slow-only view: led by the 1.5 s page.
+    let slow = roots(&fs::read_to_string(out.join("slow.folded")).unwrap());
+    assert_eq!(slow.first().map(|r| r.0.as_str()), Some(format!("GET {REPORT}").as_str()), "slow.svg's heaviest route: {slow:?}");
+
+    // Samples outside requests: under `(no request)`, counted in the summary.
+    let no_request = &summary["no_request"];
+    assert_eq!(no_request["samples"], summary["stacks"]["sampled"]["no_request_samples"]);
+    if background {
+        // 400 ms of a background thread's CPU at 49 Hz: about 20 samples.
+        let n = no_request["samples"].as_u64().unwrap();
+        eprintln!("{app}: {n} samples outside requests (400 ms of a background thread's CPU)");
+        assert!((10..=40).contains(&n), "{n} samples outside requests");
+        assert!(all.lines().any(|l| l.starts_with("(no request);") && l.contains("housekeeping (")), "housekeeping under (no request)");
+        assert!(no_request["stacks"].to_string().contains("housekeeping"));
+    }
+
+    // A browser draws them, with the known functions as titled frames.
+    assert_draws(&out.join("all.svg"), "price_catalog");
+    assert_draws(&out.join("cpu.svg"), "price_catalog");
+    assert_draws(&out.join("slow.svg"), "crunch_report");
+    let route_svgs: Vec<PathBuf> = fs::read_dir(out.join("routes")).unwrap().map(|e| e.unwrap().path()).collect();
+    let catalog = route_svgs.iter().find(|p| p.to_string_lossy().contains("catalog")).expect("a graph for the catalog route");
+    assert_draws(catalog, "price_catalog");
+    assert!(!route_svgs.iter().any(|p| p.to_string_lossy().contains("no_request")), "no route graph for (no request)");
+
+    // Offline: events.jsonl rebuilds the requests' part of all.folded.
+    let rebuilt = out.join("rebuilt.folded");
+    let res = introspect::run(&["flamegraph", out.join("events.jsonl").to_str().unwrap(), "--folded", "-o", rebuilt.to_str().unwrap()]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let requests_part: String = all.lines().filter(|l| !l.starts_with("(no request)")).map(|l| format!("{l}\n")).collect();
+    assert_eq!(fs::read_to_string(&rebuilt).unwrap(), requests_part);
+    let _ = fs::remove_dir_all(&out);
+}
+
+#[test]
+fn record_profiles_all_traffic_of_flask() {
+    if !can_trace("record_profiles_all_traffic_of_flask") {
+        return;
+    }
+    record_profiles_all_traffic("flaskapp:app", "flaskapp.py", true);
+}
+
+#[test]
+fn record_profiles_all_traffic_of_django() {
+    if !can_trace("record_profiles_all_traffic_of_django") {
+        return;
+    }
+    record_profiles_all_traffic("djangoapp.wsgi:application", "djangoapp/views.py", false);
 }
 
 /// A tmux session, killed when dropped.

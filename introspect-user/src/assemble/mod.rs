@@ -543,6 +543,17 @@ impl Assembler {
         }
     }
 
+    /// The request thread `tid` of `pid` is serving now (its start), if any.
+    pub fn serving(&self, pid: u32, tid: u32) -> Option<u64> {
+        self.conns
+            .iter()
+            .filter(|(k, _)| k.0 == pid)
+            .filter_map(|(_, c)| c.open.as_ref())
+            .filter(|o| o.reader_tid == tid || o.writer_tid == Some(tid))
+            .map(|o| o.start_ns)
+            .max()
+    }
+
     /// The open requests that crossed the threshold, as of now.
     pub fn running(&self) -> impl Iterator<Item = RunningRequest<'_>> {
         self.conns.iter().filter_map(|(&(pid, fd), c)| {

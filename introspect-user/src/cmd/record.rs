@@ -1,5 +1,6 @@
 //! `introspect record`: a watch for a fixed time whose outputs land in a directory: the JSON
-//! lines, the summary, and flame graphs of the slow requests (all, on-CPU, off-CPU, per route).
+//! lines, the summary, and flame graphs of all traffic (on- and off-CPU, on-CPU, off-CPU, per
+//! route) and of the slow requests.
 use std::{fs, io::BufWriter};
 
 use anyhow::Context as _;
@@ -15,14 +16,20 @@ use crate::{
     run::live::{self, Session},
 };
 
-pub fn run(args: RecordArgs) -> anyhow::Result<()> {
+pub fn run(mut args: RecordArgs) -> anyhow::Result<()> {
+    // A profile of what the site did: every request sampled and, unless a threshold says which
+    // are worth a line, reported.
+    let profile_all = !args.slow_only;
+    args.reporting.profile_all |= profile_all;
+    args.reporting.all |= profile_all && args.reporting.threshold.is_none();
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     // Every output is opened now: the watch forbids opening files for writing once it runs.
     let dir = OutDir::open(&args.out)?;
     let events = dir.create("events.jsonl")?;
     let summary = dir.create("summary.json")?;
-    let flames = FlameOut::dir(dir)?;
     let mut session = Session::new(args.target, args.reporting, Some(args.duration));
+    let sampling = session.profile_all.then(|| sampling_note(session.sample_hz()));
+    let flames = FlameOut::dir(dir, sampling)?;
     session.keep_query = args.keep_query;
     session.writable_dirs = flames.dirs();
     session.kill_timeout = args.servers.kill_timeout;
@@ -41,4 +48,14 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     live::watch(&session, sinks)?;
     eprintln!("introspect: wrote {0}/events.jsonl and {0}/summary.json", args.out.display());
     Ok(())
+}
+
+/// What the all-traffic graphs are made of, said under their titles.
+pub fn sampling_note(hz: u64) -> String {
+    format!(
+        "on-CPU: every thread sampled at {hz} Hz. off-CPU: waits of {} ms or more all counted, shorter ones 1 in {} (weighted x{})",
+        introspect_common::LONG_WAIT_NS / 1_000_000,
+        introspect_common::SAMPLE_EVERY,
+        introspect_common::SAMPLE_EVERY
+    )
 }

@@ -16,9 +16,10 @@ use crate::{
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let file = File::open(&args.file).map_err(|e| UsageError(format!("cannot open {}: {e}", args.file.display())))?;
     let cfg = Config {
-        threshold_ns: args.reporting.threshold.as_nanos() as u64,
+        threshold_ns: args.reporting.threshold().as_nanos() as u64,
         all: args.reporting.all,
-        sample_hz: args.reporting.sample_hz,
+        sample_hz: args.reporting.sample_hz.unwrap_or(if args.reporting.profile_all { 49 } else { 99 }),
+        profile_all: args.reporting.profile_all,
         interrupt: None,
         n_plus_one: args.reporting.n_plus_one,
     };
@@ -72,7 +73,8 @@ mod tests {
             if path.extension().is_none_or(|e| e != "recording") {
                 continue;
             }
-            let cfg = Config { threshold_ns: 500_000_000, all: true, sample_hz: 99, interrupt: None, n_plus_one: Default::default() };
+            let cfg =
+                Config { threshold_ns: 500_000_000, all: true, sample_hz: 99, profile_all: false, interrupt: None, n_plus_one: Default::default() };
             let mut out = Vec::new();
             replay(BufReader::new(File::open(&path).expect("open")), "fixture", cfg, &mut out).expect("replay");
             let expected_path = path.with_extension("expected.jsonl");

@@ -7,10 +7,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use introspect_common::{
     AcceptEvent, CloseEvent, ConnectEvent, DataEvent, DataPayloadEvent, DbLinkEvent, DbSwitchEvent, EventHeader, FdEvent, OffCpuEvent, OomEvent,
-    PAYLOAD_MAX, PY_FRAMES_MAX, PeerKey, ProcEvent, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, WIRE_MAX, data_flag, kind, stack_flag,
+    PAYLOAD_MAX, PY_FRAMES_MAX, PeerKey, ProcEvent, SAMPLE_EVERY, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, WIRE_MAX, data_flag, kind,
+    stack_flag,
 };
 
-use super::{Dir, Event, FdOrigin, Hdr, Sys, WaitFacts};
+use super::{Dir, Event, FdOrigin, Hdr, SampleWeight, Sys, WaitFacts};
 use crate::{
     kills::OomRss,
     proto::{Protocols, Side, Wire},
@@ -136,6 +137,10 @@ impl Decoder {
                     ustack: e.ustack,
                     raw: e.frames[..n].iter().map(|f| RawFrame { code: f.code, lasti: f.lasti }).collect(),
                     frames: Vec::new(),
+                    sampled: (e.hdr.flags & stack_flag::SAMPLED != 0).then(|| SampleWeight {
+                        wait_ns: (e.hdr.flags & stack_flag::AT_EXIT != 0).then_some(e.wait_us as u64 * 1000),
+                        every: if e.hdr.flags & stack_flag::SCALED != 0 { SAMPLE_EVERY as u32 } else { 1 },
+                    }),
                 }
             }
             kind::CLOSE => {

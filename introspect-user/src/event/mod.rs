@@ -82,6 +82,17 @@ pub struct WaitFacts {
     pub gil: bool,
 }
 
+/// How an all-traffic sample counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleWeight {
+    /// An off-CPU stack taken at the exit of the syscall it blocked in: how long that lasted
+    /// (else an off-CPU stack is weighted by the off-CPU interval starting at its `hdr.ts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ns: Option<u64>,
+    /// It stands for this many such waits (one in that many was captured); 1 for the rest.
+    pub every: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 pub enum Event {
@@ -148,8 +159,9 @@ pub enum Event {
         enter_ts: u64,
         ret: i64,
     },
-    /// A stack of a thread serving a slow request: a CPU-clock sample (`on_cpu`), or taken as it
-    /// left the CPU (`hdr.ts` is then that off-CPU interval's `out_ts`). The kernel's ids and raw
+    /// A stack of a thread serving a slow request, or of the all-traffic profiler (`sampled`): a
+    /// CPU-clock sample (`on_cpu`), or taken as it left the CPU (`hdr.ts` is then that off-CPU
+    /// interval's `out_ts`), or at the exit of the syscall it blocked in (`sampled.wait_ns`). The kernel's ids and raw
     /// Python frames are symbolized into `frames` by the live agent (and not recorded).
     Stack {
         hdr: Hdr,
@@ -164,6 +176,10 @@ pub enum Event {
         #[serde(skip)]
         raw: Vec<RawFrame>,
         frames: Vec<Frame>,
+        /// From the all-traffic profiler (of any thread of a watched process, serving or not),
+        /// and how it counts; `None`: from arming (a slow request's thread).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sampled: Option<SampleWeight>,
     },
     /// A request on `hdr.tid` crossed the threshold and its stacks started being captured: the
     /// stack then, and since when it was off the CPU if it was. Written to recordings by the

@@ -50,8 +50,12 @@ pub struct Flames {
 
 impl Flames {
     pub fn add(&mut self, method: &str, route: &str, profile: &[ProfileEntry]) {
-        let label = format!("{method} {route}");
-        self.entries.extend(profile.iter().map(|p| (label.clone(), p.clone())));
+        self.add_root(&format!("{method} {route}"), profile);
+    }
+
+    /// A profile under root frame `label`.
+    pub fn add_root(&mut self, label: &str, profile: &[ProfileEntry]) {
+        self.entries.extend(profile.iter().map(|p| (label.to_string(), p.clone())));
     }
 
     /// Route labels that have profiles.
@@ -84,14 +88,20 @@ impl Flames {
 
 /// Renders folded lines as an SVG flame graph. An empty profile still gives a valid SVG.
 pub fn svg(folded: &[String], title: &str) -> anyhow::Result<Vec<u8>> {
+    svg_with(folded, title, None, "no slow requests")
+}
+
+/// [`svg`] with a subtitle, and what an empty graph says.
+pub fn svg_with(folded: &[String], title: &str, subtitle: Option<&str>, empty: &str) -> anyhow::Result<Vec<u8>> {
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_string();
+    opts.subtitle = subtitle.map(str::to_string);
     opts.count_name = "µs".to_string();
     opts.hash = true;
     let mut out = Vec::new();
     if folded.is_empty() {
-        let placeholder = ["no slow requests 1"];
-        inferno::flamegraph::from_lines(&mut opts, placeholder.iter().copied(), &mut out)?;
+        let placeholder = [format!("{empty} 1")];
+        inferno::flamegraph::from_lines(&mut opts, placeholder.iter().map(String::as_str), &mut out)?;
     } else {
         inferno::flamegraph::from_lines(&mut opts, folded.iter().map(String::as_str), &mut out)?;
     }
@@ -102,8 +112,11 @@ pub fn svg(folded: &[String], title: &str) -> anyhow::Result<Vec<u8>> {
 pub enum FlameOut {
     /// One SVG of all slow requests, on- and off-CPU (`watch --flamegraph`).
     Svg { file: File, path: PathBuf },
-    /// `record`'s set: slow.folded, slow.svg, cpu.svg, offcpu.svg in `dir` and `routes`/*.svg.
-    Dir { dir: OutDir, routes: OutDir },
+    /// `record --slow-only`'s set: slow.folded, slow.svg, cpu.svg, offcpu.svg in `dir` and
+    /// `routes`/*.svg, all of slow requests. `record`'s (all traffic, `sampling` says how):
+    /// all.folded, all.svg, cpu.svg, offcpu.svg and routes/*.svg of every request and
+    /// `(no request)`, and slow.folded, slow.svg of the slow ones.
+    Dir { dir: OutDir, routes: OutDir, sampling: Option<String> },
 }
 
 impl FlameOut {
@@ -113,31 +126,37 @@ impl FlameOut {
     }
 
     /// `record`'s output directory, with its routes/ made.
-    pub fn dir(dir: OutDir) -> io::Result<Self> {
+    pub fn dir(dir: OutDir, sampling: Option<String>) -> io::Result<Self> {
         let routes = dir.subdir("routes")?;
-        Ok(FlameOut::Dir { dir, routes })
+        Ok(FlameOut::Dir { dir, routes, sampling })
     }
 
     /// The directories files are created in when the run ends.
     pub fn dirs(&self) -> Vec<std::os::fd::RawFd> {
         match self {
             FlameOut::Svg { .. } => Vec::new(),
-            FlameOut::Dir { dir, routes } => vec![dir.fd(), routes.fd()],
+            FlameOut::Dir { dir, routes, .. } => vec![dir.fd(), routes.fd()],
         }
     }
 }
 
-/// Collects the profiles of slow requests and draws them at the end.
+/// Collects the profiles of slow requests (and, profiling all traffic, of every request) and
+/// draws them at the end.
 pub struct FlameSink {
     flames: Flames,
+    /// Every request's, profiling all traffic.
+    all: Flames,
     out: FlameOut,
 }
 
 impl FlameSink {
     pub fn new(out: FlameOut) -> Self {
-        Self { flames: Flames::default(), out }
+        Self { flames: Flames::default(), all: Flames::default(), out }
     }
 }
+
+/// The root frame of what the watched processes' threads did outside requests.
+pub const NO_REQUEST: &str = "(no request)";
 
 fn svg_io(folded: &[String], title: &str) -> io::Result<Vec<u8>> {
     svg(folded, title).map_err(io::Error::other)
@@ -161,23 +180,59 @@ pub fn write_graphs(dir: &OutDir, routes: &OutDir, flames: &Flames) -> io::Resul
     Ok(())
 }
 
+/// Writes the all-traffic graphs of `all` into `dir` and `routes`, and the slow-only view of
+/// `slow` (`sampling`: how the profile was sampled, said under each title).
+pub fn write_all_graphs(dir: &OutDir, routes: &OutDir, all: &Flames, slow: &Flames, sampling: &str) -> io::Result<()> {
+    let draw = |folded: &[String], title: &str, empty: &str| svg_with(folded, title, Some(sampling), empty).map_err(io::Error::other);
+    let wall = all.folded(Kind::Wall, None);
+    write(dir, "all.folded", wall.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    write(dir, "all.svg", draw(&wall, "all requests: on-CPU and off-CPU [off-cpu]", "no samples")?)?;
+    write(dir, "cpu.svg", draw(&all.folded(Kind::Cpu, None), "all requests: on-CPU", "no samples")?)?;
+    write(dir, "offcpu.svg", draw(&all.folded(Kind::Offcpu, None), "all requests: off-CPU", "no samples")?)?;
+    let slow_wall = slow.folded(Kind::Wall, None);
+    write(dir, "slow.folded", slow_wall.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    write(dir, "slow.svg", draw(&slow_wall, WALL_TITLE, "no slow requests")?)?;
+    for r in all.routes().into_iter().filter(|r| r != NO_REQUEST) {
+        let folded = all.folded(Kind::Wall, Some(&r));
+        write(routes, &format!("{}.svg", slug(&r)), draw(&folded, &format!("{r}: on-CPU and off-CPU [off-cpu]"), "no samples")?)?;
+    }
+    Ok(())
+}
+
 const WALL_TITLE: &str = "slow requests: on-CPU and off-CPU [off-cpu]";
 
 impl Sink for FlameSink {
     fn request(&mut self, c: &Completed<'_>) -> io::Result<()> {
-        if let Some(p) = c.profile {
-            self.flames.add(&c.request.method, &route::normalize(&c.request.path), p);
+        let Some(p) = c.profile else { return Ok(()) };
+        let route = route::normalize(&c.request.path);
+        let all_traffic = matches!(&self.out, FlameOut::Dir { sampling: Some(_), .. });
+        if all_traffic {
+            self.all.add(&c.request.method, &route, p);
+            if c.slow {
+                self.flames.add(&c.request.method, &route, p);
+            }
+        } else {
+            self.flames.add(&c.request.method, &route, p);
         }
         Ok(())
     }
 
-    fn finish(&mut self, _state: &State<'_>) -> io::Result<()> {
+    fn finish(&mut self, state: &State<'_>) -> io::Result<()> {
         match &mut self.out {
             FlameOut::Svg { file, path } => {
                 file.write_all(&svg_io(&self.flames.folded(Kind::Wall, None), WALL_TITLE)?)?;
                 eprintln!("introspect: flame graph of slow requests written to {}", path.display());
             }
-            FlameOut::Dir { dir, routes } => {
+            FlameOut::Dir { dir, routes, sampling: Some(sampling) } => {
+                self.all.add_root(NO_REQUEST, &state.summary.no_request);
+                write_all_graphs(dir, routes, &self.all, &self.flames, sampling)?;
+                eprintln!(
+                    "introspect: wrote {0}/all.svg, cpu.svg, offcpu.svg, slow.svg (and .folded) and routes/ ({1} route graphs)",
+                    dir.path().display(),
+                    self.all.routes().iter().filter(|r| *r != NO_REQUEST).count()
+                );
+            }
+            FlameOut::Dir { dir, routes, sampling: None } => {
                 write_graphs(dir, routes, &self.flames)?;
                 eprintln!(
                     "introspect: wrote {0}/slow.folded, slow.svg, cpu.svg, offcpu.svg and routes/ ({1} route graphs)",
@@ -208,14 +263,14 @@ mod tests {
     use super::*;
 
     fn py(f: &str, line: u32) -> Frame {
-        Frame { function: f.into(), file: "app.py".into(), line: Some(line), kind: FrameKind::Python }
+        Frame { function: f.into(), file: "app.py".into(), line: Some(line), kind: FrameKind::Python, def_line: None }
     }
 
     #[test]
     fn folds_root_first_and_marks_off_cpu() {
         let mut fl = Flames::default();
         let burn = ProfileEntry { stack: vec![py("helper;cpu", 3), py("view", 9)], on_cpu_ms: 12.5, off_cpu_ms: 0.0, samples: 1 };
-        let k = Frame { function: "schedule".into(), file: String::new(), line: None, kind: FrameKind::Kernel };
+        let k = Frame { function: "schedule".into(), file: String::new(), line: None, kind: FrameKind::Kernel, def_line: None };
         let sleep = ProfileEntry { stack: vec![k, py("sleep", 5), py("view", 9)], on_cpu_ms: 0.0, off_cpu_ms: 300.0, samples: 0 };
         fl.add("GET", "/x/{id}", &[burn.clone(), sleep]);
         fl.add("GET", "/x/{id}", &[burn]);

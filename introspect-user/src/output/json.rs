@@ -10,7 +10,11 @@ use crate::{
     breakdown::{Breakdown, Detail, PeerWait, SyscallStat},
     clock::Clock,
     sql::stats::Report,
-    stacks::{Frame, profile::ProfileEntry},
+    stacks::{
+        Frame,
+        hot::{HOT_ROWS, HotRow},
+        profile::ProfileEntry,
+    },
 };
 
 /// Query shapes listed in the summary.
@@ -266,6 +270,43 @@ struct SummaryLine<'a> {
     /// The heaviest query shapes across routes, when requests ran any.
     #[serde(skip_serializing_if = "<[ShapeRow]>::is_empty")]
     query_shapes: &'a [ShapeRow],
+    /// Profiling all traffic: the functions that took the most CPU in requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hot: Option<Vec<HotRow>>,
+    /// Profiling all traffic: what the watched processes' threads did outside requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    no_request: Option<NoRequest<'a>>,
+}
+
+#[derive(Serialize)]
+struct NoRequest<'a> {
+    samples: u64,
+    cpu_ms: f64,
+    /// Its heaviest stacks.
+    stacks: &'a [ProfileEntry],
+}
+
+/// Stacks listed for `(no request)` in the summary (all of them are in the flame graphs).
+const NO_REQUEST_STACKS: usize = 10;
+
+impl<'a> SummaryLine<'a> {
+    fn of(clock: &Clock, state: &'a State<'a>, rows: &'a [EndpointRow], shapes: &'a [ShapeRow]) -> Self {
+        let sampled = state.counts.stacks.sampled;
+        let no_request = &state.summary.no_request;
+        SummaryLine {
+            ty: "summary",
+            ts: clock.rfc3339(state.now_ns),
+            counts: state.counts,
+            endpoints: rows,
+            query_shapes: shapes,
+            hot: sampled.map(|_| state.summary.hot.rows(HOT_ROWS)),
+            no_request: sampled.map(|c| NoRequest {
+                samples: c.no_request_samples,
+                cpu_ms: ((no_request.iter().map(|e| e.on_cpu_ms).sum::<f64>() * 1e3).round() / 1e3).max(0.0),
+                stacks: &no_request[..no_request.len().min(NO_REQUEST_STACKS)],
+            }),
+        }
+    }
 }
 
 /// JSON lines to a writer (stdout, or `record`'s events.jsonl); only reported requests.
@@ -451,7 +492,7 @@ impl<W: Write> Sink for JsonLines<W> {
     fn finish(&mut self, state: &State<'_>) -> io::Result<()> {
         let rows = state.summary.rows();
         let shapes = state.summary.query_shapes(SUMMARY_SHAPES);
-        let line = SummaryLine { ty: "summary", ts: self.clock.rfc3339(state.now_ns), counts: state.counts, endpoints: &rows, query_shapes: &shapes };
+        let line = SummaryLine::of(&self.clock, state, &rows, &shapes);
         self.line(&line)?;
         self.out.flush()
     }
@@ -477,7 +518,7 @@ impl Sink for SummaryFile {
     fn finish(&mut self, state: &State<'_>) -> io::Result<()> {
         let rows = state.summary.rows();
         let shapes = state.summary.query_shapes(SUMMARY_SHAPES);
-        let line = SummaryLine { ty: "summary", ts: self.clock.rfc3339(state.now_ns), counts: state.counts, endpoints: &rows, query_shapes: &shapes };
+        let line = SummaryLine::of(&self.clock, state, &rows, &shapes);
         let text = serde_json::to_string_pretty(&line).map_err(io::Error::other)? + "\n";
         self.file.write_all(text.as_bytes())
     }

@@ -28,11 +28,14 @@ use crate::{
 /// A request that ended, as the pipeline hands it to the outputs (every one of them).
 pub struct Completed<'a> {
     pub request: &'a Request,
+    /// It took at least the threshold.
+    pub slow: bool,
     /// Where its time went, when it is reported (slow, or every request with `--all`).
     pub detail: Option<&'a Detail>,
     /// Its stack when it crossed the threshold while running.
     pub stack: Option<&'a [Frame]>,
-    /// ... and what its thread did from then on, heaviest stacks first.
+    /// ... and what its thread did from then on, heaviest stacks first; profiling all traffic,
+    /// what it did from start to end, from the all-traffic samples (every request has one).
     pub profile: Option<&'a [ProfileEntry]>,
     /// Its worker was killed with it in flight.
     pub kill: Option<KillReport<'a>>,
@@ -212,6 +215,9 @@ pub struct StackCounts {
     pub snapshots: u64,
     pub oncpu_samples: u64,
     pub offcpu_stacks: u64,
+    /// The all-traffic profiler, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<crate::stacks::profile::SampledCounts>,
 }
 
 /// Where the dropped events were lost.

@@ -7,7 +7,12 @@ use super::{
     route,
     shapes::{ShapeRow, Shapes},
 };
-use crate::{assemble::Request, kills::Reason, sql::NPlusOne};
+use crate::{
+    assemble::Request,
+    kills::Reason,
+    sql::NPlusOne,
+    stacks::{hot::Hot, profile::ProfileEntry},
+};
 
 /// Log-bucketed histogram of durations: 1% relative precision from 1 µs to ~3 h in a few
 /// thousand counters, whatever the request count.
@@ -149,6 +154,9 @@ pub struct Summary {
     key: String,
     /// Query shapes across routes.
     shapes: Shapes,
+    /// Profiling all traffic: the hot-function table, and what was sampled outside requests.
+    pub hot: Hot,
+    pub no_request: Vec<ProfileEntry>,
 }
 
 fn round3(v: f64) -> f64 {
@@ -190,6 +198,11 @@ impl Summary {
             q.request_ns += r.duration_ns();
             self.shapes.record(&self.key, t.shapes(rule));
         }
+    }
+
+    /// A request's all-traffic profile, for the hot-function table.
+    pub fn profile(&mut self, r: &Request, profile: &[ProfileEntry]) {
+        self.hot.add(&r.method, &route::normalize(&r.path), profile);
     }
 
     /// The `limit` query shapes that took the most time across routes.

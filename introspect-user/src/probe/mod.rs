@@ -43,6 +43,8 @@ pub enum LoadError {
     MissingProgram(&'static str),
     #[error("enabling BPF run-time statistics: {0}")]
     Stats(String),
+    #[error("listing the online CPUs: {0}")]
+    Cpus(std::io::Error),
 }
 
 /// This kernel's tracepoint field offsets, and the optional programs that cannot run here
@@ -111,9 +113,14 @@ pub struct Probes {
     armed: BTreeSet<u32>,
     /// Optional programs this kernel's tracepoints cannot serve, and why.
     unusable: Unusable,
+    /// The all-traffic profiler's per-CPU CPU-clock events.
+    cpu_samplers: Vec<PerfEventLinkId>,
+    /// Threads in `PY_THREADS`, by process.
+    py_threads: StdHashMap<u32, Vec<u32>>,
 }
 
 const SAMPLER: &str = "sample_oncpu";
+const ALL_SAMPLER: &str = "sample_all";
 
 /// Slots of the pid-indexed maps: /proc/sys/kernel/pid_max (pids are below it), at least the
 /// kernel's default. A pid_max raised after the watch starts yields pids beyond the arrays; the
@@ -137,9 +144,16 @@ fn peer_key(addr: &SocketAddr) -> PeerKey {
 impl Probes {
     /// `outbound_heads`: copy the heads of requests on outbound connections (a parser for them
     /// is loaded); `sql_capture`: bytes of each write on a database connection copied (0: none).
-    pub fn load(tracefs: &Tracefs, outbound_heads: bool, sql_capture: u16) -> Result<Self, LoadError> {
+    /// `profile_all`: the all-traffic profiler's kernel side samples every serving thread's waits
+    /// (its on-CPU side is attached by [`Probes::profile_all`]).
+    pub fn load(tracefs: &Tracefs, outbound_heads: bool, sql_capture: u16, profile_all: bool) -> Result<Self, LoadError> {
         let (offsets, unusable) = offsets(tracefs)?;
-        let settings = Settings { outbound_heads: outbound_heads.into(), _pad: 0, sql_capture: sql_capture.min(WIRE_MAX as u16), _pad2: [0; 4] };
+        let settings = Settings {
+            outbound_heads: outbound_heads.into(),
+            profile_all: profile_all.into(),
+            sql_capture: sql_capture.min(WIRE_MAX as u16),
+            _pad2: [0; 4],
+        };
         // Pid-indexed arrays cover every pid the kernel can hand out now.
         let pids = pid_slots();
         let ebpf = EbpfLoader::new()
@@ -148,7 +162,17 @@ impl Probes {
             .map_max_entries(names::TRACKED, pids)
             .map_max_entries(names::THREADS, pids)
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/introspect")))?;
-        Ok(Self { ebpf, without: Vec::new(), stats: None, samplers: StdHashMap::new(), perf_hooks: None, armed: BTreeSet::new(), unusable })
+        Ok(Self {
+            ebpf,
+            without: Vec::new(),
+            stats: None,
+            samplers: StdHashMap::new(),
+            perf_hooks: None,
+            armed: BTreeSet::new(),
+            unusable,
+            cpu_samplers: Vec::new(),
+            py_threads: StdHashMap::new(),
+        })
     }
 
     /// Loads and attaches `table`; returns what is lost for each optional point that failed.
@@ -269,6 +293,51 @@ impl Probes {
             self.samplers.insert(tid, link);
         }
         Ok(())
+    }
+
+    /// The all-traffic profiler's on-CPU side: a CPU-clock event on every online CPU at `hz`,
+    /// whose program keeps the samples that land on a watched process's thread.
+    pub fn profile_all(&mut self, hz: u64) -> Result<(), LoadError> {
+        let cpus = aya::util::online_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
+        let prog: &mut PerfEvent = self
+            .ebpf
+            .program_mut(ALL_SAMPLER)
+            .ok_or(LoadError::MissingProgram(ALL_SAMPLER))?
+            .try_into()
+            .map_err(|source| LoadError::Program { name: ALL_SAMPLER, source })?;
+        prog.load().map_err(|source| LoadError::Program { name: ALL_SAMPLER, source })?;
+        for cpu in cpus {
+            let link = prog
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    // A fixed period: every sample stands for exactly 1/hz s of CPU.
+                    SamplePolicy::Period(1_000_000_000 / hz.max(1)),
+                    false,
+                )
+                .map_err(|source| LoadError::Program { name: ALL_SAMPLER, source })?;
+            self.cpu_samplers.push(link);
+        }
+        Ok(())
+    }
+
+    /// Lets the all-traffic profiler walk `tid`'s Python frames.
+    pub fn py_thread(&mut self, tid: u32, armed: Armed, walk: PyWalk) -> Result<(), LoadError> {
+        self.hash::<u32, PyWalk>(names::PY_WALK)?.insert(armed.tgid, walk, 0).map_err(|source| LoadError::Map { name: names::PY_WALK, source })?;
+        self.hash::<u32, Armed>(names::PY_THREADS)?.insert(tid, armed, 0).map_err(|source| LoadError::Map { name: names::PY_THREADS, source })?;
+        self.py_threads.entry(armed.tgid).or_default().push(tid);
+        Ok(())
+    }
+
+    /// Process `pid` exited: its threads' entries go (their tids will be reused).
+    pub fn forget_py_threads(&mut self, pid: u32) -> Vec<u32> {
+        let tids = self.py_threads.remove(&pid).unwrap_or_default();
+        if let Ok(mut map) = self.hash::<u32, Armed>(names::PY_THREADS) {
+            for tid in &tids {
+                let _ = map.remove(tid);
+            }
+        }
+        tids
     }
 
     /// Whether `tid` is armed (until its `disarm`).

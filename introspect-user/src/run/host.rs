@@ -35,6 +35,10 @@ pub struct Host {
     warnings: Vec<String>,
     /// Interruptions written (`--interrupt-before`), by thread.
     written: HashMap<u32, (u32, Written)>,
+    /// The all-traffic profiler is on: every thread's Python frames are walked in the kernel.
+    profile_all: bool,
+    /// Threads looked up for it (whether a thread state was found, and when it was looked for).
+    py_threads: HashMap<u32, (bool, u64)>,
     /// Processes that exited, and when: their readers and symbols are kept a little longer,
     /// for the stacks their threads left as they were killed (which can come after the exit).
     exited: Vec<(u32, u64)>,
@@ -63,7 +67,9 @@ fn is_capture_frame(f: &Frame) -> bool {
 }
 
 impl Host {
-    pub fn new(probes: Probes, sample_hz: u64) -> Self {
+    /// `sample_hz`: of an armed (slow request's) thread; `profile_all`: the all-traffic profiler
+    /// runs.
+    pub fn new(probes: Probes, sample_hz: u64, profile_all: bool) -> Self {
         Self {
             probes,
             symbols: Symbols::default(),
@@ -76,7 +82,28 @@ impl Host {
             warnings: Vec::new(),
             written: HashMap::new(),
             exited: Vec::new(),
+            profile_all,
+            py_threads: HashMap::new(),
         }
+    }
+
+    /// Profiling all traffic: the first time a thread shows up (and again a second after a
+    /// look that found no Python thread state: it may not have had one yet), its thread state
+    /// goes into the kernel's `PY_THREADS` so its samples carry Python frames.
+    fn find_py_thread(&mut self, pid: u32, tid: u32) {
+        let now = self.now_ns;
+        match self.py_threads.get(&tid) {
+            Some((true, _)) => return,
+            Some((false, at)) if now.saturating_sub(*at) < 1_000_000_000 => return,
+            _ => {}
+        }
+        let found = interp(&mut self.interps, &mut self.warnings, pid).and_then(|i| Some((i.tstate_of(tid).ok()??, i.walk())));
+        if let Some((tstate, walk)) = found
+            && let Err(e) = self.probes.py_thread(tid, Armed { tstate, tgid: pid, _pad: 0 }, walk)
+        {
+            self.warnings.push(format!("thread {tid}: its samples will have no Python frames: {e}"));
+        }
+        self.py_threads.insert(tid, (found.is_some(), now));
     }
 
     /// Reads each process's interpreter layout ahead of time, so arming a slow request's thread
@@ -97,6 +124,9 @@ impl Host {
         let (gone, kept): (Vec<_>, Vec<_>) = self.exited.drain(..).partition(|&(_, at)| now_ns.saturating_sub(at) > KEEP_EXITED_NS);
         self.exited = kept;
         for (pid, _) in gone {
+            for tid in self.probes.forget_py_threads(pid) {
+                self.py_threads.remove(&tid);
+            }
             self.interps.remove(&pid);
             self.symbols.forget(pid);
             self.gils.exit(pid);
@@ -134,14 +164,23 @@ impl Host {
 
 impl Live for Host {
     fn enrich(&mut self, ev: &mut Event) {
+        if self.profile_all {
+            let hdr = *ev.hdr();
+            if hdr.tid != 0 {
+                self.find_py_thread(hdr.tgid, hdr.tid);
+            }
+        }
         match ev {
             // A thread's stacks keep coming until its disarm reaches the kernel (up to one drain
             // after its request ended), while it already serves fast requests: nobody reads
             // those, so they are not symbolized (that was most of the tracer's CPU with many slow
             // requests).
-            Event::Stack { hdr, .. } if !self.probes.is_armed(hdr.tid) => {}
-            Event::Stack { hdr, kstack, ustack, raw, frames, .. } => {
-                let mut out: Vec<Frame> = self.symbols.kernel(&self.probes.stack(*kstack));
+            Event::Stack { hdr, sampled: None, at_signal: false, .. } if !self.probes.is_armed(hdr.tid) => {}
+            Event::Stack { hdr, kstack, ustack, raw, frames, sampled, .. } => {
+                // A wait's stack taken at its syscall's exit: the kernel part is the exit path,
+                // not where it waited; the native frame above it names the call.
+                let at_exit = sampled.is_some_and(|w| w.wait_ns.is_some());
+                let mut out: Vec<Frame> = if at_exit { Vec::new() } else { self.symbols.kernel(&self.probes.stack(*kstack)) };
                 let skip = out.iter().take_while(|f| is_capture_frame(f)).count();
                 out.drain(..skip);
                 // Without frame pointers in libpython only the innermost user frame is exact.
@@ -199,10 +238,13 @@ impl Live for Host {
             None => return Some(SlowStart { stack: snapshot::native_frames(&self.symbols, r.pid, r.tid), off_cpu_since: None }),
         };
         // Arm first: sampling starts now, the snapshot (which may symbolize for a while) after.
+        // Profiling all traffic, the thread is sampled already (and its kill's stack walked).
         let walk = interp.walk();
-        match self.probes.arm(r.tid, Armed { tstate, tgid: r.pid, _pad: 0 }, walk, hz) {
-            Ok(()) => self.threads_armed += 1,
-            Err(e) => self.warnings.push(format!("thread {}: cannot sample its stacks: {e}", r.tid)),
+        if !self.profile_all {
+            match self.probes.arm(r.tid, Armed { tstate, tgid: r.pid, _pad: 0 }, walk, hz) {
+                Ok(()) => self.threads_armed += 1,
+                Err(e) => self.warnings.push(format!("thread {}: cannot sample its stacks: {e}", r.tid)),
+            }
         }
         let interp = self.interps.get_mut(&r.pid).and_then(Option::as_mut)?;
         let stack = snapshot::thread_stack(interp, &self.symbols, tstate, r.tid);

@@ -61,13 +61,15 @@ pub struct Session {
     pub pg_dsn: Option<String>,
     /// Monotonic to wall-clock time, taken once for the whole run (outputs and recordings).
     pub clock: Clock,
+    /// The all-traffic profiler (`record`, `watch --profile-all`): every request gets a profile.
+    pub profile_all: bool,
 }
 
 impl Session {
     pub fn new(target: Target, reporting: Reporting, duration: Option<Duration>) -> Self {
         Self {
             target,
-            reporting,
+            reporting: reporting.clone(),
             duration,
             keep_query: false,
             bpf_stats: false,
@@ -81,15 +83,23 @@ impl Session {
             sql_capture: 1024,
             sql_literals: false,
             pg_dsn: None,
+            profile_all: reporting.profile_all,
             clock: Clock::new(),
         }
     }
 
+    /// On-CPU samples per second: of every thread of the watched processes when profiling all
+    /// traffic, else of a slow request's thread.
+    pub fn sample_hz(&self) -> u64 {
+        self.reporting.sample_hz.unwrap_or(if self.profile_all { 49 } else { 99 })
+    }
+
     pub fn config(&self) -> Config {
         Config {
-            threshold_ns: self.reporting.threshold.as_nanos() as u64,
+            threshold_ns: self.reporting.threshold().as_nanos() as u64,
             all: self.reporting.all,
-            sample_hz: self.reporting.sample_hz,
+            sample_hz: self.sample_hz(),
+            profile_all: self.profile_all,
             interrupt: self.interrupt_before.map(|d| Interrupting { before_ns: d.as_nanos() as u64, dry_run: self.interrupt_dry_run }),
             n_plus_one: self.reporting.n_plus_one,
         }
@@ -126,7 +136,8 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     let tracefs = tracefs::Tracefs::new(root);
     let decoder = Decoder::new(Protocols::standard(Options { keep_query: session.keep_query, sql_literals: session.sql_literals }));
 
-    let mut probes = Probes::load(&tracefs, decoder.protocols.any_outbound(), session.sql_capture).context("loading eBPF programs")?;
+    let mut probes =
+        Probes::load(&tracefs, decoder.protocols.any_outbound(), session.sql_capture, session.profile_all).context("loading eBPF programs")?;
     probes.without(&session.without);
     // Roots first, then fork tracking, then the scan: a child born at any point is either seen by
     // the scan or tracked by the fork probe.
@@ -150,6 +161,9 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     probes.watch_ports(&served.ports)?;
     probes.seed_conns(&served.conns, &served.outbound)?;
     let missing = probes.attach_request_tracking().context("attaching request tracking")?;
+    if session.profile_all && session.sample_hz() > 0 {
+        probes.profile_all(session.sample_hz()).context("attaching the all-traffic profiler")?;
+    }
     if session.bpf_stats {
         probes.enable_stats()?;
     }
@@ -167,7 +181,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
         pids.len(),
         pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
         ports.join(" "),
-        humantime::format_duration(session.reporting.threshold),
+        humantime::format_duration(session.reporting.threshold()),
         if session.reporting.all { ", reporting all requests" } else { "" },
     );
     for m in missing.into_iter().chain(pg_problems) {
@@ -182,7 +196,9 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
 
     let started = Instant::now();
     let mut live = pids;
-    let mut host = Host::new(probes, session.reporting.sample_hz);
+    // Profiling all traffic, a slow request's thread is armed for its off-CPU stacks and its
+    // kill only: the per-CPU sampler already samples it.
+    let mut host = Host::new(probes, if session.profile_all { 0 } else { session.sample_hz() }, session.profile_all);
     host.warm(live.iter().copied());
     // What the fds open before the watch are (the syscalls tell the rest): read now, after the
     // fd probes were attached, so any change since is an event that comes after these.
@@ -202,7 +218,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     rt.block_on(async {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
-        let pace = Pace::new(session.poll_interval, session.reporting.threshold);
+        let pace = Pace::new(session.poll_interval, session.reporting.threshold());
         let mut wake = tokio::time::Instant::now() + pace.busy;
         let mut last_drain = Instant::now();
         let deadline = session.duration.map(|d| tokio::time::Instant::now() + d);

@@ -19,7 +19,7 @@ use crate::{
     sql::NPlusOne,
     stacks::{
         Frame,
-        profile::{ProfileEntry, Profiles},
+        profile::{ProfileEntry, Profiles, Sampled},
     },
 };
 
@@ -33,8 +33,11 @@ pub struct Config {
     pub threshold_ns: u64,
     /// Report every request, not only slow ones.
     pub all: bool,
-    /// On-CPU sampling frequency of slow requests' threads.
+    /// On-CPU sampling frequency: of every watched thread when `profile_all`, else of slow
+    /// requests' threads.
     pub sample_hz: u64,
+    /// The all-traffic profiler is on: every request gets a profile from its samples.
+    pub profile_all: bool,
     /// `--interrupt-before`: interrupt requests this long before their server kills them.
     pub interrupt: Option<Interrupting>,
     /// When repeated statements are an N+1 pattern.
@@ -133,6 +136,7 @@ pub struct Pipeline<'a> {
     sinks: Vec<Box<dyn Sink + 'a>>,
     timeline: Timeline,
     profiles: Profiles,
+    sampled: Sampled,
     /// Threads of requests that crossed the threshold, and their stack at that moment.
     slow: HashMap<u32, Option<Vec<Frame>>>,
     last_forget_ns: u64,
@@ -170,6 +174,7 @@ impl<'a> Pipeline<'a> {
             sinks,
             timeline: Timeline::default(),
             profiles: Profiles::new(cfg.sample_hz),
+            sampled: Sampled::new(cfg.sample_hz),
             slow: HashMap::new(),
             last_forget_ns: 0,
             counts: Counts::default(),
@@ -260,6 +265,14 @@ impl<'a> Pipeline<'a> {
         self.kills.observe(ev);
         self.timeline.observe(ev);
         self.profiles.observe(ev);
+        if self.cfg.profile_all {
+            // A sample goes to the request its thread serves at that instant.
+            let serving = match ev {
+                Event::Stack { hdr, sampled: Some(_), .. } => self.asm.serving(hdr.tgid, hdr.tid),
+                _ => None,
+            };
+            self.sampled.observe(ev, serving);
+        }
         self.asm.observe(ev, &mut self.requests);
         let mut requests = std::mem::take(&mut self.requests);
         for r in requests.drain(..) {
@@ -293,7 +306,7 @@ impl<'a> Pipeline<'a> {
             None => self.timeline.on_cpu_ms(r.tid, from, to),
         };
         // A request that crossed the threshold while running: its stacks end with it.
-        let (stack, profile) = match self.slow.remove(&r.tid) {
+        let (stack, mut profile) = match self.slow.remove(&r.tid) {
             Some(stack) => {
                 live.done(r.pid, r.tid);
                 (stack, self.profiles.finish(r.tid))
@@ -306,6 +319,9 @@ impl<'a> Pipeline<'a> {
                 (None, None)
             }
         };
+        if self.cfg.profile_all {
+            profile = Some(self.sampled.finish(r.tid, r.start_ns));
+        }
         self.timeline.forget_before(r.tid, r.end_ns);
         let before_kill = self.deadlines.done(r.tid);
         let ended = Ended { request: r, detail, slow, on_cpu_ns: (on_cpu_ms * 1e6) as u64, stack, profile, before_kill };
@@ -357,6 +373,9 @@ impl<'a> Pipeline<'a> {
         }
         let saved = matches!(outcome, Some(("raised", _, _))) && kill.is_none();
         self.summary.record(r, e.slow, e.on_cpu_ns, kill.as_ref().map(|k| k.reason), saved, self.cfg.n_plus_one);
+        if let Some(p) = e.profile.as_deref().filter(|_| self.cfg.profile_all) {
+            self.summary.profile(r, p);
+        }
         self.counts.requests += 1;
         let reported = e.slow || self.cfg.all;
         self.counts.reported += u64::from(reported);
@@ -368,6 +387,7 @@ impl<'a> Pipeline<'a> {
         let sql = r.sql.as_ref().filter(|_| reported || kill.is_some()).map(|t| t.report(self.cfg.n_plus_one));
         let done = Completed {
             request: r,
+            slow: e.slow,
             detail: e.detail.as_ref().filter(|_| reported),
             stack: e.stack.as_deref(),
             profile: e.profile.as_deref(),
@@ -573,6 +593,10 @@ impl<'a> Pipeline<'a> {
         };
         self.counts.stacks.oncpu_samples = self.profiles.oncpu_samples;
         self.counts.stacks.offcpu_stacks = self.profiles.offcpu_stacks;
+        if self.cfg.profile_all {
+            self.counts.stacks.sampled = Some(self.sampled.counts);
+            self.summary.no_request = self.sampled.no_request();
+        }
         let state = State { now_ns, summary: &self.summary, counts: &self.counts, running: &self.running };
         for s in &mut self.sinks {
             s.finish(&state)?;

@@ -1,6 +1,7 @@
 //! Stacks of slow requests: frames, symbolization, userspace snapshots, per-request profiles,
 //! and the CPython reader.
 pub mod frame;
+pub mod hot;
 pub mod profile;
 pub mod python;
 pub mod snapshot;

@@ -9,7 +9,10 @@ use crate::{
 
 /// Kernel frames of a thread that is off the CPU, innermost first.
 pub fn kernel_frames(pid: u32, tid: u32) -> Vec<Frame> {
-    task::kernel_stack(pid, tid).into_iter().map(|function| Frame { function, file: String::new(), line: None, kind: FrameKind::Kernel }).collect()
+    task::kernel_stack(pid, tid)
+        .into_iter()
+        .map(|function| Frame { function, file: String::new(), line: None, kind: FrameKind::Kernel, def_line: None })
+        .collect()
 }
 
 /// Kernel and the innermost native frames of thread `tid`: what it is blocked in, if anything.

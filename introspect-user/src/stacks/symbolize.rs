@@ -88,7 +88,7 @@ impl Default for Symbols {
 }
 
 fn hex_frame(addr: u64, kind: FrameKind) -> Frame {
-    Frame { function: format!("{addr:#x}"), file: String::new(), line: None, kind }
+    Frame { function: format!("{addr:#x}"), file: String::new(), line: None, kind, def_line: None }
 }
 
 fn read_proc_maps(pid: u32) -> Option<ProcMaps> {
@@ -107,9 +107,9 @@ fn native_frame(sym: &Symbolized<'_>, kind: FrameKind) -> Frame {
                 Some(ci) => (ci.to_path().display().to_string(), ci.line),
                 None => (s.module.as_ref().map(|m| m.to_string_lossy().into_owned()).unwrap_or_default(), None),
             };
-            Frame { function: s.name.to_string(), file, line, kind }
+            Frame { function: s.name.to_string(), file, line, kind, def_line: None }
         }
-        Symbolized::Unknown(_) => Frame { function: "[unknown]".into(), file: String::new(), line: None, kind },
+        Symbolized::Unknown(_) => Frame { function: "[unknown]".into(), file: String::new(), line: None, kind, def_line: None },
     }
 }
 

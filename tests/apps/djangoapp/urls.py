@@ -8,6 +8,8 @@ urlpatterns = []
 for route, view in [
     ("fast", views.fast),
     ("sleep/<int:ms>", views.sleep),
+    ("catalog/<int:ms>", views.catalog),
+    ("report/<int:ms>", views.report),
     ("db/sleep/<int:ms>", views.db_sleep),
     ("db/forupdate", views.db_forupdate),
     ("db/hold/<int:ms>", views.db_hold),

@@ -67,6 +67,38 @@ def _spin(ms):
     return x
 
 
+def price_catalog(ms):
+    """The typical hotspot: a page whose CPU, called often, adds up. It spins itself (rather
+    than through _spin) so that it is the innermost Python frame of its samples."""
+    end = time.thread_time() + ms / 1000.0
+    x = 0
+    while time.thread_time() < end:
+        x += 1
+    return x
+
+
+def catalog(request, ms, tag=None):
+    c0, t0 = time.thread_time(), time.monotonic()
+    price_catalog(ms)
+    return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
+
+
+def crunch_report(ms):
+    end = time.thread_time() + ms / 1000.0
+    x = 0
+    while time.thread_time() < end:
+        x += 1
+    return x
+
+
+def report(request, ms, tag=None):
+    """The rare slow page: a third of its time on the CPU (crunch_report), the rest asleep."""
+    c0, t0 = time.thread_time(), time.monotonic()
+    crunch_report(ms / 3)
+    time.sleep(ms * 2 / 3 / 1000.0)
+    return _measured((time.monotonic() - t0) * 1e3, (time.thread_time() - c0) * 1e3)
+
+
 def db_atomic_spin(request, item, ms, tag=None):
     """Insert row `item` into `items` inside transaction.atomic(), then spin in Python for `ms`
     ms: interrupted there, the transaction rolls back and Django answers its own 500."""

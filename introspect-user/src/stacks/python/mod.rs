@@ -181,7 +181,13 @@ impl Interp {
                     return None;
                 }
                 let line = self.line(&info, code, r.lasti);
-                Some(Frame { function: info.function.clone(), file: info.file.clone(), line, kind: FrameKind::Python })
+                Some(Frame {
+                    function: info.function.clone(),
+                    file: info.file.clone(),
+                    line,
+                    kind: FrameKind::Python,
+                    def_line: Some(info.firstlineno),
+                })
             })
             .collect()
     }

@@ -45,7 +45,8 @@ const RECORD_EXAMPLES: &str = "EXAMPLES:
 
 const TOP_EXAMPLES: &str = "EXAMPLES:
     introspect top --port 8000
-    # Keys: t total time, n count, c CPU share, p p99, s slow, e 5xx, k killed; q quits.";
+    # Keys: t total time, n count, c CPU share, p p99, s slow, e 5xx, k killed (routes sorted by);
+    # d query shapes; f functions (all requests' CPU by Python function, sampled at 49 Hz); q quits.";
 
 #[derive(Args, Debug)]
 pub struct RecordArgs {

@@ -394,6 +394,17 @@ fn top_in_a_real_terminal() {
     assert!(counts.windows(2).all(|w| w[0] >= w[1]), "not sorted by count: {body:?}");
     tmux.keys("p");
     tmux.wait_for("the p99 sort", |s| s.contains("sorted by p99"));
+    // f: the functions where all requests' CPU went, led by the CPU page's own function.
+    let _ = drive(server.port, (0..8).map(|i| format!("/catalog/100/{i}")).collect(), 2, false, false);
+    tmux.keys("f");
+    let functions = tmux.wait_for("the function view", |s| {
+        s.lines().skip_while(|l| !l.starts_with("FUNCTION")).nth(1).is_some_and(|l| l.starts_with("price_catalog (flaskapp.py:"))
+    });
+    let row = functions.lines().find(|l| l.starts_with("price_catalog (")).unwrap();
+    assert!(row.contains("GET /catalog/{id}/{id}"), "its route: {row}");
+    // f again: back to the routes.
+    tmux.keys("f");
+    tmux.wait_for("the routes again", |s| s.contains("ROUTE") && s.contains("sorted by p99"));
     // q quits, and the terminal session ends with it.
     tmux.keys("q");
     let deadline = Instant::now() + Duration::from_secs(10);

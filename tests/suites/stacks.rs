@@ -225,6 +225,52 @@ fn profile_weights_burn_then_sleep() {
     assert!((255.0..=345.0).contains(&sleep_off), "off-CPU on the sleep frames: {sleep_off} ms (300 ± 15%): {r}");
 }
 
+/// `watch --profile-all`: every reported request has its profile from the all-traffic
+/// sampler, fast ones included, weighted as the app measured itself: on-CPU time of the CPU
+/// page's function against its own thread CPU clock, off-CPU time of the sleeping page's
+/// sleep (waits over 1 ms are all captured) against its own wall clock.
+#[test]
+fn watch_profile_all_gives_every_request_its_profile() {
+    if !can_trace("watch_profile_all_gives_every_request_its_profile") {
+        return;
+    }
+    let server = Gunicorn::start("flaskapp:app", 2, &[]);
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all", "--profile-all"]);
+    let mut c = Client::new(server.port, false);
+    let mut exchanges = Vec::new();
+    for i in 0..10 {
+        for path in [format!("/catalog/60/{i}"), format!("/sleep/30/{i}"), format!("/fast/a{i}"), format!("/fast/b{i}")] {
+            let ex = c.request("GET", &path).expect("request");
+            assert_eq!(ex.status, 200);
+            exchanges.push(ex);
+        }
+    }
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    let reqs = requests(&lines);
+    assert_eq!(reqs.len(), exchanges.len(), "every request reported");
+    let weight = |prefix: &str, function: &str, key: &str| -> f64 {
+        let has = |s: &Value| python_frames(s).iter().any(|(name, _, _)| name == function);
+        reqs.iter()
+            .filter(|r| r["path"].as_str().unwrap().starts_with(prefix))
+            .flat_map(|r| r["profile"].as_array().unwrap_or_else(|| panic!("no profile: {r}")).iter())
+            .filter(|p| has(&p["stack"]))
+            .map(|p| p[key].as_f64().unwrap())
+            .sum()
+    };
+    let measured =
+        |prefix: &str, header: &str| -> f64 { exchanges.iter().filter(|e| e.path.starts_with(prefix)).map(|e| e.header_f64(header).unwrap()).sum() };
+    let (on, cpu) = (weight("/catalog/", "price_catalog", "on_cpu_ms"), measured("/catalog/", "X-Cpu-Ms"));
+    let (off, slept) = (weight("/sleep/", "sleep", "off_cpu_ms"), measured("/sleep/", "X-Spent-Ms"));
+    eprintln!("price_catalog on-CPU {on} ms vs the app's {cpu:.1} ms; sleep off-CPU {off} ms vs the app's {slept:.1} ms");
+    assert!((on - cpu).abs() <= cpu * 0.15, "on-CPU {on} ms vs {cpu} ms");
+    assert!((off - slept).abs() <= slept * 0.10, "off-CPU {off} ms vs {slept} ms");
+    let s = &lines.iter().find(|l| l.ty() == "summary").expect("summary").json;
+    assert_eq!(s["hot"][0]["function"], "price_catalog", "{s}");
+    assert!(s["stacks"]["sampled"]["request_samples"].as_u64().unwrap() > 0, "{s}");
+}
+
 #[test]
 fn fast_requests_are_never_sampled() {
     if !can_trace("fast_requests_are_never_sampled") {

@@ -25,6 +25,8 @@ impl Drop for TerminalGuard {
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
     let tty = io::stdout().is_terminal();
     let mut session = Session::new(args.target, args.reporting, args.duration);
+    // The function view is where all requests' CPU went: it needs every request sampled.
+    session.profile_all = true;
     // Keys are read between drains: a fixed, short interval keeps it responsive.
     session.poll_interval = Some(Duration::from_millis(10));
     session.kill_timeout = args.servers.kill_timeout;

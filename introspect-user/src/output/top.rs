@@ -13,7 +13,7 @@ use crossterm::{
 };
 
 use super::{Counts, Sink, State, shapes::ShapeRow, summary::EndpointRow};
-use crate::run::deadlines::Running;
+use crate::{run::deadlines::Running, stacks::hot::HotRow};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SortBy {
@@ -73,7 +73,7 @@ fn render(rows: &[EndpointRow], running: &[Running], counts: &Counts, sort: Sort
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
     let mut out = vec![
         format!(
-            "introspect top — {} requests, {} slow, {} dropped events — sorted by {} (keys: t n c p s e k, d queries, q quits)",
+            "introspect top — {} requests, {} slow, {} dropped events — sorted by {} (keys: t n c p s e k, d queries, f functions, q quits)",
             counts.requests,
             rows.iter().map(|r| r.slow).sum::<u64>(),
             counts.dropped_events,
@@ -171,10 +171,47 @@ fn render_queries(shapes: &[ShapeRow], max_rows: usize, width: usize) -> Vec<Str
     out.into_iter().map(|l| l.chars().take(width).collect()).collect()
 }
 
+/// The function view: where the CPU of all requests went, by Python function, at most
+/// `max_rows`. Its heading line starts with "FUNCTION".
+fn render_functions(rows: &[HotRow], max_rows: usize, width: usize) -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<50} {:>10} {:>10} {:>6} {:>10} {:>6}  {}",
+        "FUNCTION (by own CPU)", "SELF ms", "TOTAL ms", "CPU%", "OFF ms", "REQS", "TOP ROUTE"
+    )];
+    if rows.is_empty() {
+        out.push("(no samples yet)".into());
+    }
+    for r in rows.iter().take(max_rows) {
+        let file = r.file.rsplit('/').next().unwrap_or(&r.file);
+        let name = match r.line {
+            Some(l) => format!("{} ({file}:{l})", r.function),
+            None => format!("{} ({file})", r.function),
+        };
+        let name: String = name.chars().take(50).collect();
+        let route = r
+            .routes
+            .first()
+            .map_or(String::new(), |x| format!("{} {} ({:.0}%)", x.method, x.route, x.total_cpu_ms / r.total_cpu_ms.max(1e-9) * 100.0));
+        out.push(format!(
+            "{name:<50} {:>10.1} {:>10.1} {:>5.1}% {:>10.1} {:>6}  {route}",
+            r.self_cpu_ms,
+            r.total_cpu_ms,
+            r.share_cpu * 100.0,
+            r.off_cpu_ms,
+            r.requests
+        ));
+    }
+    out.into_iter().map(|l| l.chars().take(width).collect()).collect()
+}
+
+/// Functions listed after the routes when stdout is not a terminal.
+const PLAIN_FUNCTIONS: usize = 10;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum View {
     Routes,
     Queries,
+    Functions,
 }
 
 pub struct Top {
@@ -206,6 +243,10 @@ impl Sink for Top {
                         KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return Ok(true),
                         KeyCode::Char('d') => {
                             self.view = View::Queries;
+                            self.dirty = true;
+                        }
+                        KeyCode::Char('f') => {
+                            self.view = if self.view == View::Functions { View::Routes } else { View::Functions };
                             self.dirty = true;
                         }
                         KeyCode::Char(c) => {
@@ -242,6 +283,17 @@ impl Sink for Top {
                     lines.extend(render_queries(&summary.query_shapes(max_rows), max_rows, w as usize));
                     lines
                 }
+                View::Functions => {
+                    let mut lines = vec![
+                        format!(
+                            "introspect top — {} requests — functions by the CPU they took in requests, sampled (keys: f routes, d queries, q quits)",
+                            counts.requests
+                        ),
+                        String::new(),
+                    ];
+                    lines.extend(render_functions(&summary.hot.rows(max_rows), max_rows, w as usize));
+                    lines
+                }
             };
             queue!(out, cursor::MoveTo(0, 0), terminal::Clear(ClearType::All))?;
             for (i, l) in lines.iter().enumerate() {
@@ -256,6 +308,13 @@ impl Sink for Top {
             if !shapes.is_empty() {
                 writeln!(out)?;
                 for l in render_queries(&shapes, PLAIN_SHAPES, usize::MAX) {
+                    writeln!(out, "{l}")?;
+                }
+            }
+            let hot = summary.hot.rows(PLAIN_FUNCTIONS);
+            if !hot.is_empty() {
+                writeln!(out)?;
+                for l in render_functions(&hot, PLAIN_FUNCTIONS, usize::MAX) {
                     writeln!(out, "{l}")?;
                 }
             }

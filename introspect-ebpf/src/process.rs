@@ -10,7 +10,7 @@ use introspect_common::{ProcEvent, counter, kind};
 use crate::{
     backend::{self, PG_SERVERS},
     emit::{header, send},
-    maps::{OFFCPU, OFFSETS, PENDING, THREADS, TRACKED, count, is_tracked, thread, thread_bits},
+    maps::{OFFCPU, OFFSETS, PENDING, PY_THREADS, THREADS, TRACKED, count, is_tracked, thread, thread_bits},
 };
 
 /// include/uapi/linux/sched.h
@@ -70,6 +70,8 @@ pub fn sched_sched_process_exit(_ctx: TracePointContext) -> u32 {
     }
     let _ = OFFCPU.remove(tid);
     let _ = PENDING.remove(tid);
+    // Its thread state is freed: a thread reusing the tid must not be walked with it.
+    let _ = PY_THREADS.remove(tid);
     if tgid != tid {
         return 0;
     }

@@ -202,8 +202,8 @@ fn roots(folded: &str) -> Vec<(String, u64)> {
 const CATALOG: &str = "/catalog/{id}/{id}";
 const REPORT: &str = "/report/{id}/{id}";
 
-fn record_profiles_all_traffic(app: &str, app_file: &str, background: bool) {
-    let server = Gunicorn::start(app, 2, &[]);
+fn record_profiles_all_traffic(app: &str, app_file: &str, background: bool, server_args: &[&str]) {
+    let server = Gunicorn::start(app, 2, server_args);
     let out = std::env::temp_dir().join(format!("introspect-record-all-{}", server.port));
     let _ = fs::remove_dir_all(&out);
     let mut cmd = Command::new(introspect_bin());
@@ -314,15 +314,17 @@ fn record_profiles_all_traffic_of_flask() {
     if !can_trace("record_profiles_all_traffic_of_flask") {
         return;
     }
-    record_profiles_all_traffic("flaskapp:app", "flaskapp.py", true);
+    record_profiles_all_traffic("flaskapp:app", "flaskapp.py", true, &[]);
 }
 
+/// Django on gthread workers (2 x 2 threads).
 #[test]
 fn record_profiles_all_traffic_of_django() {
     if !can_trace("record_profiles_all_traffic_of_django") {
         return;
     }
-    record_profiles_all_traffic("djangoapp.wsgi:application", "djangoapp/views.py", false);
+    // Threads of a worker: samples go by thread to the request each one serves.
+    record_profiles_all_traffic("djangoapp.wsgi:application", "djangoapp/views.py", false, &["--worker-class", "gthread", "--threads", "2"]);
 }
 
 /// A tmux session, killed when dropped.

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use introspect_tests::{client::Client, introspect::Watch, postgres::Postgres, server::Gunicorn};
+use introspect_tests::{client::Client, guard::Guard, introspect::Watch, introspect_bin, postgres::Postgres, server::Gunicorn};
 use serde_json::Value;
 
 use crate::{prepare, root};
@@ -182,6 +182,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     fs::write(out_dir.join("introspect.stderr"), stderr)?;
     let sql_lines = sql_part(server.port, &out_dir)?;
+    let hot_lines = hotspots_part(server.port, &out_dir)?;
     drop(server);
     drop(pg);
 
@@ -212,7 +213,7 @@ pub fn run() -> anyhow::Result<()> {
             );
         }
     }
-    for line in &sql_lines {
+    for line in sql_lines.iter().chain(&hot_lines) {
         eprintln!("{line}");
     }
     runaway(&out_dir)?;
@@ -223,6 +224,8 @@ pub fn run() -> anyhow::Result<()> {
     eprintln!("  slow.svg           flame graph of the slow requests, on-CPU and off-CPU (open it in a browser)");
     eprintln!("  events.recording   every kernel event, for `introspect replay demo-out/events.recording --all`");
     eprintln!("  sql.jsonl          the N+1 page and its JOIN twin, every request with its `sql`");
+    eprintln!("  record/            `introspect record` of the hotspot mix: all.svg (where all requests' time went),");
+    eprintln!("                     slow.svg, cpu.svg, offcpu.svg, routes/*.svg, events.jsonl, summary.json (with `hot`)");
     eprintln!("  runaway.jsonl      part 2: the interrupted and the killed request (runaway.recording: its kernel events)");
     eprintln!("  introspect.stderr  introspect's diagnostics");
     Ok(())
@@ -290,6 +293,66 @@ fn sql_part(port: u16, out_dir: &std::path::Path) -> anyhow::Result<Vec<String>>
         }
         None => out.push(format!("  GET {}: not reported", waiter.path)),
     }
+    Ok(out)
+}
+
+/// The same server under `introspect record` (every request profiled at 49 Hz): a 120 ms CPU
+/// page called often and a 1.5 s page called rarely. The first costs the site the most and
+/// leads the hot-function table; the second leads the slow-only view.
+fn hotspots_part(port: u16, out_dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let dir = out_dir.join("record");
+    let _ = fs::remove_dir_all(&dir);
+    let mut cmd = std::process::Command::new(introspect_bin());
+    cmd.args(["record", "--port", &port.to_string(), "--duration", "10s", "--out"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut record = Guard::spawn("introspect record", &mut cmd)?;
+    let mut out = vec![format!("\ndemo: hotspots of all traffic (introspect record --port {port} --duration 10s --out demo-out/record)\n")];
+    thread::sleep(Duration::from_secs(2));
+    let clients: Vec<_> = (0..2)
+        .map(|c| {
+            thread::spawn(move || {
+                let mut client = Client::new(port, false);
+                for i in 0..30 {
+                    let path = if c == 0 && i % 15 == 7 { format!("/report/1500/{i}") } else { format!("/catalog/120/{}", c * 100 + i) };
+                    let _ = client.request("GET", &path);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        let _ = c.join();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while record.try_wait().is_none() {
+        if Instant::now() > deadline {
+            out.push("  record did not finish".into());
+            return Ok(out);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let summary: Value = serde_json::from_str(&fs::read_to_string(dir.join("summary.json"))?)?;
+    out.push(format!("  {:<34} {:>10} {:>10} {:>6} {:>6}  top route", "hot function (file:line)", "self ms", "total ms", "CPU%", "reqs"));
+    for h in summary["hot"].as_array().into_iter().flatten().filter(|h| h["self_cpu_ms"].as_f64().unwrap_or(0.0) > 0.0).take(5) {
+        let file = h["file"].as_str().unwrap_or("?").rsplit('/').next().unwrap_or("?");
+        out.push(format!(
+            "  {:<34} {:>10.1} {:>10.1} {:>5.1}% {:>6}  {}",
+            format!("{} ({file}:{})", h["function"].as_str().unwrap_or("?"), h["line"]),
+            h["self_cpu_ms"].as_f64().unwrap_or(0.0),
+            h["total_cpu_ms"].as_f64().unwrap_or(0.0),
+            h["share_cpu"].as_f64().unwrap_or(0.0) * 100.0,
+            h["requests"],
+            h["routes"][0]["route"].as_str().unwrap_or("")
+        ));
+    }
+    let slow = fs::read_to_string(dir.join("slow.folded")).unwrap_or_default();
+    let slow_routes: std::collections::BTreeSet<&str> = slow.lines().filter_map(|l| l.split(';').next()).collect();
+    out.push(format!(
+        "  {} samples outside any request; the slow-only view (slow.svg) holds: {}",
+        summary["no_request"]["samples"],
+        slow_routes.into_iter().collect::<Vec<_>>().join(", ")
+    ));
     Ok(out)
 }
 

@@ -166,6 +166,15 @@ impl Live for Host {
     fn enrich(&mut self, ev: &mut Event) {
         if self.profile_all {
             let hdr = *ev.hdr();
+            // A sample without Python frames from a thread found before: the kernel dropped
+            // its entry as it exited, and this is a new thread with its tid (or one between
+            // Python frames); looked up again, at most once a second.
+            if let Event::Stack { sampled: Some(_), raw, .. } = &*ev
+                && raw.is_empty()
+                && let Some(seen) = self.py_threads.get_mut(&hdr.tid)
+            {
+                seen.0 = false;
+            }
             if hdr.tid != 0 {
                 self.find_py_thread(hdr.tgid, hdr.tid);
             }

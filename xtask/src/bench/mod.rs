@@ -149,6 +149,10 @@ enum Config {
     Default,
     Slow10,
     PySpy,
+    /// The all-traffic profiler on a watch (slow-only reporting): what sampling costs.
+    ProfileAll,
+    /// `record` as a user runs it: every request profiled and written to events.jsonl.
+    Record,
 }
 
 impl Config {
@@ -158,6 +162,8 @@ impl Config {
             Config::Default => "introspect (default probes)",
             Config::Slow10 => "introspect (~10% slow, stacks)",
             Config::PySpy => "py-spy record 100 Hz",
+            Config::ProfileAll => "watch --profile-all (49 Hz)",
+            Config::Record => "record (all traffic, 49 Hz)",
         }
     }
 }
@@ -195,13 +201,21 @@ fn start_tracer(
 ) -> anyhow::Result<Option<Tracer>> {
     let mut cmd = match cfg {
         Config::Baseline => return Ok(None),
-        Config::Default | Config::Slow10 => {
+        Config::Default | Config::Slow10 | Config::ProfileAll => {
             let mut c = Command::new(bin);
             c.args(["watch", "--pid", &master.to_string()]);
             if cfg == Config::Slow10 {
                 c.args(["--threshold", threshold]);
             }
+            if cfg == Config::ProfileAll {
+                c.arg("--profile-all");
+            }
             c.args(extra);
+            c
+        }
+        Config::Record => {
+            let mut c = Command::new(bin);
+            c.args(["record", "--pid", &master.to_string(), "--duration", "1h", "--out"]).arg(record_dir());
             c
         }
         Config::PySpy => {
@@ -249,6 +263,11 @@ fn start_tracer(
     Ok(Some(Tracer { guard, pid, stdout: Some(out) }))
 }
 
+/// Where the bench's `record` runs write.
+fn record_dir() -> std::path::PathBuf {
+    root().join("bench-out/record")
+}
+
 fn summary_of(stdout: &str) -> Option<Value> {
     stdout.lines().rev().find(|l| l.contains(r#""type":"summary""#)).and_then(|l| serde_json::from_str(l).ok())
 }
@@ -285,7 +304,12 @@ fn measure(
             let sig = if cfg == Config::PySpy { libc::SIGINT } else { libc::SIGTERM };
             t.guard.stop_with(sig, Duration::from_secs(20));
             let out = t.stdout.take().and_then(|h| h.join().ok()).unwrap_or_default();
-            (cpu, rss, summary_of(&out))
+            let summary = if cfg == Config::Record {
+                fs::read_to_string(record_dir().join("summary.json")).ok().and_then(|s| serde_json::from_str(&s).ok())
+            } else {
+                summary_of(&out)
+            };
+            (cpu, rss, summary)
         }
         None => (0.0, 0, None),
     };
@@ -324,7 +348,7 @@ pub fn run() -> anyhow::Result<()> {
     eprintln!("bench: {machine}, {date}; {ROUNDS} alternating rounds of {RUN_SECONDS} s per configuration and endpoint");
 
     let server = Gunicorn::start("flaskapp:app", 2, &[]);
-    let configs = [Config::Baseline, Config::Default, Config::Slow10, Config::PySpy];
+    let configs = [Config::Baseline, Config::Default, Config::Slow10, Config::PySpy, Config::ProfileAll, Config::Record];
     let mut results = Vec::new();
     let mut table = Vec::new();
     for (label, path) in [("hello-world", "/fast"), ("5 ms (half CPU, half sleep)", "/half/5")] {
@@ -398,30 +422,56 @@ pub fn run() -> anyhow::Result<()> {
         }
     }
 
-    // Where the kernel time goes: per-program run time per request (kernel BPF stats, one run).
+    // Where the kernel time goes: per-program run time per request (kernel BPF stats, one run),
+    // then the same with the all-traffic profiler on.
     let url = format!("http://127.0.0.1:{}/fast", server.port);
-    let tracer = start_tracer(Config::Default, server.master_pid(), "500ms", &bin, &env.venv, &["--bpf-stats"])?.context("tracer")?;
-    let r = wrk(&url, 1, 4, RUN_SECONDS)?;
-    let mut t = tracer;
-    t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
-    let out = t.stdout.take().and_then(|h| h.join().ok()).unwrap_or_default();
-    let s = summary_of(&out).context("no summary from the stats run")?;
-    let mut per_prog: Vec<(String, f64, f64)> = s["agent"]["bpf"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["program"].as_str().unwrap_or("?").to_string(),
-                        p["runs"].as_f64().unwrap_or(0.0) / r.requests,
-                        p["run_ms"].as_f64().unwrap_or(0.0) * 1e3 / r.requests,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    per_prog.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let stats = |cfg: Config| -> anyhow::Result<(Vec<(String, f64, f64)>, Value, WrkResult)> {
+        let tracer = start_tracer(cfg, server.master_pid(), "500ms", &bin, &env.venv, &["--bpf-stats"])?.context("tracer")?;
+        let r = wrk(&url, 1, 4, RUN_SECONDS)?;
+        let mut t = tracer;
+        t.guard.stop_with(libc::SIGTERM, Duration::from_secs(20));
+        let out = t.stdout.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        let s = summary_of(&out).context("no summary from the stats run")?;
+        let mut per_prog: Vec<(String, f64, f64)> = s["agent"]["bpf"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|p| {
+                        (
+                            p["program"].as_str().unwrap_or("?").to_string(),
+                            p["runs"].as_f64().unwrap_or(0.0) / r.requests,
+                            p["run_ms"].as_f64().unwrap_or(0.0) * 1e3 / r.requests,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        per_prog.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok((per_prog, s, r))
+    };
+    let (per_prog, _, _) = stats(Config::Default)?;
     let bpf_total_us: f64 = per_prog.iter().map(|p| p.2).sum();
+    let (per_prog_all, s_all, r_all) = stats(Config::ProfileAll)?;
+    let bpf_all_us: f64 = per_prog_all.iter().map(|p| p.2).sum();
+    let sampler = per_prog_all.iter().find(|p| p.0 == "sample_all").cloned().unwrap_or_default();
+    let sampler_us_per_run = if sampler.1 > 0.0 { sampler.2 / sampler.1 } else { f64::NAN };
+    let sampled = &s_all["stacks"]["sampled"];
+    let samples = ["request_samples", "no_request_samples", "offcpu_stacks"].iter().map(|k| sampled[*k].as_f64().unwrap_or(0.0)).sum::<f64>();
+    // The tracer's side of a sample: its added CPU per hello-world request (medians of the
+    // throughput rows) over the samples per request of the stats run.
+    let tracer_us = |name: &str| {
+        results
+            .iter()
+            .find(|r| r["endpoint"] == "hello-world" && r["config"] == name)
+            .and_then(|r| r["added_cpu_per_request_us_split"]["tracer"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    let samples_per_req = samples / r_all.requests.max(1.0);
+    let tracer_per_sample_us = (tracer_us(Config::ProfileAll.name()) - tracer_us(Config::Default.name())) / samples_per_req;
+    // Everything the profiler adds per request (kernel programs and tracer), at the stats run's
+    // throughput, over the two fully busy workers.
+    let added_per_req = (bpf_all_us - bpf_total_us) + (tracer_us(Config::ProfileAll.name()) - tracer_us(Config::Default.name()));
+    let per_worker_pct = added_per_req * r_all.rps / 2.0 / 1e6 * 100.0;
 
     // Alert latency: from crossing the threshold to the inflight line.
     let mut watch = Watch::start(&["--pid", &server.master_pid().to_string(), "--threshold", "50ms"]);
@@ -522,6 +572,15 @@ pub fn run() -> anyhow::Result<()> {
         "throughput": results,
         "bpf_per_request": per_prog.iter().map(|(p, runs, us)| json!({"program": p, "runs": runs, "us": us})).collect::<Vec<_>>(),
         "bpf_us_per_request": bpf_total_us,
+        "profile_all": {
+            "bpf_us_per_request": bpf_all_us,
+            "samples_per_request": samples_per_req,
+            "sample_all_us_per_run": sampler_us_per_run,
+            "tracer_us_per_sample": tracer_per_sample_us,
+            "added_us_per_request": added_per_req,
+            "pct_of_a_core_per_busy_worker": per_worker_pct,
+            "target_pct": 0.5,
+        },
         "serial": serial.json(),
         "alert_latency_ms": {"p50": alert_p50, "p99": alert_p99, "samples": delays.len()},
         "tracer_idle_cpu_pct": tracer_idle_pct,
@@ -544,6 +603,10 @@ pub fn run() -> anyhow::Result<()> {
     for (p, runs, us) in &per_prog {
         println!("  {p:<28} {runs:>6.2} runs/req {us:>7.3} µs/req");
     }
+    println!(
+        "\nAll-traffic profiler (hello-world, 2 busy workers, {:.0} req/s): BPF {bpf_all_us:.2} µs/request against {bpf_total_us:.2} without; {samples_per_req:.3} stacks per request; one on-CPU sample's kernel walk {sampler_us_per_run:.1} µs, the tracer's part of a stack {tracer_per_sample_us:.1} µs; in all +{added_per_req:.2} µs per request = {per_worker_pct:.2}% of one core per busy worker (target 0.5%)",
+        r_all.rps
+    );
     serial.print();
     println!("\nAlert latency (threshold crossed → inflight line): p50 {alert_p50:.1} ms, p99 {alert_p99:.1} ms ({} requests)", delays.len());
     println!("Tracer CPU with no requests: {tracer_idle_pct:.2}% of one core; at {rate_2k:.0} hello-world requests/s: {tracer_2k_pct:.2}%");

@@ -263,6 +263,9 @@ fn start_tracer(
     Ok(Some(Tracer { guard, pid, stdout: Some(out) }))
 }
 
+/// A BPF program's runs and run time (µs) per request.
+type ProgramCost = (String, f64, f64);
+
 /// Where the bench's `record` runs write.
 fn record_dir() -> std::path::PathBuf {
     root().join("bench-out/record")
@@ -425,7 +428,7 @@ pub fn run() -> anyhow::Result<()> {
     // Where the kernel time goes: per-program run time per request (kernel BPF stats, one run),
     // then the same with the all-traffic profiler on.
     let url = format!("http://127.0.0.1:{}/fast", server.port);
-    let stats = |cfg: Config| -> anyhow::Result<(Vec<(String, f64, f64)>, Value, WrkResult)> {
+    let stats = |cfg: Config| -> anyhow::Result<(Vec<ProgramCost>, Value, WrkResult)> {
         let tracer = start_tracer(cfg, server.master_pid(), "500ms", &bin, &env.venv, &["--bpf-stats"])?.context("tracer")?;
         let r = wrk(&url, 1, 4, RUN_SECONDS)?;
         let mut t = tracer;

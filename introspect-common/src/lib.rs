@@ -99,19 +99,28 @@ pub mod stack_flag {
     /// wait was sampled (see [`SAMPLE_EVERY`]); not from arming.
     pub const SAMPLED: u16 = 1 << 3;
     /// An off-CPU stack taken at the exit of the syscall the thread blocked in (its user and
-    /// Python frames are those it blocked with); `wait_us` is the syscall's duration.
+    /// Python frames are those it blocked with); `wait_us` is the time it stands for: the
+    /// syscall's duration, or with `SCALED` [`LONG_WAIT_NS`].
     pub const AT_EXIT: u16 = 1 << 4;
-    /// Stands for [`SAMPLE_EVERY`] such waits: one in that many was captured.
+    /// Sampled: with `AT_EXIT`, a wait shorter than [`LONG_WAIT_NS`] captured with probability
+    /// its length / `LONG_WAIT_NS`; without, a switch-out standing for [`SAMPLE_EVERY`] of them.
     pub const SCALED: u16 = 1 << 5;
+    /// With `SCALED`: a preemption, standing for [`PREEMPT_EVERY`] of them.
+    pub const PREEMPTED: u16 = 1 << 6;
 }
 
 /// The all-traffic profiler captures every wait of a serving thread that lasts at least this
-/// long (so at most one stack walk per millisecond of waiting)...
+/// long, and a shorter one with probability length / this (weighing this much): at most one
+/// stack walk per millisecond of waiting.
 pub const LONG_WAIT_NS: u64 = 1_000_000;
-/// ... and one in this many shorter ones (and of switch-outs outside a hooked syscall:
-/// preemption, page faults), counted per CPU, weighted by this many: a hello-world request
-/// blocks a few times for microseconds, and a stack walk at each would cost more than serving it.
+/// Switch-outs outside a hooked syscall that block (page faults, unhooked syscalls) are captured
+/// one in this many per CPU, weighted by this many: their length is not known when the stack
+/// must be taken.
 pub const SAMPLE_EVERY: u16 = 16;
+/// ... and preemptions one in this many: on a busy host a request is preempted about once, its
+/// wait is the run queue's (exact in the breakdown), and where it was is what on-CPU samples
+/// tell already; at one in 16 their stacks were most of the profiler's cost.
+pub const PREEMPT_EVERY: u16 = 256;
 
 /// Flags on a [`DataEvent`].
 pub mod data_flag {

@@ -8,7 +8,7 @@
 //! calls) the roles turn around: its writes are the requests, its reads the responses; their
 //! heads are copied only when a parser for them is loaded (`Settings::outbound_heads`).
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -20,7 +20,7 @@ use crate::{
     emit::{SUBMIT_FLAGS, header, send},
     fd,
     maps::{ARRIVALS, CONNS, EVENTS, Pending, SETTINGS, buf_kind, count, is_tracked, set_thread_bits, thread, thread_bits},
-    python::{capture_sampled, wait_sampled},
+    python::capture_sampled,
     syscall::{arg, emit_syscall, now, nr, recall, remember, ret},
     wire,
 };
@@ -257,21 +257,27 @@ fn emit_with_payload(p: &Pending, mut base: DataEvent, n: u64) {
     entry.submit(SUBMIT_FLAGS);
 }
 
-/// All-traffic profiling: the thread left the CPU inside this syscall. Every wait of at least
-/// `LONG_WAIT_NS` is captured, one in `SAMPLE_EVERY` shorter ones: here, not at the switch-out,
-/// because only now is its length known; the user and Python frames are still those the thread
-/// blocked with (it ran no user code since).
+/// All-traffic profiling: the thread left the CPU inside this syscall. Here, not at the
+/// switch-out, because only now is the wait's length known; the user and Python frames are
+/// still those the thread blocked with (it ran no user code since). Every wait of at least
+/// `LONG_WAIT_NS` is captured and weighs its length; a shorter one is captured with probability
+/// length / `LONG_WAIT_NS` and then weighs `LONG_WAIT_NS`: right on average, and at most one
+/// stack walk per millisecond of waiting whatever the waits' lengths (a hello-world request's
+/// waits of a few microseconds almost never pay one).
 #[inline(always)]
 fn sampled_wait(ctx: &TracePointContext, p: &Pending, pid_tgid: u64) {
     set_thread_bits(pid_tgid as u32, 0, thread::WAITED);
     let now = now();
     let dur = now.saturating_sub(p.enter_ts);
-    let flags = if dur >= LONG_WAIT_NS {
-        stack_flag::OFF_CPU | stack_flag::AT_EXIT
-    } else if wait_sampled() {
-        stack_flag::OFF_CPU | stack_flag::AT_EXIT | stack_flag::SCALED
+    let (flags, weight) = if dur >= LONG_WAIT_NS {
+        (stack_flag::OFF_CPU | stack_flag::AT_EXIT, dur)
     } else {
-        return;
+        // SAFETY: no preconditions.
+        let draw = unsafe { bpf_get_prandom_u32() } as u64 % LONG_WAIT_NS;
+        if draw >= dur {
+            return;
+        }
+        (stack_flag::OFF_CPU | stack_flag::AT_EXIT | stack_flag::SCALED, LONG_WAIT_NS)
     };
-    capture_sampled(ctx, flags, now, pid_tgid, (dur / 1000).min(u32::MAX as u64) as u32);
+    capture_sampled(ctx, flags, now, pid_tgid, (weight / 1000).min(u32::MAX as u64) as u32);
 }

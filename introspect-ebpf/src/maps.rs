@@ -82,9 +82,10 @@ pub static PY_WALK: HashMap<u32, PyWalk> = HashMap::with_max_entries(4096, 0);
 #[map(name = "PY_THREADS")]
 pub static PY_THREADS: HashMap<u32, Armed> = HashMap::with_max_entries(16384, 0);
 
-/// Per CPU: waits seen by the all-traffic profiler since the last one it sampled.
+/// Per CPU: switch-outs seen by the all-traffic profiler since the last one it sampled, blocked
+/// (index 0) and preempted (1).
 #[map(name = "WAIT_TICKS")]
-pub static WAIT_TICKS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static WAIT_TICKS: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
 
 /// Threads serving a slow request, whose stacks are captured (by tid).
 #[map(name = "ARMED")]

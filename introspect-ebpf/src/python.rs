@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     programs::tracing::StackIdContext,
 };
-use introspect_common::{Armed, NO_OFFSET, PY_FRAMES_MAX, PyRawFrame, PyWalk, SAMPLE_EVERY, StackEvent, counter, kind, stack_flag};
+use introspect_common::{Armed, NO_OFFSET, PREEMPT_EVERY, PY_FRAMES_MAX, PyRawFrame, PyWalk, SAMPLE_EVERY, StackEvent, counter, kind, stack_flag};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header},
@@ -53,14 +53,16 @@ pub fn profiling_all() -> bool {
     SETTINGS.load().profile_all != 0
 }
 
-/// For the all-traffic profiler: true for one wait in `SAMPLE_EVERY` on this CPU.
+/// For the all-traffic profiler: true for one switch-out in `SAMPLE_EVERY` on this CPU, or
+/// with `preempted` one preemption in `PREEMPT_EVERY`.
 #[inline(always)]
-pub fn wait_sampled() -> bool {
-    let Some(t) = WAIT_TICKS.get_ptr_mut(0) else { return false };
+pub fn switch_sampled(preempted: bool) -> bool {
+    let (slot, every) = if preempted { (1, PREEMPT_EVERY) } else { (0, SAMPLE_EVERY) };
+    let Some(t) = WAIT_TICKS.get_ptr_mut(slot) else { return false };
     // SAFETY: per-CPU slot, and BPF programs do not preempt each other on one CPU.
     unsafe {
         *t += 1;
-        if *t >= SAMPLE_EVERY as u32 {
+        if *t >= every as u32 {
             *t = 0;
             return true;
         }

@@ -13,7 +13,7 @@ use crate::{
     emit::{header, send},
     field,
     maps::{OFFCPU, OFFSETS, PENDING, set_thread_bits, thread, thread_bits, upsert},
-    python::{capture, capture_sampled, profiling_all, wait_sampled},
+    python::{capture, capture_sampled, profiling_all, switch_sampled},
 };
 
 /// sched_switch prev_state: the low byte is the task state (0 = runnable, i.e. preempted);
@@ -62,10 +62,11 @@ pub fn sched_sched_switch(ctx: TracePointContext) -> u32 {
             if prev_bits & thread::PENDING != 0 {
                 // In a hooked syscall: sampled at its exit, when its length is known.
                 set_thread_bits(prev, thread::WAITED, 0);
-            } else if wait_sampled() {
+            } else if switch_sampled(state == 0) {
                 // Preempted, or blocked outside the hooked syscalls: weighted by the wait that
                 // follows, times the sampling.
-                capture_sampled(&ctx, stack_flag::OFF_CPU | stack_flag::SCALED, now, pid_tgid, 0);
+                let preempted = if state == 0 { stack_flag::PREEMPTED } else { 0 };
+                capture_sampled(&ctx, stack_flag::OFF_CPU | stack_flag::SCALED | preempted, now, pid_tgid, 0);
             }
         }
     }

@@ -53,9 +53,9 @@ pub fn run(mut args: RecordArgs) -> anyhow::Result<()> {
 /// What the all-traffic graphs are made of, said under their titles.
 pub fn sampling_note(hz: u64) -> String {
     format!(
-        "on-CPU: every thread sampled at {hz} Hz. off-CPU: waits of {} ms or more all counted, shorter ones 1 in {} (weighted x{})",
+        "on-CPU: every thread sampled at {hz} Hz. off-CPU: waits of {0} ms or more all counted, a shorter one with probability its length / {0} ms (weighing {0} ms), other switch-outs 1 in {1} (x{1}), preemptions 1 in {2} (x{2})",
         introspect_common::LONG_WAIT_NS / 1_000_000,
         introspect_common::SAMPLE_EVERY,
-        introspect_common::SAMPLE_EVERY
+        introspect_common::PREEMPT_EVERY,
     )
 }

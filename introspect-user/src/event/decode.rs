@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use introspect_common::{
     AcceptEvent, CloseEvent, ConnectEvent, DataEvent, DataPayloadEvent, DbLinkEvent, DbSwitchEvent, EventHeader, FdEvent, OffCpuEvent, OomEvent,
-    PAYLOAD_MAX, PY_FRAMES_MAX, PeerKey, ProcEvent, SAMPLE_EVERY, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, WIRE_MAX, data_flag, kind,
-    stack_flag,
+    PAYLOAD_MAX, PREEMPT_EVERY, PY_FRAMES_MAX, PeerKey, ProcEvent, SAMPLE_EVERY, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, WIRE_MAX,
+    data_flag, kind, stack_flag,
 };
 
 use super::{Dir, Event, FdOrigin, Hdr, SampleWeight, Sys, WaitFacts};
@@ -139,7 +139,12 @@ impl Decoder {
                     frames: Vec::new(),
                     sampled: (e.hdr.flags & stack_flag::SAMPLED != 0).then(|| SampleWeight {
                         wait_ns: (e.hdr.flags & stack_flag::AT_EXIT != 0).then_some(e.wait_us as u64 * 1000),
-                        every: if e.hdr.flags & stack_flag::SCALED != 0 { SAMPLE_EVERY as u32 } else { 1 },
+                        // A sampled wait at its syscall's exit already carries its weight.
+                        every: match e.hdr.flags & (stack_flag::SCALED | stack_flag::AT_EXIT | stack_flag::PREEMPTED) {
+                            f if f == stack_flag::SCALED => SAMPLE_EVERY as u32,
+                            f if f == stack_flag::SCALED | stack_flag::PREEMPTED => PREEMPT_EVERY as u32,
+                            _ => 1,
+                        },
                     }),
                 }
             }

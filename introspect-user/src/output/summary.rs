@@ -202,7 +202,9 @@ impl Summary {
 
     /// A request's all-traffic profile, for the hot-function table.
     pub fn profile(&mut self, r: &Request, profile: &[ProfileEntry]) {
-        self.hot.add(&r.method, &route::normalize(&r.path), profile);
+        if !profile.is_empty() {
+            self.hot.add(&r.method, &route::normalize(&r.path), profile);
+        }
     }
 
     /// The `limit` query shapes that took the most time across routes.

@@ -39,10 +39,28 @@ pub struct Host {
     profile_all: bool,
     /// Threads looked up for it (whether a thread state was found, and when it was looked for).
     py_threads: HashMap<u32, (bool, u64)>,
+    /// Its stacks, symbolized, by what the kernel captured.
+    stack_cache: foldhash::HashMap<StackKey, Vec<Frame>>,
     /// Processes that exited, and when: their readers and symbols are kept a little longer,
     /// for the stacks their threads left as they were killed (which can come after the exit).
     exited: Vec<(u32, u64)>,
 }
+
+/// What a sampled stack was captured as: its process, kernel addresses, innermost user address
+/// and Python (code object, position) pairs.
+#[derive(PartialEq, Eq, Hash)]
+struct StackKey {
+    tgid: u32,
+    kaddrs: Vec<u64>,
+    pc: Option<u64>,
+    raw: Vec<(u64, u64)>,
+}
+
+/// Any kernel address: symbolizing it loads the kernel symbol table.
+const KERNEL_TEXT_PROBE: u64 = 0xffff_ffff_8100_0000;
+
+/// Symbolized stacks kept at most (a few MiB).
+const STACK_CACHE_MAX: usize = 4096;
 
 /// How long an exited process's readers are kept.
 const KEEP_EXITED_NS: u64 = 1_000_000_000;
@@ -70,9 +88,15 @@ impl Host {
     /// `sample_hz`: of an armed (slow request's) thread; `profile_all`: the all-traffic profiler
     /// runs.
     pub fn new(probes: Probes, sample_hz: u64, profile_all: bool) -> Self {
+        let symbols = Symbols::default();
+        if profile_all {
+            // Samples come at once: load the kernel's symbols now (reading /proc/kallsyms takes
+            // ~0.1 s of CPU), before the watch starts, not with the first sample.
+            let _ = symbols.kernel(&[KERNEL_TEXT_PROBE]);
+        }
         Self {
             probes,
-            symbols: Symbols::default(),
+            symbols,
             interps: HashMap::new(),
             gils: Gils::default(),
             fds: Resolver::default(),
@@ -84,6 +108,7 @@ impl Host {
             exited: Vec::new(),
             profile_all,
             py_threads: HashMap::new(),
+            stack_cache: foldhash::HashMap::default(),
         }
     }
 
@@ -123,6 +148,10 @@ impl Host {
         self.now_ns = now_ns;
         let (gone, kept): (Vec<_>, Vec<_>) = self.exited.drain(..).partition(|&(_, at)| now_ns.saturating_sub(at) > KEEP_EXITED_NS);
         self.exited = kept;
+        if !gone.is_empty() {
+            // Its code objects' addresses mean nothing now.
+            self.stack_cache.clear();
+        }
         for (pid, _) in gone {
             for tid in self.probes.forget_py_threads(pid) {
                 self.py_threads.remove(&tid);
@@ -175,7 +204,10 @@ impl Live for Host {
             {
                 seen.0 = false;
             }
-            if hdr.tid != 0 {
+            // Only threads of the watched processes: their samples, and their reads and writes
+            // on connections (a request's first read comes before its first sample). Not the
+            // events of PostgreSQL backends.
+            if hdr.tid != 0 && matches!(ev, Event::Stack { sampled: Some(_), .. } | Event::Data { .. } | Event::Accept { .. }) {
                 self.find_py_thread(hdr.tgid, hdr.tid);
             }
         }
@@ -189,16 +221,36 @@ impl Live for Host {
                 // A wait's stack taken at its syscall's exit: the kernel part is the exit path,
                 // not where it waited; the native frame above it names the call.
                 let at_exit = sampled.is_some_and(|w| w.wait_ns.is_some());
-                let mut out: Vec<Frame> = if at_exit { Vec::new() } else { self.symbols.kernel(&self.probes.stack(*kstack)) };
+                let kaddrs = if at_exit { Vec::new() } else { self.probes.stack(*kstack) };
+                // Without frame pointers in libpython only the innermost user frame is exact.
+                let pc = self.probes.stack(*ustack).first().copied();
+                let raw = std::mem::take(raw);
+                // The all-traffic profiler sees the same few stacks over and over: symbolized
+                // once, by what was captured (addresses and code objects, not ids).
+                let key = sampled.is_some().then(|| StackKey { tgid: hdr.tgid, kaddrs, pc, raw: raw.iter().map(|r| (r.code, r.lasti)).collect() });
+                if let Some(hit) = key.as_ref().and_then(|k| self.stack_cache.get(k)) {
+                    *frames = hit.clone();
+                    return;
+                }
+                let mut out: Vec<Frame> = match &key {
+                    Some(k) => self.symbols.kernel(&k.kaddrs),
+                    None => self.symbols.kernel(&self.probes.stack(*kstack)),
+                };
                 let skip = out.iter().take_while(|f| is_capture_frame(f)).count();
                 out.drain(..skip);
-                // Without frame pointers in libpython only the innermost user frame is exact.
-                if let Some(&pc) = self.probes.stack(*ustack).first() {
+                if let Some(pc) = pc {
                     out.extend(self.symbols.user(hdr.tgid, &[pc]));
                 }
-                let raw = std::mem::take(raw);
                 if let Some(interp) = interp(&mut self.interps, &mut self.warnings, hdr.tgid) {
                     out.extend(interp.symbolize(&raw));
+                }
+                if let Some(k) = key {
+                    if self.stack_cache.len() >= STACK_CACHE_MAX {
+                        // Code objects are freed and their addresses reused: start over now
+                        // and then rather than keep what may have gone stale.
+                        self.stack_cache.clear();
+                    }
+                    self.stack_cache.insert(k, out.clone());
                 }
                 *frames = out;
             }

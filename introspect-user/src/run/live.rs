@@ -175,6 +175,11 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     for (pid, fd, peer) in &served.conns {
         pipeline.assembler().seed_conn(*pid, *fd, Some(*peer));
     }
+    // Profiling all traffic, a slow request's thread is armed for its off-CPU stacks and its
+    // kill only: the per-CPU sampler already samples it. Readers and symbols are loaded before
+    // the watch says it is watching.
+    let mut host = Host::new(probes, if session.profile_all { 0 } else { session.sample_hz() }, session.profile_all);
+    host.warm(pids.iter().copied());
     let ports: Vec<String> = served.ports.iter().map(u16::to_string).collect();
     eprintln!(
         "introspect: watching {} process(es) [{}] serving TCP port(s) [{}]; threshold {}{}",
@@ -196,10 +201,6 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
 
     let started = Instant::now();
     let mut live = pids;
-    // Profiling all traffic, a slow request's thread is armed for its off-CPU stacks and its
-    // kill only: the per-CPU sampler already samples it.
-    let mut host = Host::new(probes, if session.profile_all { 0 } else { session.sample_hz() }, session.profile_all);
-    host.warm(live.iter().copied());
     // What the fds open before the watch are (the syscalls tell the rest): read now, after the
     // fd probes were attached, so any change since is an event that comes after these.
     let now = clock::monotonic_ns();

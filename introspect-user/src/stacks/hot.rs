@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use crate::stacks::{Frame, FrameKind, profile::ProfileEntry};
+use crate::stacks::{FrameKind, profile::ProfileEntry};
 
 /// How many functions the table lists, and routes per function.
 pub const HOT_ROWS: usize = 50;
@@ -18,11 +18,8 @@ struct FnKey {
     line: Option<u32>,
 }
 
-impl FnKey {
-    fn of(f: &Frame) -> Self {
-        FnKey { function: f.function.clone(), file: f.file.clone(), line: f.def_line }
-    }
-}
+/// A function as named by a frame (function, file, line of definition), borrowed.
+type FnRef<'a> = (&'a str, &'a str, Option<u32>);
 
 #[derive(Default)]
 struct FnAcc {
@@ -35,7 +32,7 @@ struct FnAcc {
 
 #[derive(Default)]
 pub struct Hot {
-    fns: HashMap<FnKey, FnAcc>,
+    fns: foldhash::HashMap<FnKey, FnAcc>,
     /// On-CPU time sampled in requests, all functions together.
     cpu_ms: f64,
 }
@@ -75,29 +72,36 @@ fn round3(x: f64) -> f64 {
 impl Hot {
     /// One request's all-traffic profile.
     pub fn add(&mut self, method: &str, route: &str, profile: &[ProfileEntry]) {
-        let mut seen: HashSet<FnKey> = HashSet::new();
+        // This request's functions first, by borrowed name (no allocation per frame), then
+        // one update per function.
+        let mut mine: foldhash::HashMap<FnRef<'_>, (f64, f64, f64)> = foldhash::HashMap::default();
+        let mut in_stack: HashSet<FnRef<'_>, foldhash::fast::RandomState> = HashSet::default();
         for e in profile {
             self.cpu_ms += e.on_cpu_ms;
-            let mut in_stack: HashSet<FnKey> = HashSet::new();
+            in_stack.clear();
             let python = e.stack.iter().filter(|f| f.kind == FrameKind::Python);
             for (i, f) in python.enumerate() {
-                let key = FnKey::of(f);
+                let key = (f.function.as_str(), f.file.as_str(), f.def_line);
                 // Recursion: a function counts once per stack.
-                if !in_stack.insert(key.clone()) {
+                if !in_stack.insert(key) {
                     continue;
                 }
-                let acc = self.fns.entry(key.clone()).or_default();
+                let acc = mine.entry(key).or_default();
                 if i == 0 {
-                    acc.self_ms += e.on_cpu_ms;
+                    acc.0 += e.on_cpu_ms;
                 }
-                acc.total_ms += e.on_cpu_ms;
-                acc.off_ms += e.off_cpu_ms;
-                if e.on_cpu_ms > 0.0 {
-                    *acc.routes.entry((method.to_string(), route.to_string())).or_default() += e.on_cpu_ms;
-                }
-                if seen.insert(key) {
-                    acc.requests += 1;
-                }
+                acc.1 += e.on_cpu_ms;
+                acc.2 += e.off_cpu_ms;
+            }
+        }
+        for ((function, file, line), (self_ms, total_ms, off_ms)) in mine {
+            let acc = self.fns.entry(FnKey { function: function.to_string(), file: file.to_string(), line }).or_default();
+            acc.self_ms += self_ms;
+            acc.total_ms += total_ms;
+            acc.off_ms += off_ms;
+            acc.requests += 1;
+            if total_ms > 0.0 {
+                *acc.routes.entry((method.to_string(), route.to_string())).or_default() += total_ms;
             }
         }
     }
@@ -143,6 +147,7 @@ impl Hot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stacks::Frame;
 
     fn py(f: &str, def: u32) -> Frame {
         Frame { function: f.into(), file: "app.py".into(), line: Some(def + 2), kind: FrameKind::Python, def_line: Some(def) }

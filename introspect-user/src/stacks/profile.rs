@@ -94,8 +94,9 @@ impl Profiles {
     }
 }
 
-/// The (on-CPU ns, off-CPU ns, samples) of each stack.
-type ByStack = HashMap<Vec<Frame>, (u64, u64, u64)>;
+/// The (on-CPU ns, off-CPU ns, samples) of each stack (a fast hash: every sample hashes its
+/// whole stack).
+type ByStack = foldhash::HashMap<Vec<Frame>, (u64, u64, u64)>;
 
 fn entries(by_stack: ByStack) -> Vec<ProfileEntry> {
     let mut out: Vec<ProfileEntry> =
@@ -144,24 +145,28 @@ impl Sampled {
             period_ns: 1_000_000_000 / hz.max(1),
             threads: HashMap::new(),
             leaving: HashMap::new(),
-            no_request: HashMap::new(),
+            no_request: ByStack::default(),
             counts: SampledCounts::default(),
         }
     }
 
-    fn add(&mut self, tid: u32, serving: Serving, frames: Vec<Frame>, on: u64, off: u64, samples: u64) {
+    fn add(&mut self, tid: u32, serving: Serving, frames: &[Frame], on: u64, off: u64, samples: u64) {
         let acc = match serving {
             Some(start) => {
-                let t = self.threads.entry(tid).or_insert_with(|| (start, HashMap::new()));
+                let t = self.threads.entry(tid).or_insert_with(|| (start, ByStack::default()));
                 if t.0 != start {
                     // A request whose end was never seen (or a sample raced its start).
-                    *t = (start, HashMap::new());
+                    *t = (start, ByStack::default());
                 }
                 &mut t.1
             }
             None => &mut self.no_request,
         };
-        let e = acc.entry(frames).or_default();
+        // A stack seen before (the usual case) is not copied.
+        let e = match acc.get_mut(frames) {
+            Some(e) => e,
+            None => acc.entry(frames.to_vec()).or_default(),
+        };
         e.0 += on;
         e.1 += off;
         e.2 += samples;
@@ -176,7 +181,7 @@ impl Sampled {
                     && l.out_ts == *out_ts
                 {
                     let off = hdr.ts.saturating_sub(*out_ts) * u64::from(l.every);
-                    self.add(hdr.tid, l.serving, l.frames, 0, off, 0);
+                    self.add(hdr.tid, l.serving, &l.frames, 0, off, 0);
                 }
             }
             _ => {}
@@ -189,12 +194,12 @@ impl Sampled {
                 Some(_) => self.counts.request_samples += 1,
                 None => self.counts.no_request_samples += 1,
             }
-            self.add(tid, serving, frames.to_vec(), self.period_ns, 0, 1);
+            self.add(tid, serving, frames, self.period_ns, 0, 1);
             return;
         }
         self.counts.offcpu_stacks += 1;
         match w.wait_ns {
-            Some(wait) => self.add(tid, serving, frames.to_vec(), 0, wait * u64::from(w.every), 0),
+            Some(wait) => self.add(tid, serving, frames, 0, wait * u64::from(w.every), 0),
             None => {
                 self.leaving.insert(tid, Leaving { out_ts: ts, every: w.every, frames: frames.to_vec(), serving });
             }

@@ -20,6 +20,9 @@ use crate::{
     stacks::{Frame, FrameKind, RawFrame},
 };
 
+/// (code object, position) lines kept at most.
+const MAX_LINES: usize = 1 << 16;
+
 /// What a code object says about itself.
 #[derive(Clone, Debug)]
 struct CodeInfo {
@@ -34,7 +37,11 @@ pub struct Interp {
     pub pid: u32,
     pub rt: Runtime,
     pub layout: Layout,
-    codes: HashMap<u64, Option<CodeInfo>>,
+    /// Code objects read so far (shared: the linetable is not copied per frame).
+    codes: HashMap<u64, Option<std::rc::Rc<CodeInfo>>>,
+    /// Lines of (code object, position) pairs seen so far: the all-traffic profiler hands the
+    /// same ones over many times a second.
+    lines: HashMap<(u64, u64), Option<u32>>,
     /// ≤3.10: offset of the kernel tid inside glibc's `struct pthread` (found once per process).
     pthread_tid: Option<u64>,
 }
@@ -49,7 +56,7 @@ impl Interp {
     pub fn attach(pid: u32) -> Result<Self, PyError> {
         let rt = runtime::find_runtime(pid)?;
         let layout = layout::layout(pid, &rt)?;
-        Ok(Self { pid, rt, layout, codes: HashMap::new(), pthread_tid: None })
+        Ok(Self { pid, rt, layout, codes: HashMap::new(), lines: HashMap::new(), pthread_tid: None })
     }
 
     fn ptr(&self, addr: u64) -> Result<u64, PyError> {
@@ -180,7 +187,17 @@ impl Interp {
                 if info.file == "<shim>" {
                     return None;
                 }
-                let line = self.line(&info, code, r.lasti);
+                let line = match self.lines.get(&(code, r.lasti)) {
+                    Some(l) => *l,
+                    None => {
+                        if self.lines.len() >= MAX_LINES {
+                            self.lines.clear();
+                        }
+                        let l = self.line(&info, code, r.lasti);
+                        self.lines.insert((code, r.lasti), l);
+                        l
+                    }
+                };
                 Some(Frame {
                     function: info.function.clone(),
                     file: info.file.clone(),
@@ -214,11 +231,11 @@ impl Interp {
         Ok(self.symbolize(&raw))
     }
 
-    fn code_info(&mut self, code: u64) -> Option<CodeInfo> {
+    fn code_info(&mut self, code: u64) -> Option<std::rc::Rc<CodeInfo>> {
         if let Some(c) = self.codes.get(&code) {
             return c.clone();
         }
-        let info = self.read_code(code);
+        let info = self.read_code(code).map(std::rc::Rc::new);
         // Code objects are immutable while alive; a failed read is retried next time.
         if info.is_some() {
             self.codes.insert(code, info.clone());

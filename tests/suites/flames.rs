@@ -96,15 +96,7 @@ fn record_writes_real_graphs_and_a_table_that_matches_the_client() {
         })
         .collect();
     let exchanges: Vec<Exchange> = drive(server.port, paths, 2, false, false);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = record.try_wait() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "record did not finish");
-        thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "record failed");
+    wait_for_record(&mut record);
     for f in ["events.jsonl", "summary.json", "slow.folded", "slow.svg", "cpu.svg", "offcpu.svg"] {
         assert!(out.join(f).exists(), "{f} missing");
     }
@@ -167,6 +159,19 @@ fn record_writes_real_graphs_and_a_table_that_matches_the_client() {
     let _ = fs::remove_dir_all(&out);
 }
 
+/// Waits (a minute at most) for `record` to end by itself, successfully.
+fn wait_for_record(record: &mut Guard) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = record.try_wait() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "record did not finish");
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "record failed");
+}
+
 /// The line `def NAME(` is on in an app's source (what `hot` must call its line).
 fn def_line(app_file: &str, name: &str) -> u64 {
     let src = fs::read_to_string(introspect_tests::repo_root().join("tests/apps").join(app_file)).unwrap();
@@ -216,15 +221,7 @@ fn record_profiles_all_traffic(app: &str, app_file: &str, background: bool, serv
     }
     let exchanges: Vec<Exchange> = drive(server.port, paths, 2, false, false);
     assert!(exchanges.iter().all(|e| e.status == 200), "every request answered");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = record.try_wait() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "record did not finish");
-        thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "record failed");
+    wait_for_record(&mut record);
     let summary: Value = serde_json::from_str(&fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
 
     // Every request, counted per route as the client sent them.

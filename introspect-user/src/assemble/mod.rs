@@ -65,6 +65,10 @@ impl Request {
     }
 }
 
+/// How long after its request ended a holder seen in a `pg_stat_activity` sample is still that
+/// request's: one sampling interval (the lock was released at its COMMIT, before the end).
+const SAMPLED_HOLDER_GRACE_NS: u64 = 10_000_000;
+
 /// Calls kept per request (an N+1 loop can make hundreds of thousands).
 pub const MAX_CALLS: usize = 1000;
 
@@ -351,6 +355,9 @@ impl Assembler {
     fn holder(&self, waker: u32, at: u64) -> Holder {
         let Some(mut c) = self.parts.backends.client(waker, at) else { return Holder::Outside };
         // Linked by address (`--pg-dsn`): the thread is the one that used the connection last.
+        // And `at` is then a sample's time, taken as the midpoint of its query to the server,
+        // which on a loaded host can land after the holder's COMMIT and the end of its request.
+        let grace = if c.tid == 0 { SAMPLED_HOLDER_GRACE_NS } else { 0 };
         if c.tid == 0 {
             match self.parts.queries.last_tid(c.tgid, c.fd) {
                 Some(tid) => c.tid = tid,
@@ -363,7 +370,7 @@ impl Assembler {
         }
         // Released as its request ended, and seen after that.
         match self.parts.recent.get(&c.tid) {
-            Some((r, end)) if r.start_ns <= at && at <= *end => Holder::Request(r.clone()),
+            Some((r, end)) if r.start_ns <= at && at <= end.saturating_add(grace) => Holder::Request(r.clone()),
             _ => Holder::Outside,
         }
     }

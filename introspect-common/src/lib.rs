@@ -95,8 +95,8 @@ pub mod stack_flag {
     /// killed (or when its handler was about to run).
     pub const SIGNAL: u16 = 1 << 2;
     /// From the all-traffic profiler (`--profile-all`, `record`): a per-CPU CPU-clock sample of
-    /// any thread of a watched process, or an off-CPU stack of a serving thread taken as its
-    /// wait was sampled (see [`SAMPLE_EVERY`]); not from arming.
+    /// any thread of a watched process, or an off-CPU stack of a serving thread whose wait was
+    /// sampled (see [`LONG_WAIT_NS`], [`SAMPLE_EVERY`]); not from arming.
     pub const SAMPLED: u16 = 1 << 3;
     /// An off-CPU stack taken at the exit of the syscall the thread blocked in (its user and
     /// Python frames are those it blocked with); `wait_us` is the time it stands for: the
@@ -512,7 +512,7 @@ pub struct StackEvent {
     pub kstack: i32,
     pub ustack: i32,
     pub nframes: u32,
-    /// `stack_flag::AT_EXIT`: how long the syscall lasted, in microseconds.
+    /// `stack_flag::AT_EXIT`: the time the stack stands for, in microseconds (see the flag).
     pub wait_us: u32,
     pub frames: [PyRawFrame; PY_FRAMES_MAX],
 }

@@ -77,8 +77,8 @@ pub static OFFCPU: HashMap<u32, OffCpuState> = HashMap::with_max_entries(16384, 
 pub static PY_WALK: HashMap<u32, PyWalk> = HashMap::with_max_entries(4096, 0);
 
 /// Every Python thread of the watched processes that userspace has found the thread state of
-/// (by tid), for the all-traffic profiler's Python walks. Entries of exited processes are
-/// removed by userspace.
+/// (by tid), for the all-traffic profiler's Python walks. A thread's entry goes as it exits
+/// (`sched_process_exit`), and userspace removes those of exited processes too.
 #[map(name = "PY_THREADS")]
 pub static PY_THREADS: HashMap<u32, Armed> = HashMap::with_max_entries(16384, 0);
 

@@ -201,6 +201,12 @@ pub struct Reporting {
 }
 
 impl Reporting {
+    /// `--sample-hz`, or its default: 49 profiling all traffic (every thread), else 99 (a slow
+    /// request's thread).
+    pub fn sample_hz(&self, profile_all: bool) -> u64 {
+        self.sample_hz.unwrap_or(if profile_all { 49 } else { 99 })
+    }
+
     /// `--threshold`, or its default.
     pub fn threshold(&self) -> Duration {
         self.threshold.unwrap_or(Duration::from_millis(500))

@@ -39,7 +39,7 @@ pub fn run(args: FlamegraphArgs) -> anyhow::Result<()> {
         return Err(UsageError(format!("no profiles for route {:?} in {}", args.route.unwrap_or_default(), args.events.display())).into());
     }
     let bytes = if args.folded {
-        folded.iter().map(|l| format!("{l}\n")).collect::<String>().into_bytes()
+        flame::folded_text(&folded).into_bytes()
     } else {
         let title = match &args.route {
             Some(r) => format!("{r}: {:?}", args.kind),

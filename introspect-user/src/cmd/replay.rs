@@ -18,7 +18,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     let cfg = Config {
         threshold_ns: args.reporting.threshold().as_nanos() as u64,
         all: args.reporting.all,
-        sample_hz: args.reporting.sample_hz.unwrap_or(if args.reporting.profile_all { 49 } else { 99 }),
+        sample_hz: args.reporting.sample_hz(args.reporting.profile_all),
         profile_all: args.reporting.profile_all,
         interrupt: None,
         n_plus_one: args.reporting.n_plus_one,

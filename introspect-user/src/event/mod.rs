@@ -85,7 +85,7 @@ pub struct WaitFacts {
 /// How an all-traffic sample counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SampleWeight {
-    /// An off-CPU stack taken at the exit of the syscall it blocked in: how long that lasted
+    /// An off-CPU stack taken at the exit of the syscall it blocked in: the time it stands for
     /// (else an off-CPU stack is weighted by the off-CPU interval starting at its `hdr.ts`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_ns: Option<u64>,
@@ -161,8 +161,9 @@ pub enum Event {
     },
     /// A stack of a thread serving a slow request, or of the all-traffic profiler (`sampled`): a
     /// CPU-clock sample (`on_cpu`), or taken as it left the CPU (`hdr.ts` is then that off-CPU
-    /// interval's `out_ts`), or at the exit of the syscall it blocked in (`sampled.wait_ns`). The kernel's ids and raw
-    /// Python frames are symbolized into `frames` by the live agent (and not recorded).
+    /// interval's `out_ts`), or at the exit of the syscall it blocked in (`sampled.wait_ns`).
+    /// The kernel's ids and raw Python frames are symbolized into `frames` by the live agent
+    /// (and not recorded).
     Stack {
         hdr: Hdr,
         on_cpu: bool,

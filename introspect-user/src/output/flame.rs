@@ -3,7 +3,7 @@
 //! The same folding serves live runs (`record`, `watch --flamegraph`) and recorded events
 //! (`introspect flamegraph EVENTS.jsonl`).
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     fs::File,
     io::{self, Write},
     path::{Path, PathBuf},
@@ -41,11 +41,13 @@ fn frame_label(f: &Frame) -> String {
     name.replace(';', ":")
 }
 
-/// Profiles of slow requests, by route.
+/// Profiles, by root frame (the route label): each distinct stack's on- and off-CPU time in µs
+/// (each entry rounded as it is added). Merged as they come, so a run profiling every request
+/// holds one entry per distinct stack, not one per request, and a route's graph reads only its
+/// own stacks.
 #[derive(Default, Debug)]
 pub struct Flames {
-    /// (route label, profile entry)
-    entries: Vec<(String, ProfileEntry)>,
+    by_root: BTreeMap<String, HashMap<Vec<Frame>, (u64, u64)>>,
 }
 
 impl Flames {
@@ -55,31 +57,47 @@ impl Flames {
 
     /// A profile under root frame `label`.
     pub fn add_root(&mut self, label: &str, profile: &[ProfileEntry]) {
-        self.entries.extend(profile.iter().map(|p| (label.to_string(), p.clone())));
+        if profile.is_empty() {
+            return;
+        }
+        let stacks = self.by_root.entry(label.to_string()).or_default();
+        for p in profile {
+            let (on, off) = ((p.on_cpu_ms * 1000.0).round() as u64, (p.off_cpu_ms * 1000.0).round() as u64);
+            match stacks.get_mut(&p.stack) {
+                Some(e) => {
+                    e.0 += on;
+                    e.1 += off;
+                }
+                None => {
+                    stacks.insert(p.stack.clone(), (on, off));
+                }
+            }
+        }
     }
 
-    /// Route labels that have profiles.
+    /// Route labels that have profiles, sorted.
     pub fn routes(&self) -> Vec<String> {
-        let mut r: Vec<String> = self.entries.iter().map(|(l, _)| l.clone()).collect();
-        r.sort();
-        r.dedup();
-        r
+        self.by_root.keys().cloned().collect()
     }
 
     /// Folded lines (sorted, identical stacks merged), for one route or all.
     pub fn folded(&self, kind: Kind, route: Option<&str>) -> Vec<String> {
         let mut acc: BTreeMap<String, u64> = BTreeMap::new();
-        for (label, p) in self.entries.iter().filter(|(l, _)| route.is_none_or(|r| l == r || l.ends_with(&format!(" {r}")))) {
-            let on = (p.on_cpu_ms * 1000.0).round() as u64;
-            let off = (p.off_cpu_ms * 1000.0).round() as u64;
-            let root_first = || std::iter::once(label.clone()).chain(p.stack.iter().rev().map(frame_label));
-            if on > 0 && kind != Kind::Offcpu {
-                *acc.entry(root_first().collect::<Vec<_>>().join(";")).or_default() += on;
-            }
-            if off > 0 && kind != Kind::Cpu {
-                let frames: Vec<String> =
-                    root_first().enumerate().map(|(i, f)| if i == 0 || kind == Kind::Offcpu { f } else { format!("{f}{OFF_CPU_SUFFIX}") }).collect();
-                *acc.entry(frames.join(";")).or_default() += off;
+        let suffix = route.map(|r| format!(" {r}"));
+        let wanted = |l: &str| route.is_none_or(|r| l == r || suffix.as_deref().is_some_and(|s| l.ends_with(s)));
+        for (label, stacks) in self.by_root.iter().filter(|(l, _)| wanted(l)) {
+            for (stack, &(on, off)) in stacks {
+                let root_first = || std::iter::once(label.clone()).chain(stack.iter().rev().map(frame_label));
+                if on > 0 && kind != Kind::Offcpu {
+                    *acc.entry(root_first().collect::<Vec<_>>().join(";")).or_default() += on;
+                }
+                if off > 0 && kind != Kind::Cpu {
+                    let frames: Vec<String> = root_first()
+                        .enumerate()
+                        .map(|(i, f)| if i == 0 || kind == Kind::Offcpu { f } else { format!("{f}{OFF_CPU_SUFFIX}") })
+                        .collect();
+                    *acc.entry(frames.join(";")).or_default() += off;
+                }
             }
         }
         acc.into_iter().map(|(stack, n)| format!("{stack} {n}")).collect()
@@ -162,6 +180,11 @@ fn svg_io(folded: &[String], title: &str) -> io::Result<Vec<u8>> {
     svg(folded, title).map_err(io::Error::other)
 }
 
+/// Folded lines as a file's text.
+pub fn folded_text(lines: &[String]) -> String {
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
 fn write(dir: &OutDir, name: &str, bytes: impl AsRef<[u8]>) -> io::Result<()> {
     dir.create(name)?.write_all(bytes.as_ref())
 }
@@ -169,7 +192,7 @@ fn write(dir: &OutDir, name: &str, bytes: impl AsRef<[u8]>) -> io::Result<()> {
 /// Writes the flame graphs of `flames` into `dir` (and the per-route ones into `routes`).
 pub fn write_graphs(dir: &OutDir, routes: &OutDir, flames: &Flames) -> io::Result<()> {
     let wall = flames.folded(Kind::Wall, None);
-    write(dir, "slow.folded", wall.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    write(dir, "slow.folded", folded_text(&wall))?;
     write(dir, "slow.svg", svg_io(&wall, WALL_TITLE)?)?;
     write(dir, "cpu.svg", svg_io(&flames.folded(Kind::Cpu, None), "slow requests: on-CPU")?)?;
     write(dir, "offcpu.svg", svg_io(&flames.folded(Kind::Offcpu, None), "slow requests: off-CPU")?)?;
@@ -185,12 +208,12 @@ pub fn write_graphs(dir: &OutDir, routes: &OutDir, flames: &Flames) -> io::Resul
 pub fn write_all_graphs(dir: &OutDir, routes: &OutDir, all: &Flames, slow: &Flames, sampling: &str) -> io::Result<()> {
     let draw = |folded: &[String], title: &str, empty: &str| svg_with(folded, title, Some(sampling), empty).map_err(io::Error::other);
     let wall = all.folded(Kind::Wall, None);
-    write(dir, "all.folded", wall.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    write(dir, "all.folded", folded_text(&wall))?;
     write(dir, "all.svg", draw(&wall, "all requests: on-CPU and off-CPU [off-cpu]", "no samples")?)?;
     write(dir, "cpu.svg", draw(&all.folded(Kind::Cpu, None), "all requests: on-CPU", "no samples")?)?;
     write(dir, "offcpu.svg", draw(&all.folded(Kind::Offcpu, None), "all requests: off-CPU", "no samples")?)?;
     let slow_wall = slow.folded(Kind::Wall, None);
-    write(dir, "slow.folded", slow_wall.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+    write(dir, "slow.folded", folded_text(&slow_wall))?;
     write(dir, "slow.svg", draw(&slow_wall, WALL_TITLE, "no slow requests")?)?;
     for r in all.routes().into_iter().filter(|r| r != NO_REQUEST) {
         let folded = all.folded(Kind::Wall, Some(&r));
@@ -205,13 +228,13 @@ impl Sink for FlameSink {
     fn request(&mut self, c: &Completed<'_>) -> io::Result<()> {
         let Some(p) = c.profile else { return Ok(()) };
         let route = route::normalize(&c.request.path);
+        // Profiling all traffic, every request goes to the all-traffic graphs and the slow ones
+        // to the slow-only view too; otherwise only slow requests have profiles.
         let all_traffic = matches!(&self.out, FlameOut::Dir { sampling: Some(_), .. });
         if all_traffic {
             self.all.add(&c.request.method, &route, p);
-            if c.slow {
-                self.flames.add(&c.request.method, &route, p);
-            }
-        } else {
+        }
+        if !all_traffic || c.slow {
             self.flames.add(&c.request.method, &route, p);
         }
         Ok(())

@@ -113,10 +113,8 @@ pub struct Probes {
     armed: BTreeSet<u32>,
     /// Optional programs this kernel's tracepoints cannot serve, and why.
     unusable: Unusable,
-    /// The all-traffic profiler's per-CPU CPU-clock events.
-    cpu_samplers: Vec<PerfEventLinkId>,
     /// Threads in `PY_THREADS`, by process.
-    py_threads: StdHashMap<u32, Vec<u32>>,
+    py_threads: StdHashMap<u32, BTreeSet<u32>>,
 }
 
 const SAMPLER: &str = "sample_oncpu";
@@ -170,7 +168,6 @@ impl Probes {
             perf_hooks: None,
             armed: BTreeSet::new(),
             unusable,
-            cpu_samplers: Vec::new(),
             py_threads: StdHashMap::new(),
         })
     }
@@ -253,7 +250,7 @@ impl Probes {
     /// Starts capturing a thread's stacks: on-CPU samples at `hz` and a stack each time it leaves
     /// the CPU.
     pub fn arm(&mut self, tid: u32, armed: Armed, walk: PyWalk, hz: u64) -> Result<(), LoadError> {
-        self.hash::<u32, PyWalk>(names::PY_WALK)?.insert(armed.tgid, walk, 0).map_err(|source| LoadError::Map { name: names::PY_WALK, source })?;
+        self.set_walk(armed.tgid, walk)?;
         self.hash::<u32, Armed>(names::ARMED)?.insert(tid, armed, 0).map_err(|source| LoadError::Map { name: names::ARMED, source })?;
         let first = self.armed.is_empty();
         self.armed.insert(tid);
@@ -307,30 +304,34 @@ impl Probes {
             .map_err(|source| LoadError::Program { name: ALL_SAMPLER, source })?;
         prog.load().map_err(|source| LoadError::Program { name: ALL_SAMPLER, source })?;
         for cpu in cpus {
-            let link = prog
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    // A fixed period: every sample stands for exactly 1/hz s of CPU.
-                    SamplePolicy::Period(1_000_000_000 / hz.max(1)),
-                    false,
-                )
-                .map_err(|source| LoadError::Program { name: ALL_SAMPLER, source })?;
-            self.cpu_samplers.push(link);
+            // Held by the program until the watch ends (the ids are not needed).
+            prog.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                // A fixed period: every sample stands for exactly 1/hz s of CPU.
+                SamplePolicy::Period(1_000_000_000 / hz.max(1)),
+                false,
+            )
+            .map_err(|source| LoadError::Program { name: ALL_SAMPLER, source })?;
         }
         Ok(())
     }
 
     /// Lets the all-traffic profiler walk `tid`'s Python frames.
     pub fn py_thread(&mut self, tid: u32, armed: Armed, walk: PyWalk) -> Result<(), LoadError> {
-        self.hash::<u32, PyWalk>(names::PY_WALK)?.insert(armed.tgid, walk, 0).map_err(|source| LoadError::Map { name: names::PY_WALK, source })?;
+        self.set_walk(armed.tgid, walk)?;
         self.hash::<u32, Armed>(names::PY_THREADS)?.insert(tid, armed, 0).map_err(|source| LoadError::Map { name: names::PY_THREADS, source })?;
-        self.py_threads.entry(armed.tgid).or_default().push(tid);
+        self.py_threads.entry(armed.tgid).or_default().insert(tid);
         Ok(())
     }
 
+    /// How the kernel walks process `tgid`'s Python frames.
+    fn set_walk(&mut self, tgid: u32, walk: PyWalk) -> Result<(), LoadError> {
+        self.hash::<u32, PyWalk>(names::PY_WALK)?.insert(tgid, walk, 0).map_err(|source| LoadError::Map { name: names::PY_WALK, source })
+    }
+
     /// Process `pid` exited: its threads' entries go (their tids will be reused).
-    pub fn forget_py_threads(&mut self, pid: u32) -> Vec<u32> {
+    pub fn forget_py_threads(&mut self, pid: u32) -> BTreeSet<u32> {
         let tids = self.py_threads.remove(&pid).unwrap_or_default();
         if let Ok(mut map) = self.hash::<u32, Armed>(names::PY_THREADS) {
             for tid in &tids {

@@ -86,7 +86,7 @@ fn is_capture_frame(f: &Frame) -> bool {
 
 impl Host {
     /// `sample_hz`: of an armed (slow request's) thread; `profile_all`: the all-traffic profiler
-    /// runs.
+    /// runs, and no thread is armed (the per-CPU sampler samples them all).
     pub fn new(probes: Probes, sample_hz: u64, profile_all: bool) -> Self {
         let symbols = Symbols::default();
         if profile_all {
@@ -227,15 +227,17 @@ impl Live for Host {
                 let raw = std::mem::take(raw);
                 // The all-traffic profiler sees the same few stacks over and over: symbolized
                 // once, by what was captured (addresses and code objects, not ids).
-                let key = sampled.is_some().then(|| StackKey { tgid: hdr.tgid, kaddrs, pc, raw: raw.iter().map(|r| (r.code, r.lasti)).collect() });
+                let key = sampled.is_some().then(|| StackKey {
+                    tgid: hdr.tgid,
+                    kaddrs: kaddrs.clone(),
+                    pc,
+                    raw: raw.iter().map(|r| (r.code, r.lasti)).collect(),
+                });
                 if let Some(hit) = key.as_ref().and_then(|k| self.stack_cache.get(k)) {
                     *frames = hit.clone();
                     return;
                 }
-                let mut out: Vec<Frame> = match &key {
-                    Some(k) => self.symbols.kernel(&k.kaddrs),
-                    None => self.symbols.kernel(&self.probes.stack(*kstack)),
-                };
+                let mut out: Vec<Frame> = self.symbols.kernel(&kaddrs);
                 let skip = out.iter().take_while(|f| is_capture_frame(f)).count();
                 out.drain(..skip);
                 if let Some(pc) = pc {

@@ -67,9 +67,10 @@ pub struct Session {
 
 impl Session {
     pub fn new(target: Target, reporting: Reporting, duration: Option<Duration>) -> Self {
+        let profile_all = reporting.profile_all;
         Self {
             target,
-            reporting: reporting.clone(),
+            reporting,
             duration,
             keep_query: false,
             bpf_stats: false,
@@ -83,7 +84,7 @@ impl Session {
             sql_capture: 1024,
             sql_literals: false,
             pg_dsn: None,
-            profile_all: reporting.profile_all,
+            profile_all,
             clock: Clock::new(),
         }
     }
@@ -91,7 +92,7 @@ impl Session {
     /// On-CPU samples per second: of every thread of the watched processes when profiling all
     /// traffic, else of a slow request's thread.
     pub fn sample_hz(&self) -> u64 {
-        self.reporting.sample_hz.unwrap_or(if self.profile_all { 49 } else { 99 })
+        self.reporting.sample_hz(self.profile_all)
     }
 
     pub fn config(&self) -> Config {
@@ -175,10 +176,8 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     for (pid, fd, peer) in &served.conns {
         pipeline.assembler().seed_conn(*pid, *fd, Some(*peer));
     }
-    // Profiling all traffic, a slow request's thread is armed for its off-CPU stacks and its
-    // kill only: the per-CPU sampler already samples it. Readers and symbols are loaded before
-    // the watch says it is watching.
-    let mut host = Host::new(probes, if session.profile_all { 0 } else { session.sample_hz() }, session.profile_all);
+    // Readers and symbols are loaded before the watch says it is watching.
+    let mut host = Host::new(probes, session.sample_hz(), session.profile_all);
     host.warm(pids.iter().copied());
     let ports: Vec<String> = served.ports.iter().map(u16::to_string).collect();
     eprintln!(

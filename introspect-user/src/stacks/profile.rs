@@ -209,15 +209,11 @@ impl Sampled {
     /// The request on `tid` that started at `start_ns` ended: its whole profile, heaviest stacks
     /// first (empty if no sample landed in it).
     pub fn finish(&mut self, tid: u32, start_ns: u64) -> Vec<ProfileEntry> {
-        match self.threads.remove(&tid) {
-            Some((start, acc)) if start == start_ns => entries(acc),
-            Some(other) => {
-                // Samples of a later request on the thread (a request's end can be found late).
-                self.threads.insert(tid, other);
-                Vec::new()
-            }
-            None => Vec::new(),
+        // Samples of a later request on the thread stay (a request's end can be found late).
+        if self.threads.get(&tid).is_none_or(|(start, _)| *start != start_ns) {
+            return Vec::new();
         }
+        self.threads.remove(&tid).map(|(_, acc)| entries(acc)).unwrap_or_default()
     }
 
     /// The `(no request)` profile so far, heaviest first.

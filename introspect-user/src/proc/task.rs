@@ -1,6 +1,12 @@
 //! A thread as /proc shows it: its kernel stack and the syscall it is in.
 use std::fs;
 
+/// The threads of process `pid` now (empty if it is gone).
+pub fn threads(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+}
+
 /// Function names of a thread's kernel stack, innermost first (/proc/PID/task/TID/stack; names
 /// only: kptr_restrict hides the addresses). Empty while it runs in user space.
 pub fn kernel_stack(pid: u32, tid: u32) -> Vec<String> {

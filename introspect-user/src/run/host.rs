@@ -133,9 +133,17 @@ impl Host {
 
     /// Reads each process's interpreter layout ahead of time, so arming a slow request's thread
     /// does not wait for it.
+    /// Profiling all traffic, their threads' thread states go into the kernel's `PY_THREADS` now
+    /// too: a thread found only at its first event has no Python frames in the samples taken
+    /// before userspace drained that event (a worker's first request, up to 100 ms of it).
     pub fn warm(&mut self, pids: impl IntoIterator<Item = u32>) {
         for pid in pids {
             interp(&mut self.interps, &mut self.warnings, pid);
+            if self.profile_all {
+                for tid in crate::proc::task::threads(pid) {
+                    self.find_py_thread(pid, tid);
+                }
+            }
         }
     }
 

@@ -55,8 +55,13 @@ impl Sampler {
         }
         let live_backends: BTreeSet<u32> = sample.sessions.iter().map(|(s, _)| s.backend).collect();
         self.clients.retain(|b, _| live_backends.contains(b));
-        let searching = self.clients.values().any(|c| c.found.is_none() && c.tries < TRIES);
-        if searching && self.last_search.is_none_or(|t| t.elapsed() >= RESEARCH) {
+        // A session holding up another must be linked before this sample's lock waits are told
+        // apart (else its holder is taken for an outsider): its search waits for no one.
+        let blockers: BTreeSet<u32> = sample.sessions.iter().flat_map(|(s, _)| s.blocked_by.iter().copied()).collect();
+        let unfound = |c: &Client| c.found.is_none() && c.tries < TRIES;
+        let searching = self.clients.values().any(unfound);
+        let urgent = self.clients.iter().any(|(b, c)| blockers.contains(b) && unfound(c));
+        if searching && (urgent || self.last_search.is_none_or(|t| t.elapsed() >= RESEARCH)) {
             self.last_search = Some(Instant::now());
             let found = self.search(live);
             for (backend, c) in self.clients.iter_mut().filter(|(_, c)| c.found.is_none() && c.tries < TRIES) {
@@ -69,7 +74,6 @@ impl Sampler {
         }
         // The sessions that can matter to a watched request: its own, the ones running a
         // statement, and the ones holding others up.
-        let blockers: BTreeSet<u32> = sample.sessions.iter().flat_map(|(s, _)| s.blocked_by.iter().copied()).collect();
         let sessions: Vec<Session> = sample
             .sessions
             .into_iter()

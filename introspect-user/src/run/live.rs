@@ -15,6 +15,7 @@ use super::{
     forbid,
     host::Host,
     pace::Pace,
+    pglink,
     pipeline::{Config, Interrupting, Pipeline},
 };
 use crate::{
@@ -148,6 +149,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     // With --pg-dsn the server is followed through pg_stat_activity instead.
     let (pg_servers, pg_problems) = if session.pg_dsn.is_some() { Default::default() } else { crate::proc::postgres::servers() };
     probes.watch_postgres(&pg_servers)?;
+    let mut linker = pglink::Linker::new(&pg_servers);
     let pg_port = session.pg_dsn.as_deref().map(activity::server_port).transpose()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     // Connected before anything is reported: a DSN that does not work is an error, not a watch
@@ -253,10 +255,15 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
                     }
                 }
             }
-            let drained = drain(&mut ring, &decoder, &mut pipeline, &mut host, &mut decode_errors, &mut live)?;
+            let drained = drain(&mut ring, &decoder, &mut pipeline, &mut host, &mut decode_errors, &mut live, linker.as_mut())?;
             events += drained;
             let now = clock::monotonic_ns();
             host.set_now(now);
+            if let Some(l) = &mut linker {
+                for ev in l.search(now) {
+                    pipeline.event(ev, &mut host)?;
+                }
+            }
             let stop = pipeline.tick(now, &mut host)?;
             let until_crossing = pipeline.next_crossing().map(|c| Duration::from_nanos(c.saturating_sub(now)));
             wake = tokio::time::Instant::now() + pace.wait(drained, last_drain.elapsed(), until_crossing, host.probes.any_armed());
@@ -289,7 +296,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
                 break;
             }
         }
-        events += drain(&mut ring, &decoder, &mut pipeline, &mut host, &mut decode_errors, &mut live)?;
+        events += drain(&mut ring, &decoder, &mut pipeline, &mut host, &mut decode_errors, &mut live, linker.as_mut())?;
         let losses = host.probes.losses()?;
         pipeline.counts.losses = Losses { ringbuf_full: losses.ringbuf_full, map_full: losses.map_full, decode_errors, unreadable_heads: losses.read_failed };
         pipeline.counts.dropped_events = losses.ringbuf_full + losses.map_full + decode_errors;
@@ -359,6 +366,7 @@ fn drain(
     host: &mut Host,
     decode_errors: &mut u64,
     live: &mut BTreeSet<u32>,
+    mut linker: Option<&mut pglink::Linker>,
 ) -> io::Result<u64> {
     ring.drain(
         |record| decoder.decode(record),
@@ -372,6 +380,9 @@ fn drain(
                         live.remove(pid);
                     }
                     _ => {}
+                }
+                if let Some(l) = linker.as_deref_mut() {
+                    l.observe(&ev);
                 }
                 pipeline.event(ev, host)
             }

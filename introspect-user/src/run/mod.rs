@@ -6,4 +6,5 @@ pub mod forbid;
 pub mod host;
 pub mod live;
 pub mod pace;
+pub mod pglink;
 pub mod pipeline;

@@ -19,6 +19,13 @@ const MAX_SPELLS: usize = 256;
 pub enum Holder {
     Outside,
     Request(HolderRequest),
+    /// Seen in a `pg_stat_activity` sample: `backend` held it at `at`. Named when the waiting
+    /// query is counted, once the kernel's events up to the sample are in (a sample can arrive
+    /// before the events of the holder's request that precede it).
+    Sampled {
+        backend: u32,
+        at: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -291,7 +291,7 @@ impl Assembler {
                         _ => (0, waits::SAMPLED_RUNNING),
                     };
                     let holder = match s.blocked_by.first() {
-                        Some(&b) if waits::is_lock(wait_event) => Some(self.holder(b, hdr.ts)),
+                        Some(&b) if waits::is_lock(wait_event) => Some(Holder::Sampled { backend: b, at: hdr.ts }),
                         _ => None,
                     };
                     let spell = Spell { out_ns: from, wake_ns: hdr.ts, in_ns: hdr.ts, wait_event, state, holder };
@@ -341,10 +341,25 @@ impl Assembler {
     /// if that request is still open.
     fn attach_query(&mut self, q: Query) {
         let serving = self.parts.serving.get(&q.tid).copied().filter(|s| Some(s.seq) == q.request_seq);
-        if let Some(open) = serving.and_then(|s| self.conns.get_mut(&s.key)).and_then(|c| c.open.as_mut()) {
+        let Some(s) = serving.filter(|s| self.conns.get(&s.key).is_some_and(|c| c.open.is_some())) else { return };
+        let wait = self.parts.backends.wait(q.pid, q.fd, q.start_ns, q.end_ns).map(|mut w| {
+            let mut named: Vec<Holder> = Vec::with_capacity(w.holders.len());
+            for h in std::mem::take(&mut w.holders) {
+                let h = match h {
+                    Holder::Sampled { backend, at } => self.holder(backend, at),
+                    h => h,
+                };
+                if !named.contains(&h) {
+                    named.push(h);
+                }
+            }
+            w.holders = named;
+            w
+        });
+        if let Some(open) = self.conns.get_mut(&s.key).and_then(|c| c.open.as_mut()) {
             let sql = open.sql.get_or_insert_default();
             sql.add(&q);
-            if let Some(w) = self.parts.backends.wait(q.pid, q.fd, q.start_ns, q.end_ns) {
+            if let Some(w) = wait {
                 sql.add_wait(&w, q.shared_by);
             }
         }

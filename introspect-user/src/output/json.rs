@@ -128,7 +128,8 @@ impl<'a> SqlLine<'a> {
                 holders
                     .iter()
                     .map(|h| match h {
-                        Holder::Outside => BlockedEntry::Outside("outside"),
+                        // Sampled holders are named before a query is counted.
+                        Holder::Outside | Holder::Sampled { .. } => BlockedEntry::Outside("outside"),
                         Holder::Request(r) => BlockedEntry::Request {
                             pid: r.pid,
                             tid: r.tid,

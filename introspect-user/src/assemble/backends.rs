@@ -19,13 +19,17 @@ const MAX_SPELLS: usize = 256;
 pub enum Holder {
     Outside,
     Request(HolderRequest),
-    /// Seen in a `pg_stat_activity` sample: `backend` held it at `at`. Named when the waiting
-    /// query is counted, once the kernel's events up to the sample are in (a sample can arrive
-    /// before the events of the holder's request that precede it).
-    Sampled {
-        backend: u32,
-        at: u64,
-    },
+}
+
+/// Who ended a spell's lock wait, as known when the spell was recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldBy {
+    /// Named from the kernel's wakeup, in order with the events of the holder's request.
+    Named(Holder),
+    /// Seen in a `pg_stat_activity` sample: `backend` held it at `at`. Named when a query's
+    /// wait is counted, once the kernel's events up to the sample are in (a sample is read
+    /// before the ring, so the events of the holder's request that precede it may not be).
+    Sampled { backend: u32, at: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +50,7 @@ pub struct Spell {
     pub wait_event: u32,
     pub state: u32,
     /// For a lock wait ended by another backend: who that was.
-    pub holder: Option<Holder>,
+    pub holder: Option<HeldBy>,
 }
 
 /// The app side of a backend: process, thread and fd of the connection it serves, and when the
@@ -132,7 +136,8 @@ impl Backends {
     /// for; the rest it ran or waited for a CPU. `None` when no backend is known for it. For a
     /// backend seen through `pg_stat_activity` the spells are samples: `cpu` is the samples of it
     /// running with no wait event, and what no sample covers (the network, mostly) is `other`.
-    pub fn wait(&self, tgid: u32, fd: i32, start: u64, end: u64) -> Option<QueryWait> {
+    /// `name` names a sampled holder: the request `backend`'s client served at a time.
+    pub fn wait(&self, tgid: u32, fd: i32, start: u64, end: u64, name: impl Fn(u32, u64) -> Holder) -> Option<QueryWait> {
         let backend = self.backend_of(tgid, fd, end)?;
         let mut out = QueryWait::default();
         let mut blocked = 0;
@@ -156,10 +161,15 @@ impl Backends {
                 if s.wait_event != 0 {
                     *out.wait.events.entry(s.wait_event).or_default() += ns;
                 }
-                if let Some(h) = &s.holder
-                    && !out.holders.contains(h)
+                let holder = match &s.holder {
+                    Some(HeldBy::Named(h)) => Some(h.clone()),
+                    Some(HeldBy::Sampled { backend, at }) => Some(name(*backend, *at)),
+                    None => None,
+                };
+                if let Some(h) = holder
+                    && !out.holders.contains(&h)
                 {
-                    out.holders.push(h.clone());
+                    out.holders.push(h);
                 }
             }
         }
@@ -178,8 +188,12 @@ impl Backends {
 mod tests {
     use super::*;
 
-    fn spell(out_ns: u64, wake_ns: u64, in_ns: u64, wait_event: u32, holder: Option<Holder>) -> Spell {
+    fn spell(out_ns: u64, wake_ns: u64, in_ns: u64, wait_event: u32, holder: Option<HeldBy>) -> Spell {
         Spell { out_ns, wake_ns, in_ns, wait_event, state: 1, holder }
+    }
+
+    fn unnamed(_: u32, _: u64) -> Holder {
+        panic!("no sampled holder here")
     }
 
     #[test]
@@ -188,18 +202,36 @@ mod tests {
         b.link(10, 11, 5, 900, 0);
         // Idle in ClientRead before the query, then a 400 µs row lock, 100 µs of IO.
         b.spell(900, spell(0, 1_000, 1_010, 0x0600_0000, None));
-        b.spell(900, spell(1_100, 401_100, 401_120, 0x0300_0005, Some(Holder::Outside)));
+        b.spell(900, spell(1_100, 401_100, 401_120, 0x0300_0005, Some(HeldBy::Named(Holder::Outside))));
         b.spell(900, spell(402_000, 402_100, 402_105, 0x0A00_0011, None));
-        let w = b.wait(10, 5, 1_000, 500_000).expect("a backend");
+        let w = b.wait(10, 5, 1_000, 500_000, unnamed).expect("a backend");
         assert_eq!((w.wait.lock_ns, w.wait.io_ns, w.wait.other_ns), (400_000, 100, 0));
         assert_eq!(w.wait.cpu_ns, 499_000 - 400_100);
         assert_eq!(w.holders, vec![Holder::Outside]);
         assert_eq!(w.wait.events.get(&0x0300_0005), Some(&400_000));
         // Another connection of the same process has no backend known.
-        assert_eq!(b.wait(10, 6, 0, 10), None);
+        assert_eq!(b.wait(10, 6, 0, 10, unnamed), None);
         // Once the app closed it, the backend is no one's client for later releases.
         b.closed(10, 5, 600_000);
         assert!(b.client(900, 500_000).is_some() && b.client(900, 700_000).is_none());
+    }
+
+    #[test]
+    fn sampled_holders_are_named_when_the_wait_is_counted_and_counted_once() {
+        let mut b = Backends::default();
+        b.link(10, 0, 5, 900, 0);
+        // Three 10 ms samples of a lock wait on backend 901, then one on an outsider.
+        for (i, holder) in [901, 901, 901, 902].into_iter().enumerate() {
+            let at = (i as u64 + 1) * 10;
+            b.spell(900, spell(at - 10, at, at, 0x0300_0005, Some(HeldBy::Sampled { backend: holder, at })));
+        }
+        let name = |backend: u32, _at: u64| match backend {
+            901 => Holder::Request(HolderRequest { pid: 10, tid: 12, method: "GET".into(), path: "/hold".into(), start_ns: 5 }),
+            _ => Holder::Outside,
+        };
+        let w = b.wait(10, 5, 0, 40, name).expect("a backend");
+        assert_eq!(w.wait.lock_ns, 40);
+        assert_eq!(w.holders, vec![Holder::Outside, name(901, 0)]);
     }
 
     #[test]
@@ -210,7 +242,7 @@ mod tests {
         // The fd's next connection is linked (at 1_500) before the first one's close (at 1_000)
         // is processed, and before its query ending at 950 is counted.
         b.link(10, 0, 5, 901, 1_500);
-        assert_eq!(b.wait(10, 5, 150, 950).map(|w| w.wait.lock_ns), Some(700));
+        assert_eq!(b.wait(10, 5, 150, 950, unnamed).map(|w| w.wait.lock_ns), Some(700));
         b.closed(10, 5, 1_000);
         assert_eq!(b.backend_of(10, 5, 2_000), Some(901));
         assert!(b.client(900, 1_200).is_none() && b.client(901, 1_200).is_some());

@@ -19,7 +19,7 @@ mod tests;
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use backends::{Backends, Holder, HolderRequest, Spell};
+use backends::{Backends, HeldBy, Holder, HolderRequest, Spell};
 pub use calls::Call;
 use calls::Calls;
 use fds::FdTable;
@@ -276,7 +276,7 @@ impl Assembler {
             Event::DbSwitch { hdr, out_ts, wake_ts, wait_event, state, waker, waker_is_backend } => {
                 // A lock wait that another backend ended: that backend released the lock.
                 let holder = match waker {
-                    Some(w) if *waker_is_backend && waits::is_lock(*wait_event) => Some(self.holder(*w, *wake_ts)),
+                    Some(w) if *waker_is_backend && waits::is_lock(*wait_event) => Some(HeldBy::Named(self.holder(*w, *wake_ts))),
                     _ => None,
                 };
                 let spell = Spell { out_ns: *out_ts, wake_ns: *wake_ts, in_ns: hdr.ts, wait_event: *wait_event, state: *state, holder };
@@ -291,7 +291,7 @@ impl Assembler {
                         _ => (0, waits::SAMPLED_RUNNING),
                     };
                     let holder = match s.blocked_by.first() {
-                        Some(&b) if waits::is_lock(wait_event) => Some(Holder::Sampled { backend: b, at: hdr.ts }),
+                        Some(&b) if waits::is_lock(wait_event) => Some(HeldBy::Sampled { backend: b, at: hdr.ts }),
                         _ => None,
                     };
                     let spell = Spell { out_ns: from, wake_ns: hdr.ts, in_ns: hdr.ts, wait_event, state, holder };
@@ -342,20 +342,7 @@ impl Assembler {
     fn attach_query(&mut self, q: Query) {
         let serving = self.parts.serving.get(&q.tid).copied().filter(|s| Some(s.seq) == q.request_seq);
         let Some(s) = serving.filter(|s| self.conns.get(&s.key).is_some_and(|c| c.open.is_some())) else { return };
-        let wait = self.parts.backends.wait(q.pid, q.fd, q.start_ns, q.end_ns).map(|mut w| {
-            let mut named: Vec<Holder> = Vec::with_capacity(w.holders.len());
-            for h in std::mem::take(&mut w.holders) {
-                let h = match h {
-                    Holder::Sampled { backend, at } => self.holder(backend, at),
-                    h => h,
-                };
-                if !named.contains(&h) {
-                    named.push(h);
-                }
-            }
-            w.holders = named;
-            w
-        });
+        let wait = self.parts.backends.wait(q.pid, q.fd, q.start_ns, q.end_ns, |backend, at| self.holder(backend, at));
         if let Some(open) = self.conns.get_mut(&s.key).and_then(|c| c.open.as_mut()) {
             let sql = open.sql.get_or_insert_default();
             sql.add(&q);

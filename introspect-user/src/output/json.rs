@@ -128,8 +128,7 @@ impl<'a> SqlLine<'a> {
                 holders
                     .iter()
                     .map(|h| match h {
-                        // Sampled holders are named before a query is counted.
-                        Holder::Outside | Holder::Sampled { .. } => BlockedEntry::Outside("outside"),
+                        Holder::Outside => BlockedEntry::Outside("outside"),
                         Holder::Request(r) => BlockedEntry::Request {
                             pid: r.pid,
                             tid: r.tid,

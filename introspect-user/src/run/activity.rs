@@ -64,7 +64,7 @@ impl Sampler {
         if searching && (urgent || self.last_search.is_none_or(|t| t.elapsed() >= RESEARCH)) {
             self.last_search = Some(Instant::now());
             let found = self.search(live);
-            for (backend, c) in self.clients.iter_mut().filter(|(_, c)| c.found.is_none() && c.tries < TRIES) {
+            for (backend, c) in self.clients.iter_mut().filter(|(_, c)| unfound(c)) {
                 c.tries += 1;
                 if let Some(&(pid, fd)) = found.get(&c.addr).or_else(|| found.get(&(ANY, c.addr.1))) {
                     c.found = Some((pid, fd));

@@ -109,6 +109,8 @@ fn peer_inode(tcp: &[TcpSocket], inode: u64) -> Option<u64> {
 }
 
 /// A server's children now: its backends (and auxiliary processes, which hold no client socket).
+/// Read from the kernel's own list, not `targets::with_descendants`'s scan of every process:
+/// this runs while connections wait for a link, and backends are never grandchildren.
 fn children(pid: u32) -> Vec<u32> {
     match fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
         Ok(text) => text.split_whitespace().filter_map(|c| c.parse().ok()).collect(),

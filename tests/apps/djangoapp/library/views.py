@@ -1,8 +1,10 @@
 """Views whose queries are known: each answers X-Queries, the number of queries Django itself
 ran for it (`connection.queries`), and X-Sql-Ms, the time its executions took as the app saw it
 (Django's execute_wrapper around each, and the same around each COMMIT and ROLLBACK;
-perf_counter): the ground truth the SQL suite compares with."""
+perf_counter): the ground truth the SQL suite compares with. X-Gc-Ms is the part of that time
+the interpreter spent collecting garbage (a pause of the app, not of its database)."""
 import functools
+import gc
 import time
 
 from django.db import IntegrityError, connection, transaction
@@ -10,14 +12,28 @@ from django.http import HttpResponse
 
 from .models import Author, Book
 
-_spent = {"ns": 0}
+_spent = {"ns": 0, "gc_ns": 0}
+_gc = {"t0": 0, "timing": False}
+
+
+def _on_gc(phase, info):
+    # Only collections inside a timed execution count: those are in X-Sql-Ms.
+    if phase == "start":
+        _gc["t0"] = time.perf_counter_ns()
+    elif _gc["timing"]:
+        _spent["gc_ns"] += time.perf_counter_ns() - _gc["t0"]
+
+
+gc.callbacks.append(_on_gc)
 
 
 def _timer(execute, sql, params, many, context):
     t0 = time.perf_counter_ns()
+    _gc["timing"] = True
     try:
         return execute(sql, params, many, context)
     finally:
+        _gc["timing"] = False
         _spent["ns"] += time.perf_counter_ns() - t0
 
 
@@ -25,9 +41,11 @@ def _timed(method):
     @functools.wraps(method)
     def timed(*args, **kwargs):
         t0 = time.perf_counter_ns()
+        _gc["timing"] = True
         try:
             return method(*args, **kwargs)
         finally:
+            _gc["timing"] = False
             _spent["ns"] += time.perf_counter_ns() - t0
 
     return timed
@@ -41,6 +59,7 @@ def measured(view):
         # Django records queries only in DEBUG; this asks for it on this connection alone.
         connection.force_debug_cursor = True
         _spent["ns"] = 0
+        _spent["gc_ns"] = 0
         # COMMIT and ROLLBACK are round trips too, outside any execution: timed the same way.
         connection._commit = _timed(connection._commit)
         connection._rollback = _timed(connection._rollback)
@@ -52,6 +71,7 @@ def measured(view):
             del connection._commit
             del connection._rollback
         resp["X-Sql-Ms"] = f"{_spent['ns'] / 1e6:.3f}"
+        resp["X-Gc-Ms"] = f"{_spent['gc_ns'] / 1e6:.3f}"
         return resp
 
     return wrapped

@@ -15,7 +15,7 @@ use crate::{root, run};
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM major), wrk for
 /// load, PostgreSQL and MariaDB (server and client) for the database suites, Chromium (renders
 /// the flame graphs in tests), tmux (a real terminal for `top`), curl and util-linux tools used
-/// by the suites, a C compiler for building uWSGI.
+/// by the suites, a C compiler for building uWSGI, nginx (in front of uWSGI).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -32,6 +32,7 @@ const APT_PACKAGES: &[&str] = &[
     "python3.11-venv",
     "chromium",
     "tmux",
+    "nginx",
     "gcc",
     "libc6-dev",
 ];

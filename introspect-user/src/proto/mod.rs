@@ -9,6 +9,7 @@
 pub mod http1;
 pub mod mysql;
 pub mod postgres;
+pub mod uwsgi;
 
 use serde::{Deserialize, Serialize};
 
@@ -188,7 +189,7 @@ pub struct Protocols {
 impl Protocols {
     /// Every protocol introspect ships.
     pub fn standard(opts: Options) -> Self {
-        let mut p = Self::with(vec![Box::new(http1::Http1)], opts);
+        let mut p = Self::with(vec![Box::new(http1::Http1), Box::new(uwsgi::Uwsgi)], opts);
         p.databases = vec![Box::new(postgres::Postgres::new()), Box::new(mysql::Mysql::new())];
         p
     }

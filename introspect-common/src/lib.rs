@@ -556,6 +556,11 @@ pub struct ConnState {
 }
 const _: () = assert!(size_of::<ConnState>() == 32);
 
+/// In an `ARRIVALS` value: set when the time is a handshake's completion (a listener that defers
+/// accept until data arrives completes it with the request's first segment), clear when it is a
+/// data segment's arrival. Timestamps lose their lowest nanosecond to it.
+pub const ARRIVAL_HANDSHAKE: u64 = 1;
+
 /// Offsets of tracepoint fields, read from tracefs `format` files at load time (no CO-RE from
 /// Rust). The programs compile in only the offsets kernels have used for years, as a fast path
 /// taken when these agree (see the eBPF crate's `field` module). The syscall tracepoints' layout
@@ -584,9 +589,17 @@ pub struct TracepointOffsets {
     pub oom_anon_rss: u16,
     pub oom_file_rss: u16,
     pub oom_shmem_rss: u16,
+    pub set_state_oldstate: u16,
+    pub set_state_newstate: u16,
+    pub set_state_sport: u16,
+    pub set_state_dport: u16,
+    pub set_state_family: u16,
+    pub set_state_protocol: u16,
+    pub set_state_daddr: u16,
+    pub set_state_daddr_v6: u16,
     pub _pad: [u16; 3],
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 48);
+const _: () = assert!(size_of::<TracepointOffsets>() == 64);
 
 /// What the kernel side copies, set at load time.
 #[repr(C)]

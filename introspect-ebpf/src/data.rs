@@ -177,7 +177,7 @@ fn data_exit(p: &Pending, n: i64, pid_tgid: u64) {
                 // SAFETY: map value pointer from a successful lookup.
                 unsafe {
                     if p.first != 0 {
-                        arrival_ts = *a;
+                        arrival_ts = *a & !introspect_common::ARRIVAL_HANDSHAKE;
                     }
                     *a = 0;
                 }

@@ -132,6 +132,14 @@ pub static OFFSETS: Global<TracepointOffsets> = Global::new(TracepointOffsets {
     oom_anon_rss: 0,
     oom_file_rss: 0,
     oom_shmem_rss: 0,
+    set_state_oldstate: 0,
+    set_state_newstate: 0,
+    set_state_sport: 0,
+    set_state_dport: 0,
+    set_state_family: 0,
+    set_state_protocol: 0,
+    set_state_daddr: 0,
+    set_state_daddr_v6: 0,
     _pad: [0; 3],
 });
 

@@ -144,11 +144,15 @@ const WATCH_EXAMPLES: &str = "EXAMPLES:
 pub struct Target {
     /// Watch this process and all its descendants, including children forked later (recycled
     /// workers).
-    #[arg(long, conflicts_with = "port", required_unless_present = "port")]
+    #[arg(long, conflicts_with_all = ["port", "socket"], required_unless_present_any = ["port", "socket"])]
     pub pid: Option<u32>,
     /// Watch the processes listening on this TCP port, and their descendants.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "socket")]
     pub port: Option<u16>,
+    /// Watch the processes listening on this Unix socket (uWSGI's `--socket PATH`, gunicorn's
+    /// `--bind unix:PATH`), and their descendants.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// How the watched server kills its workers, and what introspect may do about it.

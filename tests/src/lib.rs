@@ -8,6 +8,7 @@ pub mod client;
 pub mod guard;
 pub mod introspect;
 pub mod mariadb;
+pub mod nginx;
 pub mod postgres;
 pub mod server;
 pub mod uwsgi;

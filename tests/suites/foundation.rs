@@ -133,6 +133,12 @@ fn bad_invocations_fail_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no process is listening on TCP port 1"));
 
+    // Nobody listens on this Unix socket path (nor is there a file).
+    let out = introspect::run(&["watch", "--socket", "/nonexistent/app.sock"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(err.trim(), "introspect: no process is listening on the Unix socket /nonexistent/app.sock");
+
     // Not root: one clear line and exit code 2. The binary is copied where an unprivileged user
     // can run it (the checkout may sit under a private home directory).
     let dir = std::env::temp_dir().join(format!("introspect-nonroot-{}", std::process::id()));

@@ -71,6 +71,12 @@ fn offsets(tracefs: &Tracefs) -> Result<(TracepointOffsets, Unusable), TracefsEr
     let sig = opt("signal_signal_generate", "signal", "signal_generate", &["pid", "sig", "code", "group", "result"]);
     let deliver = opt("signal_signal_deliver", "signal", "signal_deliver", &["sig"]);
     let oom = opt("oom_mark_victim", "oom", "mark_victim", &["pid", "total_vm", "anon_rss", "file_rss", "shmem_rss"]);
+    let state = opt(
+        "sock_inet_sock_set_state",
+        "sock",
+        "inet_sock_set_state",
+        &["oldstate", "newstate", "sport", "dport", "family", "protocol", "daddr", "daddr_v6"],
+    );
     let offsets = TracepointOffsets {
         tcp_probe_daddr: tcp[0],
         tcp_probe_sport: tcp[1],
@@ -93,6 +99,14 @@ fn offsets(tracefs: &Tracefs) -> Result<(TracepointOffsets, Unusable), TracefsEr
         oom_anon_rss: oom[2],
         oom_file_rss: oom[3],
         oom_shmem_rss: oom[4],
+        set_state_oldstate: state[0],
+        set_state_newstate: state[1],
+        set_state_sport: state[2],
+        set_state_dport: state[3],
+        set_state_family: state[4],
+        set_state_protocol: state[5],
+        set_state_daddr: state[6],
+        set_state_daddr_v6: state[7],
         _pad: [0; 3],
     };
     Ok((offsets, unusable))

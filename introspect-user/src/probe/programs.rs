@@ -40,6 +40,17 @@ pub fn request() -> Vec<Program> {
             optional: Some("requests start at their first read: the time they waited in the listen backlog (queue_ms) is not seen".into()),
         }],
     }];
+    out.push(Program {
+        name: "sock_inet_sock_set_state",
+        points: vec![Point {
+            category: "sock",
+            name: "inet_sock_set_state".into(),
+            optional: Some(
+                "on listeners that defer accept until data arrives (uWSGI's TCP sockets), a first request's wait in the backlog (queue_ms) is not seen"
+                    .into(),
+            ),
+        }],
+    });
     // Enter programs in the table's order, each with all its syscalls.
     let mut enters: Vec<&'static str> = Vec::new();
     for s in TABLE {

@@ -51,8 +51,8 @@ impl Resolver {
         for s in sockets::tcp_sockets(pid) {
             self.peers.insert(s.inode, Some(s.remote.to_string()));
         }
-        for (ino, path) in sockets::unix_sockets(pid) {
-            self.peers.insert(ino, Some(if path.is_empty() { "unix".to_string() } else { format!("unix:{path}") }));
+        for u in sockets::unix_sockets(pid) {
+            self.peers.insert(u.inode, Some(if u.path.is_empty() { "unix".to_string() } else { format!("unix:{}", u.path) }));
         }
     }
 

@@ -58,16 +58,36 @@ pub fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
     ["tcp", "tcp6"].iter().filter_map(|f| fs::read_to_string(format!("/proc/{pid}/net/{f}")).ok()).flat_map(|t| parse_proc_net_tcp(&t)).collect()
 }
 
-/// Unix sockets of the process's namespace: (inode, bound path or "").
-pub fn unix_sockets(pid: u32) -> Vec<(u64, String)> {
-    let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/unix")) else { return Vec::new() };
+/// One row of /proc/net/unix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnixSocket {
+    pub inode: u64,
+    /// The bound path ("@name" for the abstract namespace), or "".
+    pub path: String,
+    /// Listening (`__SO_ACCEPTCON` in its flags).
+    pub listening: bool,
+}
+
+/// The flag /proc/net/unix shows on listening sockets (include/linux/net.h `__SO_ACCEPTCON`).
+const SO_ACCEPTCON: u32 = 1 << 16;
+
+pub fn parse_proc_net_unix(text: &str) -> Vec<UnixSocket> {
     text.lines()
         .skip(1)
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            Some((cols.get(6)?.parse().ok()?, cols.get(7).map_or(String::new(), |p| p.to_string())))
+            Some(UnixSocket {
+                inode: cols.get(6)?.parse().ok()?,
+                path: cols.get(7).map_or(String::new(), |p| p.to_string()),
+                listening: u32::from_str_radix(cols.get(3)?, 16).ok()? & SO_ACCEPTCON != 0,
+            })
         })
         .collect()
+}
+
+/// Unix sockets of the process's namespace.
+pub fn unix_sockets(pid: u32) -> Vec<UnixSocket> {
+    fs::read_to_string(format!("/proc/{pid}/net/unix")).map(|t| parse_proc_net_unix(&t)).unwrap_or_default()
 }
 
 /// Socket inodes held by a process, by fd.
@@ -86,6 +106,18 @@ pub fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_proc_net_unix() {
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 41234 /tmp/app.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 41240 /tmp/app.sock\n\
+            0000000000000000: 00000002 00000000 00000000 0002 01 41250\n";
+        let s = parse_proc_net_unix(text);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0], UnixSocket { inode: 41234, path: "/tmp/app.sock".into(), listening: true });
+        assert!(!s[1].listening && s[2].path.is_empty());
+    }
 
     #[test]
     fn parses_proc_net_tcp() {

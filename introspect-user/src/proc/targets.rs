@@ -1,5 +1,6 @@
 //! Targets: which processes to watch, found in /proc: a pid and its descendants, or the
-//! processes listening on a TCP port; plus the server ports and the connections already open.
+//! processes listening on a TCP port or a Unix socket; plus the server ports, the Unix sockets
+//! and the connections already open.
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
     fs,
@@ -9,13 +10,15 @@ use std::{
 
 use super::{
     cmdline::ppid_of,
-    sockets::{TCP_ESTABLISHED, TCP_LISTEN, TcpSocket, socket_fds, tcp_sockets},
+    sockets::{TCP_ESTABLISHED, TCP_LISTEN, TcpSocket, socket_fds, tcp_sockets, unix_sockets},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("no process is listening on TCP port {0}")]
     NoListener(u16),
+    #[error("no process is listening on the Unix socket {0}")]
+    NoUnixListener(String),
 }
 
 fn all_pids() -> Vec<u32> {
@@ -58,19 +61,39 @@ pub fn listeners(port: u16) -> Result<Vec<u32>, TargetError> {
     Ok(pids)
 }
 
+/// The processes holding a Unix socket listening at `path` (as bound, or the same file reached
+/// another way: a relative bind, a symlinked directory).
+pub fn unix_listeners(path: &Path) -> Result<Vec<u32>, TargetError> {
+    let wanted = path.canonicalize().ok();
+    let same = |bound: &str| Path::new(bound) == path || (wanted.is_some() && Path::new(bound).canonicalize().ok() == wanted);
+    let inodes: HashSet<u64> =
+        unix_sockets(std::process::id()).into_iter().filter(|u| u.listening && !u.path.is_empty() && same(&u.path)).map(|u| u.inode).collect();
+    let pids: Vec<u32> = all_pids().into_iter().filter(|&pid| socket_fds(pid).iter().any(|(_, ino)| inodes.contains(ino))).collect();
+    if pids.is_empty() {
+        return Err(TargetError::NoUnixListener(path.display().to_string()));
+    }
+    Ok(pids)
+}
+
 /// What the watched processes serve: their listening ports, and the TCP connections they already
 /// hold: accepted ones (keep-alive connections opened before the watch began) and their own
 /// (a database connection a worker keeps open).
 pub struct Served {
     pub ports: BTreeSet<u16>,
+    /// Paths of the listening Unix sockets they hold ("@name": abstract; "" unnamed).
+    pub unix: BTreeSet<String>,
     pub conns: Vec<(u32, i32, SocketAddr)>,
     /// (pid, fd) of established connections whose local port is not a served one.
     pub outbound: Vec<(u32, i32)>,
 }
 
 pub fn served(pids: &BTreeSet<u32>) -> Served {
-    let Some(&any) = pids.iter().next() else { return Served { ports: BTreeSet::new(), conns: Vec::new(), outbound: Vec::new() } };
+    let Some(&any) = pids.iter().next() else {
+        return Served { ports: BTreeSet::new(), unix: BTreeSet::new(), conns: Vec::new(), outbound: Vec::new() };
+    };
     let sockets = tcp_sockets(any);
+    let listening_unix: HashMap<u64, String> = unix_sockets(any).into_iter().filter(|u| u.listening).map(|u| (u.inode, u.path)).collect();
+    let unix = pids.iter().flat_map(|&pid| socket_fds(pid)).filter_map(|(_, ino)| listening_unix.get(&ino).cloned()).collect();
     let by_inode: HashMap<u64, &TcpSocket> = sockets.iter().map(|s| (s.inode, s)).collect();
     let held: Vec<(u32, i32, &TcpSocket)> = pids
         .iter()
@@ -81,7 +104,7 @@ pub fn served(pids: &BTreeSet<u32>) -> Served {
     let established = || held.iter().filter(|(_, _, s)| s.state == TCP_ESTABLISHED);
     let conns = established().filter(|(_, _, s)| ports.contains(&s.local.port())).map(|(pid, fd, s)| (*pid, *fd, s.remote)).collect();
     let outbound = established().filter(|(_, _, s)| !ports.contains(&s.local.port())).map(|(pid, fd, _)| (*pid, *fd)).collect();
-    Served { ports, conns, outbound }
+    Served { ports, unix, conns, outbound }
 }
 
 #[cfg(test)]

@@ -119,11 +119,12 @@ fn require_root() -> Result<(), UsageError> {
 }
 
 fn roots(target: &Target) -> Result<Vec<u32>, UsageError> {
-    match (target.pid, target.port) {
-        (Some(pid), _) if targets::exists(pid) => Ok(vec![pid]),
-        (Some(pid), _) => Err(UsageError(format!("no process with pid {pid}"))),
-        (None, Some(port)) => targets::listeners(port).map_err(|e| UsageError(e.to_string())),
-        (None, None) => Err(UsageError("give --pid or --port".into())),
+    match (target.pid, target.port, &target.socket) {
+        (Some(pid), ..) if targets::exists(pid) => Ok(vec![pid]),
+        (Some(pid), ..) => Err(UsageError(format!("no process with pid {pid}"))),
+        (None, Some(port), _) => targets::listeners(port).map_err(|e| UsageError(e.to_string())),
+        (None, None, Some(path)) => targets::unix_listeners(path).map_err(|e| UsageError(e.to_string())),
+        (None, None, None) => Err(UsageError("give --pid, --port or --socket".into())),
     }
 }
 
@@ -183,20 +184,32 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     host.warm(pids.iter().copied());
     let ports: Vec<String> = served.ports.iter().map(u16::to_string).collect();
     eprintln!(
-        "introspect: watching {} process(es) [{}] serving TCP port(s) [{}]; threshold {}{}",
+        "introspect: watching {} process(es) [{}] serving TCP port(s) [{}]{}; threshold {}{}",
         pids.len(),
         pids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "),
         ports.join(" "),
+        if served.unix.is_empty() {
+            String::new()
+        } else {
+            format!(" and Unix socket(s) [{}]", served.unix.iter().cloned().collect::<Vec<_>>().join(" "))
+        },
         humantime::format_duration(session.reporting.threshold()),
         if session.reporting.all { ", reporting all requests" } else { "" },
     );
     for m in missing.into_iter().chain(pg_problems) {
         pipeline.warning(clock::monotonic_ns(), &m)?;
     }
-    if served.ports.is_empty() {
+    if served.ports.is_empty() && served.unix.is_empty() {
         pipeline.warning(
             clock::monotonic_ns(),
             "no listening TCP socket found in the watched processes: requests are still measured, but without their backlog wait (queue_ms is 0)",
+        )?;
+    }
+    if !served.unix.is_empty() {
+        // A connection to a Unix socket has no handshake segment the kernel can be asked about.
+        pipeline.warning(
+            clock::monotonic_ns(),
+            "requests on Unix sockets are measured from the worker's accept: their backlog wait is not known (queue_ms is 0 for them)",
         )?;
     }
 

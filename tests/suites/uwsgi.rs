@@ -1,0 +1,199 @@
+//! uWSGI: its workers speaking HTTP (`--http-socket`), and the uwsgi binary protocol
+//! (`--socket`, TCP and Unix) behind a real nginx's `uwsgi_pass` — every request once, with the
+//! right identity, status and thread, timed against the client and against what nginx logged of
+//! its upstream; malformed packets counted, never reported as requests.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    thread,
+    time::Duration,
+};
+
+use introspect_tests::{
+    can_trace,
+    checks::{check_against_client, check_against_client_with, drive, requests, summary},
+    client::Exchange,
+    introspect::{Line, Watch},
+    nginx::{Nginx, Upstream},
+    uwsgi::{Listen, Uwsgi},
+};
+
+const DELAYS_MS: [u32; 9] = [0, 1, 2, 5, 10, 20, 50, 100, 200];
+
+#[test]
+fn http_socket_workers_every_request_once_with_client_timing() {
+    if !can_trace("http_socket_workers_every_request_once_with_client_timing") {
+        return;
+    }
+    let server = Uwsgi::start_on(Listen::HttpSocket, 2, 1, &[]);
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    let paths: Vec<String> = (0..160)
+        .map(|i| match i % 20 {
+            7 => format!("/nope/r{i}"),
+            13 => format!("/fail/r{i}"),
+            17 => format!("/status/404/r{i}"),
+            _ => format!("/sleep/{}/r{i}", DELAYS_MS[i % DELAYS_MS.len()]),
+        })
+        .collect();
+    let exchanges = drive(server.port, paths, 2, false, false);
+    assert!(exchanges.iter().any(|e| e.status == 404) && exchanges.iter().any(|e| e.status == 500));
+    let workers: std::collections::BTreeSet<u64> = exchanges.iter().filter_map(|e| e.header("X-Pid")?.parse().ok()).collect();
+    assert_eq!(workers.len(), 2, "both workers served: {workers:?}");
+    thread::sleep(Duration::from_millis(200));
+    let lines = watch.stop();
+    check_against_client(&exchanges, &lines, true);
+    // Each request under the worker process that served it.
+    for ex in &exchanges {
+        let r = requests(&lines).into_iter().find(|r| r["path"] == ex.path.as_str()).expect("reported");
+        assert_eq!(r["pid"].as_u64().map(|p| p.to_string()).as_deref(), ex.header("X-Pid"), "{}: {r}", ex.path);
+    }
+}
+
+/// Each exchange against nginx's own record of its upstream: introspect's duration (from the
+/// request's arrival at the worker's socket to the worker's last write) within max(1 ms, 2%) of
+/// `$upstream_response_time` (nginx's connect to its last read of the response), plus 2 ms:
+/// nginx takes both ends from its millisecond clock (1 ms of resolution), which it refreshes
+/// once per pass of its event loop, so a start stamped at a pass's beginning is early by the
+/// time that pass took before the connect (seen up to 1 ms on this 2-vCPU VM under the suites'
+/// load).
+fn check_against_nginx(exchanges: &[Exchange], lines: &[Line], nginx: &Nginx) {
+    let access = nginx.access();
+    let mut worst: f64 = 0.0;
+    for ex in exchanges {
+        let logged: Vec<_> = access.iter().filter(|a| a.uri == ex.path).collect();
+        assert_eq!(logged.len(), 1, "{}: nginx logged it {} times", ex.path, logged.len());
+        let a = logged[0];
+        assert_eq!(a.status, ex.status, "{}", ex.path);
+        let r = requests(lines).into_iter().find(|r| r["path"] == ex.path.as_str()).expect("reported");
+        let ours = r["duration_ms"].as_f64().unwrap();
+        let bound = (a.upstream_ms * 0.02).max(1.0) + 2.0;
+        assert!((ours - a.upstream_ms).abs() <= bound, "{}: {ours} ms reported, nginx's upstream time {} ms: {r}", ex.path, a.upstream_ms);
+        // nginx's own share: what its client waited minus what its upstream took.
+        assert!(a.request_ms + 1.0 >= ours, "{}: {ours} ms reported, nginx's whole request {} ms", ex.path, a.request_ms);
+        worst = worst.max((ours - a.upstream_ms).abs());
+    }
+    eprintln!("{} requests against nginx's upstream_response_time: largest difference {worst:.3} ms", exchanges.len());
+    // The client's connections to nginx were kept alive.
+    let most = access.iter().map(|a| a.connection_requests).max().unwrap_or(0);
+    assert!(most > 10, "keep-alive to nginx: at most {most} requests on one connection");
+}
+
+fn behind_nginx(listen: Listen) {
+    let server = Uwsgi::start_on(listen, 2, 2, &[]);
+    let nginx = Nginx::start(Upstream::Uwsgi(server.upstream()));
+    // The Unix socket's listeners found by their path; the TCP one by the master's pid.
+    let target = match &server.socket {
+        Some(path) => vec!["--socket".to_string(), path.display().to_string()],
+        None => vec!["--pid".to_string(), server.master_pid().to_string()],
+    };
+    let mut args: Vec<&str> = target.iter().map(String::as_str).collect();
+    args.push("--all");
+    // Every thread's first request (Flask's own set-up, uWSGI's thread start) before the watch:
+    // what is measured is the steady state.
+    drive(nginx.port, (0..24).map(|i| format!("/fast/warm{i}")).collect(), 8, false, false);
+    let watch = Watch::start(&args);
+    // The watch's own start-up work goes on for a moment after it says it is watching (it
+    // reads the fds of every process): on two CPUs that delays nginx and the first request.
+    thread::sleep(Duration::from_millis(500));
+    let paths: Vec<String> = (0..160)
+        .map(|i| match i % 20 {
+            7 => format!("/nope/n{i}"),
+            13 => format!("/fail/n{i}"),
+            17 => format!("/status/404/n{i}"),
+            _ => format!("/sleep/{}/n{i}", DELAYS_MS[i % DELAYS_MS.len()]),
+        })
+        .collect();
+    // On TCP the backlog wait is measured (queue_ms): as many clients as threads, so some
+    // connections wait for a thread. On a Unix socket it is not (no segment to time): fewer
+    // clients than threads, so a thread is always waiting in accept.
+    let clients = if server.socket.is_some() { 2 } else { 4 };
+    let exchanges = drive(nginx.port, paths, clients, true, false);
+    let tids: std::collections::BTreeSet<_> = exchanges.iter().filter_map(|e| e.server_tid).collect();
+    assert!(tids.len() > 2, "several threads served: {tids:?}");
+    thread::sleep(Duration::from_millis(300));
+    let stderr = watch.stderr();
+    let lines = watch.stop();
+    if let Some(path) = &server.socket {
+        assert!(stderr.contains(&format!("Unix socket(s) [{}]", path.display())), "{stderr}");
+    }
+    // Against the client: every request once, its method, path, status and thread, and never
+    // longer than the client waited. How much shorter is nginx's share, which its log holds
+    // only in part (not its accept, nor its wait for a CPU before it read the request): the
+    // lower bound is nginx's upstream time, below.
+    check_against_client_with(&exchanges, &lines, true, Exchange::duration_ms);
+    check_against_nginx(&exchanges, &lines, &nginx);
+    assert_eq!(summary(&lines)["non_http"], 0, "{}", nginx.error_log());
+}
+
+#[test]
+fn uwsgi_protocol_behind_nginx_on_tcp() {
+    if !can_trace("uwsgi_protocol_behind_nginx_on_tcp") {
+        return;
+    }
+    behind_nginx(Listen::UwsgiTcp);
+}
+
+#[test]
+fn uwsgi_protocol_behind_nginx_on_a_unix_socket() {
+    if !can_trace("uwsgi_protocol_behind_nginx_on_a_unix_socket") {
+        return;
+    }
+    behind_nginx(Listen::UwsgiUnix);
+}
+
+/// Sends raw bytes to the worker's socket, waits for it to answer or close, then closes.
+fn send_raw(port: u16, bytes: &[u8]) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(bytes).expect("write");
+    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut sink = [0u8; 4096];
+    let _ = s.read(&mut sink);
+}
+
+fn var(out: &mut Vec<u8>, k: &str, v: &str) {
+    out.extend((k.len() as u16).to_le_bytes());
+    out.extend(k.as_bytes());
+    out.extend((v.len() as u16).to_le_bytes());
+    out.extend(v.as_bytes());
+}
+
+#[test]
+fn malformed_uwsgi_packets_are_counted_not_reported() {
+    if !can_trace("malformed_uwsgi_packets_are_counted_not_reported") {
+        return;
+    }
+    let server = Uwsgi::start_on(Listen::UwsgiTcp, 1, 1, &[]);
+    let nginx = Nginx::start(Upstream::Uwsgi(server.upstream()));
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    let mut vars = Vec::new();
+    var(&mut vars, "REQUEST_METHOD", "GET");
+    var(&mut vars, "REQUEST_URI", "/fast/bad");
+    // A size field larger than what follows.
+    let mut short = vec![0u8];
+    short.extend(((vars.len() + 100) as u16).to_le_bytes());
+    short.push(0);
+    short.extend(&vars);
+    send_raw(server.port, &short);
+    // A variable's length past the packet.
+    let mut past = vec![0u8];
+    past.extend((vars.len() as u16).to_le_bytes());
+    past.push(0);
+    let mut bad_vars = vars.clone();
+    let at = bad_vars.len() - "/fast/bad".len() - 2;
+    bad_vars[at..at + 2].copy_from_slice(&400u16.to_le_bytes());
+    past.extend(&bad_vars);
+    send_raw(server.port, &past);
+    // Not the uwsgi protocol at all.
+    send_raw(server.port, b"hello, this is not uwsgi\r\n\r\n");
+    // Then real requests through nginx: the worker serves on.
+    let exchanges = drive(nginx.port, (0..5).map(|i| format!("/fast/good{i}")).collect(), 1, true, false);
+    assert!(exchanges.iter().all(|e| e.status == 200));
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    check_against_client(&exchanges, &lines, true);
+    let s = summary(&lines);
+    assert_eq!(s["non_http"], 3, "the three malformed connections: {s}");
+    assert!(!requests(&lines).iter().any(|r| r["path"].as_str().is_some_and(|p| p.contains("bad"))), "a malformed packet reported");
+}

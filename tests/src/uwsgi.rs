@@ -27,6 +27,9 @@ pub enum Listen {
     UwsgiTcp,
     /// `--socket PATH`: the uwsgi protocol on a Unix socket.
     UwsgiUnix,
+    /// `--http 127.0.0.1:PORT`: uWSGI's own HTTP router, a process of its own in front of the
+    /// workers, which it reaches over the uwsgi protocol on an internal socket.
+    HttpRouter,
 }
 
 pub struct Uwsgi {
@@ -66,6 +69,7 @@ impl Uwsgi {
         match (listen, &socket) {
             (Listen::HttpSocket, _) => cmd.args(["--http-socket", &tcp]),
             (Listen::UwsgiTcp, _) => cmd.args(["--socket", &tcp]),
+            (Listen::HttpRouter, _) => cmd.args(["--http", &tcp]),
             // nginx's workers (another user) connect to it.
             (Listen::UwsgiUnix, Some(path)) => cmd.arg("--socket").arg(path).arg("--chmod-socket=666"),
             (Listen::UwsgiUnix, None) => unreachable!("a Unix socket has a path"),

@@ -50,6 +50,30 @@ fn http_socket_workers_every_request_once_with_client_timing() {
     }
 }
 
+#[test]
+fn the_http_router_is_a_hop_and_each_request_is_reported_once() {
+    if !can_trace("the_http_router_is_a_hop_and_each_request_is_reported_once") {
+        return;
+    }
+    let server = Uwsgi::start_on(Listen::HttpRouter, 2, 1, &[]);
+    let pid = server.master_pid().to_string();
+    drive(server.port, (0..12).map(|i| format!("/fast/warm{i}")).collect(), 4, false, false);
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    thread::sleep(Duration::from_millis(500));
+    let paths: Vec<String> = (0..60).map(|i| format!("/sleep/{}/h{i}", DELAYS_MS[i % DELAYS_MS.len()])).collect();
+    let exchanges = drive(server.port, paths, 2, false, false);
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    // Once each, by the worker that served it (its pid and thread), timed against the client
+    // (whose time also holds the router's hop).
+    check_against_client(&exchanges, &lines, true);
+    for ex in &exchanges {
+        let r = requests(&lines).into_iter().find(|r| r["path"] == ex.path.as_str()).expect("reported");
+        assert_eq!(r["pid"].as_u64().map(|p| p.to_string()).as_deref(), ex.header("X-Pid"), "{}: {r}", ex.path);
+    }
+    assert_eq!(summary(&lines)["proxied"], exchanges.len(), "the router's hops: {}", summary(&lines));
+}
+
 /// Each exchange against nginx's own record of its upstream: introspect's duration (from the
 /// request's arrival at the worker's socket to the worker's last write) within max(1 ms, 2%) of
 /// `$upstream_response_time` (nginx's connect to its last read of the response), plus 2 ms:

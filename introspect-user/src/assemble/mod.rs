@@ -18,7 +18,10 @@ pub mod queries;
 #[cfg(test)]
 mod tests;
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use backends::{Backends, HolderRequest};
 pub use calls::Call;
@@ -122,6 +125,9 @@ pub struct AssemblerStats {
     pub calls_outside_requests: u64,
     /// Queries on database connections.
     pub db: DbStats,
+    /// Requests a watched process forwarded to another watched one (uWSGI's `--http` router
+    /// connecting to its workers' socket): not reported, the hop that served them is.
+    pub proxied: u64,
 }
 
 #[derive(Debug)]
@@ -182,6 +188,10 @@ struct Parts {
     recent: HashMap<u32, (HolderRequest, u64)>,
     next_seq: u64,
     stats: AssemblerStats,
+    /// The watched servers' listening TCP ports and Unix socket paths.
+    listeners: (BTreeSet<u16>, BTreeSet<String>),
+    /// Processes seen connecting to one of those: proxies in front of the others.
+    gateways: HashSet<u32>,
 }
 
 pub struct Assembler {
@@ -202,6 +212,25 @@ impl Assembler {
     }
 
     /// A connection that was already open when watching started.
+    /// The watched servers' listening ports and Unix socket paths: a watched process that
+    /// connects to one of them forwards its requests (a router in front of the workers).
+    pub fn set_listeners(&mut self, ports: &BTreeSet<u16>, unix: &BTreeSet<String>) {
+        self.parts.listeners = (ports.clone(), unix.clone());
+    }
+
+    fn on_connect(&mut self, tgid: u32, peer: Option<&str>) {
+        let Some(peer) = peer else { return };
+        let (ports, unix) = &self.parts.listeners;
+        // Loopback only: a process may well call the same port on another host.
+        let local_listener = match peer.strip_prefix("unix:") {
+            Some(path) => unix.contains(path),
+            None => peer.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback() && ports.contains(&a.port())),
+        };
+        if local_listener {
+            self.parts.gateways.insert(tgid);
+        }
+    }
+
     pub fn seed_conn(&mut self, tgid: u32, fd: i32, peer: Option<SocketAddr>) {
         self.conns.insert((tgid, fd), Conn { peer, ..Conn::default() });
     }
@@ -274,8 +303,8 @@ impl Assembler {
                 self.on_db_switch(hdr, *out_ts, *wake_ts, *wait_event, *state, *waker, *waker_is_backend)
             }
             Event::PgActivity { hdr, interval_ns, sessions } => self.on_pg_activity(hdr, *interval_ns, sessions),
+            Event::Connect { hdr, peer, .. } => self.on_connect(hdr.tgid, peer.as_deref()),
             Event::Fd { .. }
-            | Event::Connect { .. }
             | Event::Fork { .. }
             | Event::OffCpu { .. }
             | Event::Syscall { .. }
@@ -440,6 +469,10 @@ impl Assembler {
             keep_call(&mut open, call, &mut parts.stats);
         }
         conn.last_end_ns = end_ns;
+        if parts.gateways.contains(&key.0) {
+            parts.stats.proxied += 1;
+            return;
+        }
         parts.stats.requests += 1;
         let holder =
             HolderRequest { pid: key.0, tid: open.reader_tid, method: open.method.clone(), path: open.path.clone(), start_ns: open.start_ns };

@@ -261,3 +261,36 @@ fn a_protocol_is_one_impl_of_the_trait() {
     );
     assert_eq!(a.stats().non_http_phases, 1);
 }
+
+#[test]
+fn a_process_that_forwards_to_a_watched_listener_is_a_hop_not_a_second_request() {
+    // Process T (a router) accepts on the public port and connects to the workers' socket on
+    // loopback port 43989, which a watched process listens on: its request is the worker's.
+    let mut a = Assembler::new(1_000);
+    a.set_listeners(&BTreeSet::from([8000, 43989]), &BTreeSet::from(["/run/app.sock".to_string()]));
+    let mut out = Vec::new();
+    for e in [
+        accept(7, 1_000),
+        req(101, 7, 2_000, None, "GET", "/a"),
+        Event::Connect { hdr: h(101, 2_100), fd: 9, peer: Some("127.0.0.1:43989".into()) },
+        resp(101, 7, 3_000, 200, 100, BodyLen::Length(0), 100),
+    ] {
+        a.observe(&e, &mut out);
+    }
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!((a.stats().proxied, a.stats().requests), (1, 0));
+    // The same port on another host, or an unwatched local one, is an ordinary call.
+    let mut b = Assembler::new(1_000);
+    b.set_listeners(&BTreeSet::from([8000]), &BTreeSet::new());
+    let mut out = Vec::new();
+    for e in [
+        accept(7, 1_000),
+        req(101, 7, 2_000, None, "GET", "/a"),
+        Event::Connect { hdr: h(101, 2_100), fd: 9, peer: Some("10.0.0.7:8000".into()) },
+        Event::Connect { hdr: h(101, 2_200), fd: 10, peer: Some("127.0.0.1:5432".into()) },
+        resp(101, 7, 3_000, 200, 100, BodyLen::Length(0), 100),
+    ] {
+        b.observe(&e, &mut out);
+    }
+    assert_eq!((out.len(), b.stats().proxied), (1, 0));
+}

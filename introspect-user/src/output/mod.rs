@@ -164,6 +164,10 @@ pub struct Counts {
     pub agent: AgentCost,
     /// Connections whose bytes were not HTTP/1 (TLS, HTTP/2, another protocol): not measured.
     pub non_http: u64,
+    /// Requests a watched process forwarded to another watched one (uWSGI's `--http` router):
+    /// reported once, by the process that served them, and counted here for the hop in front.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub proxied: u64,
     /// Database traffic seen; left out when the watched processes spoke to no database.
     #[serde(skip_serializing_if = "SqlCounts::is_empty")]
     pub sql: SqlCounts,

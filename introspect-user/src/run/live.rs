@@ -179,6 +179,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     for (pid, fd, peer) in &served.conns {
         pipeline.assembler().seed_conn(*pid, *fd, Some(*peer));
     }
+    pipeline.assembler().set_listeners(&served.ports, &served.unix);
     // Readers and symbols are loaded before the watch says it is watching.
     let mut host = Host::new(probes, session.sample_hz(), session.profile_all);
     host.warm(pids.iter().copied());

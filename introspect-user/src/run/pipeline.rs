@@ -585,6 +585,7 @@ impl<'a> Pipeline<'a> {
         let stats = self.asm.stats();
         self.counts.open_at_exit = stats.open_at_exit;
         self.counts.non_http = stats.non_http_phases;
+        self.counts.proxied = stats.proxied;
         self.counts.sql = SqlCounts {
             queries: stats.db.queries,
             outside_requests: stats.db.outside_requests,

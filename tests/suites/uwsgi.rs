@@ -74,6 +74,42 @@ fn the_http_router_is_a_hop_and_each_request_is_reported_once() {
     assert_eq!(summary(&lines)["proxied"], exchanges.len(), "the router's hops: {}", summary(&lines));
 }
 
+#[test]
+fn recycled_and_cheaper_spawned_workers_are_followed() {
+    if !can_trace("recycled_and_cheaper_spawned_workers_are_followed") {
+        return;
+    }
+    // --max-requests 20: each worker is replaced after 20 requests (forked by the master).
+    // uWSGI 2.0.21+ also wants a worker to have lived --min-worker-lifetime (60 s by default)
+    // first.
+    let server = Uwsgi::start_on(Listen::HttpSocket, 2, 1, &["--max-requests", "20", "--min-worker-lifetime", "0"]);
+    let first: std::collections::BTreeSet<u64> = server.workers().into_iter().map(u64::from).collect();
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    let exchanges = drive(server.port, (0..120).map(|i| format!("/fast/m{i}")).collect(), 2, false, false);
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    check_against_client(&exchanges, &lines, true);
+    let serving: std::collections::BTreeSet<u64> = requests(&lines).iter().filter_map(|r| r["pid"].as_u64()).collect();
+    let born: Vec<_> = serving.difference(&first).collect();
+    assert!(born.len() >= 3, "--max-requests: requests of workers born during the watch: {born:?} (all {serving:?})");
+    drop(server);
+
+    // --cheaper 1 of 4: one worker at first, more spawned when all are busy.
+    let server = Uwsgi::start_on(Listen::HttpSocket, 4, 1, &["--cheaper", "1", "--cheaper-initial", "1", "--cheaper-overload", "1"]);
+    let first: std::collections::BTreeSet<u64> = server.workers().into_iter().map(u64::from).collect();
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    let exchanges = drive(server.port, (0..60).map(|i| format!("/sleep/100/c{i}")).collect(), 4, false, false);
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    check_against_client(&exchanges, &lines, true);
+    let serving: std::collections::BTreeSet<u64> = requests(&lines).iter().filter_map(|r| r["pid"].as_u64()).collect();
+    let born: Vec<_> = serving.difference(&first).collect();
+    assert!(!born.is_empty(), "--cheaper: requests of workers spawned during the watch: none (first {first:?}, all {serving:?})");
+    eprintln!("--cheaper: {} workers at first, requests served by {} spawned during the watch", first.len(), born.len());
+}
+
 /// Each exchange against nginx's own record of its upstream: introspect's duration (from the
 /// request's arrival at the worker's socket to the worker's last write) within max(1 ms, 2%) of
 /// `$upstream_response_time` (nginx's connect to its last read of the response), plus 2 ms:

@@ -59,6 +59,11 @@ impl Uwsgi {
     /// `uwsgi --master` listening as `listen` with `processes` workers of `threads` threads
     /// each, and `extra` arguments; waits until it accepts connections.
     pub fn start_on(listen: Listen, processes: u32, threads: u32, extra: &[&str]) -> Self {
+        Self::start_with_env(listen, processes, threads, extra, &[])
+    }
+
+    /// [`Uwsgi::start_on`] with `env` set for the app (a database DSN).
+    pub fn start_with_env(listen: Listen, processes: u32, threads: u32, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("introspect-uwsgi-{port}.log"));
         let socket = (listen == Listen::UwsgiUnix).then(|| std::env::temp_dir().join(format!("introspect-uwsgi-{port}.sock")));
@@ -81,6 +86,7 @@ impl Uwsgi {
             .args(["--wsgi-file", "flaskapp.py", "--callable", "app", "--need-app", "--die-on-term", "--disable-logging"])
             .args(extra)
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logfile.try_clone().expect("dup log"))
             .stderr(logfile);

@@ -14,8 +14,10 @@ use introspect_tests::{
     client::{self, Client, Exchange},
     guard::Guard,
     introspect::{self, Line, Watch},
+    nginx::{Nginx, Upstream},
     postgres::Postgres,
     server::Gunicorn,
+    uwsgi::{Listen, Uwsgi},
 };
 use serde_json::Value;
 
@@ -148,6 +150,41 @@ fn each_cause_lands_in_its_category() {
     assert!(within(part(r, "net_io"), 100.0), "{r}");
     assert!(part(r, "on_cpu") >= 95.0 && part(r, "on_cpu") <= 120.0, "{r}");
     assert_eq!(r["net_peers"][0]["peer"], pg_peer.as_str(), "{r}");
+}
+
+/// The core causes under uWSGI (`--socket`, two threads) behind nginx's `uwsgi_pass`.
+#[test]
+fn each_cause_under_uwsgi_behind_nginx() {
+    if !can_trace("each_cause_under_uwsgi_behind_nginx") {
+        return;
+    }
+    let pg = Postgres::start();
+    let dsn = pg.dsn();
+    let server = Uwsgi::start_with_env(Listen::UwsgiTcp, 1, 2, &[], &[("INTROSPECT_PG_DSN", &dsn)]);
+    let nginx = Nginx::start(Upstream::Uwsgi(server.upstream()));
+    let pid = server.master_pid().to_string();
+    let watch = Watch::start(&["--pid", &pid, "--all"]);
+    client::measure_precisely();
+    let mut c = Client::new(nginx.port, true);
+    let mut get = |p: &str| c.request("GET", p).unwrap_or_else(|e| panic!("GET {p}: {e}"));
+    get("/db/sleep/1/warm");
+    let cpu = get("/cpu/200/c");
+    let sleep = get("/sleep/200/s");
+    let db = get("/db/sleep/200/p");
+    let lock = get("/lock/200/l");
+    for ex in [&cpu, &sleep, &db, &lock] {
+        assert_eq!(ex.status, 200, "{}: {}", ex.path, ex.head);
+    }
+    thread::sleep(Duration::from_millis(200));
+    let lines = watch.stop();
+    let spent = |ex: &Exchange| ex.header_f64("X-Spent-Ms").expect("X-Spent-Ms");
+    let st = |ex: &Exchange| ex.stolen_ms;
+    check_cause(by_path(&lines, &cpu.path), &cpu, "on_cpu", cpu.header_f64("X-Cpu-Ms").unwrap(), st(&cpu));
+    check_cause(by_path(&lines, &sleep.path), &sleep, "sleep", spent(&sleep), st(&sleep));
+    check_cause(by_path(&lines, &lock.path), &lock, "lock", spent(&lock), st(&lock));
+    let r = by_path(&lines, &db.path);
+    check_cause(r, &db, "net_io", spent(&db), st(&db));
+    assert_eq!(r["net_peers"][0]["peer"], format!("127.0.0.1:{}", pg.port).as_str(), "{r}");
 }
 
 #[test]

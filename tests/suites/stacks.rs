@@ -8,8 +8,10 @@ use introspect_tests::{
     checks::requests,
     client::Client,
     introspect::{self, Line, Watch},
+    nginx::{Nginx, Upstream},
     postgres::Postgres,
     server::Gunicorn,
+    uwsgi::{Listen, Uwsgi},
     venv_named,
 };
 use serde_json::Value;
@@ -188,6 +190,37 @@ fn chains_py313() {
 fn chains_debian_python311() {
     if can_trace("chains_debian_python311") {
         chains_on("debian311");
+    }
+}
+
+/// The same chains under uWSGI (`--socket`, two threads, behind nginx's `uwsgi_pass`): its
+/// workers are forked without CPython's after-fork hook, so their thread states keep the
+/// master's `native_thread_id` and cannot be matched to kernel threads by it.
+#[test]
+fn chains_under_uwsgi_behind_nginx() {
+    if !can_trace("chains_under_uwsgi_behind_nginx") {
+        return;
+    }
+    let marks = markers();
+    let pg = Postgres::start();
+    let dsn = pg.dsn();
+    let server = Uwsgi::start_with_env(Listen::UwsgiTcp, 1, 2, &[], &[("INTROSPECT_PG_DSN", &dsn)]);
+    let nginx = Nginx::start(Upstream::Uwsgi(server.upstream()));
+    let pid = server.master_pid().to_string();
+    let mut watch = Watch::start(&["--pid", &pid, "--threshold", "300ms"]);
+    let paths = [("/chain/sleep/1500/s", SLEEP), ("/chain/cpu/1200/c", CPU), ("/chain/regex/26/r", REGEX), ("/chain/db/1500/d", DB)];
+    for (path, chain) in paths {
+        let (line, client) = slow_request(&mut watch, nginx.port, path);
+        has_chain(&line.json["stack"], chain, &marks).unwrap_or_else(|e| panic!("uwsgi {path}: inflight: {e}"));
+        client.join().unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    for (path, chain) in paths {
+        let r = requests(&lines).into_iter().find(|r| r["path"] == path).unwrap_or_else(|| panic!("uwsgi: {path} not reported"));
+        assert_eq!(r["comm"], "uwsgi", "{r}");
+        has_chain(&r["stack"], chain, &marks).unwrap_or_else(|e| panic!("uwsgi {path}: request stack: {e}"));
+        has_chain(heaviest(r), chain, &marks).unwrap_or_else(|e| panic!("uwsgi {path}: heaviest profile stack: {e}"));
     }
 }
 

@@ -40,6 +40,7 @@ pub mod names {
     pub const HEARTBEATS: &str = "HEARTBEATS";
     pub const PG_SERVERS: &str = "PG_SERVERS";
     pub const DB_BACKENDS: &str = "DB_BACKENDS";
+    pub const UNIX_LISTENERS: &str = "UNIX_LISTENERS";
     /// Offsets of tracepoint fields that are not fixed by the syscall ABI, read from tracefs.
     pub const G_OFFSETS: &str = "OFFSETS";
     /// What the kernel side copies, set at load time ([`crate::Settings`]).
@@ -82,6 +83,9 @@ pub mod kind {
     /// A serving thread's write on one of its outbound connections woke a PostgreSQL backend:
     /// that backend serves the connection ([`DbLinkEvent`]).
     pub const DB_LINK: u16 = 28;
+    /// A process connected to a watched Unix socket: [`UnixConnectEvent`], at the connect's
+    /// successful return.
+    pub const UNIX_CONNECT: u16 = 29;
 }
 
 /// Flags on a [`StackEvent`].
@@ -410,6 +414,51 @@ pub struct DbSwitchEvent {
 const _: () = assert!(size_of::<DbSwitchEvent>() == 56);
 
 /// `hdr`'s write on `fd` (an outbound connection) woke PostgreSQL backend `backend`.
+/// On a [`UnixConnectEvent`]: the connect failed with EAGAIN, its listener's backlog full.
+pub const UNIX_REFUSED: u16 = 1;
+
+/// Bytes of a `sun_path` (include/uapi/linux/un.h `UNIX_PATH_MAX`).
+pub const UNIX_PATH_MAX: usize = 108;
+
+/// Key of the `UNIX_LISTENERS` map: a `sun_path` as `connect` passes it, zero-padded; an
+/// abstract name keeps its leading NUL and ends where the address length says.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixPath {
+    pub bytes: [u8; UNIX_PATH_MAX],
+}
+const _: () = assert!(size_of::<UnixPath>() == UNIX_PATH_MAX);
+
+impl UnixPath {
+    /// The key of a path as /proc/net/unix prints it ("@name": abstract). None when too long.
+    pub fn from_listing(path: &str) -> Option<Self> {
+        let (skip, name) = match path.strip_prefix('@') {
+            Some(name) => (1, name.as_bytes()),
+            None => (0, path.as_bytes()),
+        };
+        if skip + name.len() == 0 || skip + name.len() > UNIX_PATH_MAX {
+            return None;
+        }
+        let mut bytes = [0u8; UNIX_PATH_MAX];
+        bytes[skip..skip + name.len()].copy_from_slice(name);
+        Some(Self { bytes })
+    }
+}
+
+/// A connect to a watched Unix listener returned (`hdr.ts`): 0, and the connection is in that
+/// listener's backlog from then, in order, until a worker accepts it; or EAGAIN
+/// ([`UNIX_REFUSED`] in `hdr.flags`): the backlog was full.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnixConnectEvent {
+    pub hdr: EventHeader,
+    /// The listener's value in `UNIX_LISTENERS`.
+    pub listener: u32,
+    pub _pad: u32,
+    /// When the connect was called: the client's wait starts here (a full backlog blocks it).
+    pub enter_ts: u64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DbLinkEvent {
@@ -632,4 +681,5 @@ mod pod {
     unsafe impl aya::Pod for Armed {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for DbBackend {}
+    unsafe impl aya::Pod for UnixPath {}
 }

@@ -5,11 +5,14 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use introspect_common::{AcceptEvent, CloseEvent, ConnKey, ConnState, ConnectEvent, PeerKey, SOCKADDR_MAX, SysCtx, counter, kind, phase, role, wire};
+use introspect_common::{
+    AcceptEvent, CloseEvent, ConnKey, ConnState, ConnectEvent, PeerKey, SOCKADDR_MAX, SysCtx, UNIX_PATH_MAX, UNIX_REFUSED, UnixConnectEvent, counter,
+    kind, phase, role, wire,
+};
 
 use crate::{
     emit::{SUBMIT_FLAGS, header, send},
-    maps::{CONNS, EVENTS, Pending, buf_kind, count, is_tracked, set_thread_bits, thread, thread_bits},
+    maps::{CONNS, EVENTS, Pending, UNIX_KEY, UNIX_LISTENERS, buf_kind, count, is_tracked, set_thread_bits, thread, thread_bits},
     syscall::{AF_INET, AF_INET6, AF_UNIX, arg, now, nr, recall, remember, ret},
 };
 
@@ -139,10 +142,13 @@ fn read_sockaddr(addr: u64) -> (u16, PeerKey) {
 pub fn syscalls_enter_connect(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    let tid = pid_tgid as u32;
     if !is_tracked(tgid) {
+        // Any process (nginx, a client) connecting to a watched Unix listener: the connection's
+        // arrival in its backlog.
+        unix_arrival(tid, arg(&ctx, 1), arg(&ctx, 2), &ctx);
         return 0;
     }
-    let tid = pid_tgid as u32;
     let fd = arg(&ctx, 0) as i32;
     let family = emit_connect(pid_tgid, fd, arg(&ctx, 1), arg(&ctx, 2));
     if family == AF_INET || family == AF_INET6 || family == AF_UNIX {
@@ -162,6 +168,57 @@ pub fn syscalls_enter_connect(ctx: TracePointContext) -> u32 {
         remember(tid, Pending::syscall(SysCtx { nr: nr(&ctx), fd, arg: 0 }, now()));
     }
     0
+}
+
+/// Remembers a connect to a watched Unix listener, reported at its return if it succeeded
+/// ([`exit_unix_connect`]). Every connect of the host comes here: a 2-byte read of the family
+/// drops the others; a Unix one costs a bounded copy of its path and one hash lookup.
+#[inline(always)]
+fn unix_arrival(tid: u32, addr: u64, len: u64, ctx: &TracePointContext) {
+    // SAFETY: user memory, fault-tolerant read.
+    if unsafe { bpf_probe_read_user(addr as *const u16) }.unwrap_or(0) != AF_UNIX || len <= 2 {
+        return;
+    }
+    let Some(key) = UNIX_KEY.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's scratch slot, used only within this program run.
+    let key = unsafe { &mut *key };
+    // The path as passed: up to 108 bytes after the family; then zeroed past its end (after
+    // the first NUL of a filesystem path, past the address length of an abstract name).
+    // SAFETY: user memory, fault-tolerant read.
+    if unsafe { bpf_probe_read_user_buf((addr + 2) as *const u8, &mut key.bytes) }.is_err() {
+        return;
+    }
+    let n = (len - 2) as usize;
+    let abstract_name = key.bytes[0] == 0;
+    let mut ended = false;
+    for i in 0..UNIX_PATH_MAX {
+        if i >= n || (!abstract_name && key.bytes[i] == 0) {
+            ended = true;
+        }
+        if ended {
+            key.bytes[i] = 0;
+        }
+    }
+    // SAFETY: value read from a successful lookup.
+    let Some(listener) = (unsafe { UNIX_LISTENERS.get(key) }).copied() else { return };
+    let sys = SysCtx { nr: nr(ctx), fd: arg(ctx, 0) as i32, arg: u64::from(listener) };
+    remember(tid, Pending { kind: kind::UNIX_CONNECT, ..Pending::syscall(sys, now()) });
+}
+
+/// A non-blocking connect to a Unix listener whose backlog is full (nginx's "(11: Resource
+/// temporarily unavailable) while connecting to upstream").
+const EAGAIN: i64 = -11;
+
+/// The return of a remembered connect to a watched Unix listener: in its backlog if it
+/// succeeded, refused if the backlog was full.
+#[inline(always)]
+pub fn exit_unix_connect(p: &Pending, ret: i64, pid_tgid: u64) {
+    let flags = match ret {
+        0 => 0,
+        EAGAIN => UNIX_REFUSED,
+        _ => return,
+    };
+    send(UnixConnectEvent { hdr: header(kind::UNIX_CONNECT, flags, pid_tgid), listener: p.sys.arg as u32, _pad: 0, enter_ts: p.enter_ts });
 }
 
 /// Emits the connect with a bounded copy of its address; returns the address family.

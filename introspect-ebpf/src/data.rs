@@ -144,6 +144,7 @@ pub fn syscalls_exit(ctx: TracePointContext) -> u32 {
     }
     match p.kind {
         kind::SYSCALL => emit_syscall(&p, n, pid_tgid),
+        kind::UNIX_CONNECT => crate::conn::exit_unix_connect(&p, n, pid_tgid),
         kind::OPEN | kind::SOCKET | kind::DUP => fd::exit(&p, n, pid_tgid),
         kind::READ | kind::WRITE => data_exit(&p, n, pid_tgid),
         _ => {}

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, Settings, SysCtx, TracepointOffsets, counter};
+use introspect_common::{Armed, ConnKey, ConnState, OffCpuState, PeerKey, PyWalk, Settings, SysCtx, TracepointOffsets, UnixPath, counter};
 
 /// All events, in one ring buffer so their order is kept. 8 MiB holds over 100 ms of a 50k
 /// requests/s burst (the bench's) while userspace drains it every 10 ms.
@@ -50,6 +50,15 @@ pub static CONNS: LruHashMap<ConnKey, ConnState> = LruHashMap::with_max_entries(
 
 /// Local TCP ports of the watched servers (1 at index port), for tcp_probe (which runs in softirq
 /// context, where the current task says nothing about whose socket it is).
+/// Watched Unix listeners by path, each with the id userspace gave it: `connect` to one of them
+/// by any process is the arrival of a connection in its backlog (there is no segment to time).
+#[map(name = "UNIX_LISTENERS")]
+pub static UNIX_LISTENERS: HashMap<UnixPath, u32> = HashMap::with_max_entries(64, 0);
+
+/// Scratch space for a `UNIX_LISTENERS` key (too big for the program's stack with the rest).
+#[map(name = "UNIX_KEY")]
+pub static UNIX_KEY: PerCpuArray<UnixPath> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "PORTS")]
 pub static PORTS: Array<u8> = Array::with_max_entries(65536, 0);
 

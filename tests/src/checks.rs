@@ -79,8 +79,18 @@ pub fn check_against_client_with(exchanges: &[Exchange], lines: &[Line], check_t
         // before that return is stamped: when it runs on the writer's CPU it preempts the write
         // and stamps its own time first. Seen up to 8 µs here and 13 µs on a slower CI machine;
         // 50 µs bounds it and still catches any real excess (keep-alive idle time, a previous
-        // request's tail: milliseconds). duration_ms is printed to the µs.
-        assert!(ours <= client_ms + 0.050, "{}: {ours} ms reported, above the client's {client_ms:.3} ms", ex.path);
+        // request's tail: milliseconds). duration_ms is printed to the µs. The real-time client
+        // that preempts the writer then keeps its CPU while it goes on (its next request), and
+        // the write returns only when the writer runs again: time the server's thread spent
+        // runnable, which its breakdown holds. (Two excesses of 80 and 240 µs were seen, both
+        // while workers were being recycled on two CPUs, before this allowance; the message
+        // prints the runnable time so a further one shows whether it is this.)
+        let runnable = r["breakdown_ms"]["runqueue"].as_f64().unwrap_or(0.0);
+        assert!(
+            ours <= client_ms + 0.050 + runnable,
+            "{}: {ours} ms reported, above the client's {client_ms:.3} ms (the server's thread waited {runnable} ms for a CPU): {r}",
+            ex.path
+        );
         // Hypervisor steal while the client waited is time it saw pass that no one ran, and the
         // client's own wait for a CPU (6 clients on 2 vCPUs) is time after the server's last
         // write. The client's time also holds the wait of its bytes before the server read them

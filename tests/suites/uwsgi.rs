@@ -110,6 +110,48 @@ fn recycled_and_cheaper_spawned_workers_are_followed() {
     eprintln!("--cheaper: {} workers at first, requests served by {} spawned during the watch", first.len(), born.len());
 }
 
+/// Four times more concurrent 300 ms requests than workers, through nginx to a Unix socket:
+/// the backlog wait comes from nginx's connects (there is no segment to time) and grows in
+/// 300 ms steps, the duration agrees with nginx's upstream time, and the summary reports how
+/// deep the backlog got.
+#[test]
+fn a_burst_on_a_unix_socket_queues_in_steps() {
+    if !can_trace("a_burst_on_a_unix_socket_queues_in_steps") {
+        return;
+    }
+    let server = Uwsgi::start_on(Listen::UwsgiUnix, 2, 1, &[]);
+    let nginx = Nginx::start(Upstream::Uwsgi(server.upstream()));
+    drive(nginx.port, (0..8).map(|i| format!("/fast/warm{i}")).collect(), 2, false, false);
+    let socket = server.socket.clone().unwrap();
+    let watch = Watch::start(&["--socket", socket.to_str().unwrap(), "--all"]);
+    thread::sleep(Duration::from_millis(500));
+    let paths: Vec<String> = (0..8).map(|i| format!("/sleep/300/b{i}")).collect();
+    let exchanges = drive(nginx.port, paths, 8, false, false);
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    check_against_client_with(&exchanges, &lines, true, Exchange::duration_ms);
+    check_against_nginx(&exchanges, &lines, &nginx);
+    let mut queues: Vec<(f64, f64)> =
+        requests(&lines).iter().map(|r| (r["queue_ms"].as_f64().unwrap(), r["duration_ms"].as_f64().unwrap())).collect();
+    queues.sort_by(|a, b| a.0.total_cmp(&b.0));
+    eprintln!("(queue_ms, duration_ms): {queues:?}");
+    // Two at a time: the k-th pair waited for k requests before it on each worker. A step is
+    // what a request takes after its wait (300 ms and the app's own few ms).
+    let step = queues.iter().map(|(q, d)| d - q).sum::<f64>() / queues.len() as f64;
+    for (i, (queue, _)) in queues.iter().enumerate() {
+        let want = (i / 2) as f64 * step;
+        assert!(
+            (queue - want).abs() <= 10.0 + (i / 2) as f64 * 2.0,
+            "request {i}: queued {queue} ms, want {want:.1} (steps of {step:.1}): {queues:?}"
+        );
+    }
+    let s = summary(&lines);
+    let listener = &s["listeners"][0];
+    assert_eq!(listener["socket"], format!("unix:{}", socket.display()).as_str(), "{s}");
+    assert_eq!((listener["connects"].as_u64(), listener["accepts"].as_u64()), (Some(8), Some(8)), "{s}");
+    assert!(listener["backlog_peak"].as_u64().unwrap() >= 5, "8 connections for 2 workers: {s}");
+}
+
 /// Each exchange against nginx's own record of its upstream: introspect's duration (from the
 /// request's arrival at the worker's socket to the worker's last write) within max(1 ms, 2%) of
 /// `$upstream_response_time` (nginx's connect to its last read of the response), plus 2 ms:
@@ -134,9 +176,6 @@ fn check_against_nginx(exchanges: &[Exchange], lines: &[Line], nginx: &Nginx) {
         worst = worst.max((ours - a.upstream_ms).abs());
     }
     eprintln!("{} requests against nginx's upstream_response_time: largest difference {worst:.3} ms", exchanges.len());
-    // The client's connections to nginx were kept alive.
-    let most = access.iter().map(|a| a.connection_requests).max().unwrap_or(0);
-    assert!(most > 10, "keep-alive to nginx: at most {most} requests on one connection");
 }
 
 fn behind_nginx(listen: Listen) {
@@ -184,6 +223,9 @@ fn behind_nginx(listen: Listen) {
     check_against_client_with(&exchanges, &lines, true, Exchange::duration_ms);
     check_against_nginx(&exchanges, &lines, &nginx);
     assert_eq!(summary(&lines)["non_http"], 0, "{}", nginx.error_log());
+    // The client's connections to nginx were kept alive.
+    let most = nginx.access().iter().map(|a| a.connection_requests).max().unwrap_or(0);
+    assert!(most > 10, "keep-alive to nginx: at most {most} requests on one connection");
 }
 
 #[test]

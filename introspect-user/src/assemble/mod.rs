@@ -17,6 +17,7 @@ pub mod fds;
 pub mod queries;
 #[cfg(test)]
 mod tests;
+mod unix;
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -139,6 +140,8 @@ struct Open {
     path: String,
     start_ns: u64,
     queue_ns: u64,
+    /// When its first read was called (the end of its wait in the queue).
+    read_enter_ns: u64,
     bytes_in: u64,
     bytes_out: u64,
     /// The final (non-1xx) response, once its head was written.
@@ -165,6 +168,8 @@ struct Conn {
     /// response, say), not another protocol.
     recognised: bool,
     open: Option<Open>,
+    /// Of a connection accepted from a Unix listener: when its client called connect.
+    unix_arrival: Option<u64>,
 }
 
 /// The request a thread is serving: its connection and sequence number.
@@ -192,6 +197,7 @@ struct Parts {
     listeners: (BTreeSet<u16>, BTreeSet<String>),
     /// Processes seen connecting to one of those: proxies in front of the others.
     gateways: HashSet<u32>,
+    unix: unix::UnixBacklogs,
 }
 
 pub struct Assembler {
@@ -240,6 +246,11 @@ impl Assembler {
         &self.fds
     }
 
+    /// What was seen of the watched Unix listeners' backlogs.
+    pub fn unix_listeners(&self) -> Vec<unix::UnixListenerStats> {
+        self.parts.unix.stats()
+    }
+
     pub fn open_requests(&self) -> usize {
         self.conns.values().filter(|c| c.open.is_some()).count()
     }
@@ -248,12 +259,34 @@ impl Assembler {
         let mut done = Vec::new();
         let mut queries = Vec::new();
         match ev {
-            Event::Accept { hdr, fd, peer, .. } => {
-                if let Some(old) = self.conns.remove(&(hdr.tgid, *fd)) {
+            Event::Accept { hdr, fd, listen_fd, peer, .. } => {
+                let key = (hdr.tgid, *fd);
+                if let Some(old) = self.conns.remove(&key) {
                     // The fd was reused without a close we saw: whatever was open there ended.
-                    self.end((hdr.tgid, *fd), old, hdr.ts, EndReason::Delimited, out);
+                    self.end(key, old, hdr.ts, EndReason::Delimited, out);
                 }
-                self.conns.insert((hdr.tgid, *fd), Conn { peer: *peer, ..Conn::default() });
+                let unix_arrival = match self.fds.peer(hdr.tgid, *listen_fd) {
+                    Some(p) if peer.is_none() => p.strip_prefix("unix:").and_then(|path| self.parts.unix.accepted(path, key, hdr.ts)),
+                    _ => None,
+                };
+                self.conns.insert(key, Conn { peer: *peer, unix_arrival, ..Conn::default() });
+            }
+            Event::UnixConnect { path, enter_ts, refused, .. } => {
+                if let Some((key, at)) = self.parts.unix.connected(path, *enter_ts, *refused)
+                    && let Some(conn) = self.conns.get_mut(&key)
+                {
+                    match conn.open.as_mut() {
+                        // Its first request began before this connect's event came: it began
+                        // when the client connected.
+                        Some(open) if conn.last_end_ns == 0 && at <= open.start_ns => {
+                            open.queue_ns = open.read_enter_ns.saturating_sub(at);
+                            open.start_ns = at;
+                        }
+                        Some(_) => {}
+                        None if conn.last_end_ns == 0 => conn.unix_arrival = Some(at),
+                        None => {}
+                    }
+                }
             }
             Event::Data { hdr, fd, enter_ts, wire: Some(wire), .. } => match wire {
                 Wire::Asks(asks) => {
@@ -386,7 +419,7 @@ impl Assembler {
                     Self::finish(key, conn, prev, EndReason::Delimited, Some(hdr.ts), &mut self.parts, out);
                 }
                 // The arrival belongs to this request only if it came after the previous one ended.
-                let arrival = arrival_ts.filter(|&a| a >= conn.last_end_ns && a <= hdr.ts);
+                let arrival = arrival_ts.or(conn.unix_arrival.take()).filter(|&a| a >= conn.last_end_ns && a <= hdr.ts);
                 let start_ns = arrival.unwrap_or(hdr.ts);
                 conn.recognised = true;
                 conn.open = Some(Open {
@@ -397,6 +430,7 @@ impl Assembler {
                     path: req.target.clone(),
                     start_ns,
                     queue_ns: arrival.map_or(0, |a| enter_ts.saturating_sub(a)),
+                    read_enter_ns: enter_ts,
                     bytes_in: bytes,
                     bytes_out: 0,
                     response: None,

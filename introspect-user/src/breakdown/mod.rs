@@ -127,6 +127,7 @@ impl Timeline {
             | Event::Interrupt { .. }
             | Event::DbSwitch { .. }
             | Event::DbLink { .. }
+            | Event::UnixConnect { .. }
             | Event::PgActivity { .. } => return,
         };
         if entry > MAX_PER_THREAD

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use introspect_common::{
     AcceptEvent, CloseEvent, ConnectEvent, DataEvent, DataPayloadEvent, DbLinkEvent, DbSwitchEvent, EventHeader, FdEvent, OffCpuEvent, OomEvent,
-    PAYLOAD_MAX, PREEMPT_EVERY, PY_FRAMES_MAX, PeerKey, ProcEvent, SAMPLE_EVERY, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, WIRE_MAX,
-    data_flag, kind, stack_flag,
+    PAYLOAD_MAX, PREEMPT_EVERY, PY_FRAMES_MAX, PeerKey, ProcEvent, SAMPLE_EVERY, SOCKADDR_MAX, SignalEvent, StackEvent, SyscallEvent, UNIX_REFUSED,
+    UnixConnectEvent, WIRE_MAX, data_flag, kind, stack_flag,
 };
 
 use super::{Dir, Event, FdOrigin, Hdr, SampleWeight, Sys, WaitFacts};
@@ -24,6 +24,8 @@ pub enum DecodeError {
     Short { kind: u16, len: usize },
     #[error("unknown event kind {0}")]
     UnknownKind(u16),
+    #[error("connect to Unix listener {0}, which was never watched")]
+    UnknownListener(u32),
 }
 
 const AF_UNIX: u16 = 1;
@@ -95,11 +97,13 @@ fn comm(raw: &[u8; 16]) -> String {
 /// Turns ring-buffer records into events, parsing heads with the run's protocols.
 pub struct Decoder {
     pub protocols: Protocols,
+    /// The watched Unix listeners' paths, by the id the kernel reports them with.
+    pub unix_listeners: std::collections::HashMap<u32, String>,
 }
 
 impl Decoder {
     pub fn new(protocols: Protocols) -> Self {
-        Self { protocols }
+        Self { protocols, unix_listeners: Default::default() }
     }
 
     /// Decodes one ring-buffer record.
@@ -189,6 +193,11 @@ impl Decoder {
                     waker: (e.waker_tid != 0).then_some(e.waker_tid),
                     waker_is_backend: e.waker_is_backend != 0,
                 }
+            }
+            kind::UNIX_CONNECT => {
+                let e: UnixConnectEvent = read(buf, h.kind)?;
+                let path = self.unix_listeners.get(&e.listener).cloned().ok_or(DecodeError::UnknownListener(e.listener))?;
+                Event::UnixConnect { hdr: hdr(&e.hdr), path, enter_ts: e.enter_ts, refused: e.hdr.flags & UNIX_REFUSED != 0 }
             }
             kind::DB_LINK => {
                 let e: DbLinkEvent = read(buf, h.kind)?;

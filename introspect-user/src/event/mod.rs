@@ -254,6 +254,16 @@ pub enum Event {
         waker: Option<u32>,
         waker_is_backend: bool,
     },
+    /// A process (watched or not: nginx) connected to the watched Unix listener at `path`,
+    /// from `enter_ts` to `hdr.ts`: the connection is in its backlog; or was refused, the
+    /// backlog full.
+    UnixConnect {
+        hdr: Hdr,
+        path: String,
+        enter_ts: u64,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        refused: bool,
+    },
     /// `hdr.tid`'s write on its connection `fd` woke PostgreSQL backend `backend`: the backend
     /// serving that connection.
     DbLink {
@@ -317,6 +327,7 @@ impl Event {
             | Event::Interrupt { hdr, .. }
             | Event::DbSwitch { hdr, .. }
             | Event::DbLink { hdr, .. }
+            | Event::UnixConnect { hdr, .. }
             | Event::PgActivity { hdr, .. } => hdr,
         }
     }

@@ -168,10 +168,28 @@ pub struct Counts {
     /// reported once, by the process that served them, and counted here for the hop in front.
     #[serde(skip_serializing_if = "is_zero")]
     pub proxied: u64,
+    /// The watched Unix listeners' backlogs, from their clients' connects.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerCounts>,
     /// Database traffic seen; left out when the watched processes spoke to no database.
     #[serde(skip_serializing_if = "SqlCounts::is_empty")]
     pub sql: SqlCounts,
     pub losses: Losses,
+}
+
+/// One listening socket's backlog over the watch.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct ListenerCounts {
+    /// `unix:PATH`.
+    pub socket: String,
+    /// Connections that entered its backlog (successful connects of any process).
+    pub connects: u64,
+    /// Connections workers took from it.
+    pub accepts: u64,
+    /// The most connections seen waiting in it at once.
+    pub backlog_peak: u64,
+    /// Connects refused because it was full (EAGAIN: uWSGI's "listen queue of socket ... full").
+    pub refused: u64,
 }
 
 /// What was seen on database connections over the whole watch.

@@ -19,7 +19,7 @@ use aya::{
     },
 };
 use introspect_common::{
-    Armed, ConnKey, ConnState, DbBackend, OffCpuState, PeerKey, PyWalk, Settings, TracepointOffsets, WIRE_MAX, counter, names, phase, role,
+    Armed, ConnKey, ConnState, DbBackend, OffCpuState, PeerKey, PyWalk, Settings, TracepointOffsets, UnixPath, WIRE_MAX, counter, names, phase, role,
     thread_bit::DB_BACKEND as DB_BACKEND_BIT, wire,
 };
 
@@ -417,6 +417,20 @@ impl Probes {
             map.set(u32::from(port), 1, 0).map_err(|source| LoadError::Map { name: names::PORTS, source })?;
         }
         Ok(())
+    }
+
+    /// Unix listeners whose backlog arrivals are taken from their clients' connects; returns
+    /// each one's id (what the kernel reports it by) with its path. Paths too long for a
+    /// `sun_path`, or unnamed, are left out.
+    pub fn watch_unix(&mut self, paths: &BTreeSet<String>) -> Result<StdHashMap<u32, String>, LoadError> {
+        let mut map: HashMap<&mut MapData, UnixPath, u32> = self.hash(names::UNIX_LISTENERS)?;
+        let mut ids = StdHashMap::new();
+        for (path, key) in paths.iter().filter_map(|p| Some((p, UnixPath::from_listing(p)?))) {
+            let id = ids.len() as u32 + 1;
+            map.insert(key, id, 0).map_err(|source| LoadError::Map { name: names::UNIX_LISTENERS, source })?;
+            ids.insert(id, path.clone());
+        }
+        Ok(ids)
     }
 
     /// PostgreSQL servers whose backends are followed: the servers first (each backend they

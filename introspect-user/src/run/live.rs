@@ -137,7 +137,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
         eprintln!("introspect: mounted tracefs at {}", root.display());
     }
     let tracefs = tracefs::Tracefs::new(root);
-    let decoder = Decoder::new(Protocols::standard(Options { keep_query: session.keep_query, sql_literals: session.sql_literals }));
+    let mut decoder = Decoder::new(Protocols::standard(Options { keep_query: session.keep_query, sql_literals: session.sql_literals }));
 
     let mut probes =
         Probes::load(&tracefs, decoder.protocols.any_outbound(), session.sql_capture, session.profile_all).context("loading eBPF programs")?;
@@ -163,6 +163,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
     probes.track(&pids)?;
     let served = targets::served(&pids);
     probes.watch_ports(&served.ports)?;
+    decoder.unix_listeners = probes.watch_unix(&served.unix)?;
     probes.seed_conns(&served.conns, &served.outbound)?;
     let missing = probes.attach_request_tracking().context("attaching request tracking")?;
     if session.profile_all && session.sample_hz() > 0 {
@@ -207,10 +208,10 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
         )?;
     }
     if !served.unix.is_empty() {
-        // A connection to a Unix socket has no handshake segment the kernel can be asked about.
+        // Their arrivals come from the clients' connects, paired with accepts in backlog order.
         pipeline.warning(
             clock::monotonic_ns(),
-            "requests on Unix sockets are measured from the worker's accept: their backlog wait is not known (queue_ms is 0 for them)",
+            "requests on Unix sockets already waiting in a backlog when the watch began have no arrival (queue_ms 0 for them)",
         )?;
     }
 

@@ -586,6 +586,18 @@ impl<'a> Pipeline<'a> {
         self.counts.open_at_exit = stats.open_at_exit;
         self.counts.non_http = stats.non_http_phases;
         self.counts.proxied = stats.proxied;
+        self.counts.listeners = self
+            .asm
+            .unix_listeners()
+            .into_iter()
+            .map(|u| crate::output::ListenerCounts {
+                socket: format!("unix:{}", u.path),
+                connects: u.connects,
+                accepts: u.accepts,
+                backlog_peak: u.peak,
+                refused: u.refused,
+            })
+            .collect();
         self.counts.sql = SqlCounts {
             queries: stats.db.queries,
             outside_requests: stats.db.outside_requests,

@@ -83,8 +83,10 @@ impl Uwsgi {
             .args(["--master", "--processes", &processes.to_string(), "--threads", &threads.to_string()])
             .arg("--chdir")
             .arg(&apps)
-            .args(["--wsgi-file", "flaskapp.py", "--callable", "app", "--need-app", "--die-on-term", "--disable-logging"])
+            .args(["--need-app", "--die-on-term", "--disable-logging"])
             .args(extra)
+            // The Flask test app unless `extra` names another (`--module djangoapp.wsgi`).
+            .args(if extra.contains(&"--module") { &[][..] } else { &["--wsgi-file", "flaskapp.py", "--callable", "app"][..] })
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .envs(env.iter().copied())
             .stdin(Stdio::null())

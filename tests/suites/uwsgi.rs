@@ -3,6 +3,7 @@
 //! right identity, status and thread, timed against the client and against what nginx logged of
 //! its upstream; malformed packets counted, never reported as requests.
 use std::{
+    collections::BTreeMap,
     io::{Read, Write},
     net::TcpStream,
     thread,
@@ -15,6 +16,7 @@ use introspect_tests::{
     client::Exchange,
     introspect::{Line, Watch},
     nginx::{Nginx, Upstream},
+    server::Gunicorn,
     uwsgi::{Listen, Uwsgi},
 };
 
@@ -150,6 +152,66 @@ fn a_burst_on_a_unix_socket_queues_in_steps() {
     assert_eq!(listener["socket"], format!("unix:{}", socket.display()).as_str(), "{s}");
     assert_eq!((listener["connects"].as_u64(), listener["accepts"].as_u64()), (Some(8), Some(8)), "{s}");
     assert!(listener["backlog_peak"].as_u64().unwrap() >= 5, "8 connections for 2 workers: {s}");
+}
+
+/// One request mix against a server, watched: the summary's endpoint rows by route, and each
+/// route's statuses.
+fn route_picture(port: u16, master: u32) -> BTreeMap<String, (u64, f64, Vec<u64>)> {
+    let watch = Watch::start(&["--pid", &master.to_string(), "--all"]);
+    thread::sleep(Duration::from_millis(300));
+    let paths: Vec<String> =
+        (0..30).flat_map(|i| [format!("/sleep/20/{i}"), format!("/catalog/10/{i}"), format!("/fast/{i}"), format!("/nope/{i}")]).collect();
+    let exchanges = drive(port, paths, 2, false, false);
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    assert_eq!(requests(&lines).len(), exchanges.len());
+    let mut statuses: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in requests(&lines) {
+        // As the summary folds it: trailing numeric segments (the tag, the milliseconds) go.
+        let mut route = r["path"].as_str().unwrap();
+        while let Some((head, last)) = route.rsplit_once('/')
+            && !last.is_empty()
+            && last.bytes().all(|b| b.is_ascii_digit())
+        {
+            route = head;
+        }
+        let route = route.to_string();
+        statuses.entry(route).or_default().push(r["status"].as_u64().unwrap());
+    }
+    summary(&lines)["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| {
+            let route = e["route"].as_str().unwrap().trim_end_matches("/{id}").to_string();
+            let mut st = statuses.get(&route).cloned().unwrap_or_else(|| panic!("no requests of {route}: {statuses:?}"));
+            st.sort();
+            (format!("{} {route}", e["method"].as_str().unwrap()), (e["count"].as_u64().unwrap(), e["p50_ms"].as_f64().unwrap(), st))
+        })
+        .collect()
+}
+
+/// The same Django app under gunicorn (sync) and under uWSGI (`--http-socket`), two workers
+/// each, the same requests: the same routes with the same counts and statuses, and the same
+/// p50 within max(5%, 1 ms) (the servers' own per-request work differs by a fraction of a
+/// millisecond: 0.1-0.6 ms more under gunicorn in two runs here).
+#[test]
+fn the_same_django_app_under_gunicorn_and_uwsgi_looks_the_same() {
+    if !can_trace("the_same_django_app_under_gunicorn_and_uwsgi_looks_the_same") {
+        return;
+    }
+    let gunicorn = Gunicorn::start("djangoapp.wsgi:application", 2, &[]);
+    let under_gunicorn = route_picture(gunicorn.port, gunicorn.master_pid());
+    drop(gunicorn);
+    let uwsgi = Uwsgi::start_on(Listen::HttpSocket, 2, 1, &["--module", "djangoapp.wsgi:application"]);
+    let under_uwsgi = route_picture(uwsgi.port, uwsgi.master_pid());
+    eprintln!("gunicorn: {under_gunicorn:?}\nuWSGI:    {under_uwsgi:?}");
+    assert_eq!(under_gunicorn.keys().collect::<Vec<_>>(), under_uwsgi.keys().collect::<Vec<_>>(), "the same routes");
+    for (route, (count, p50, statuses)) in &under_gunicorn {
+        let (u_count, u_p50, u_statuses) = &under_uwsgi[route];
+        assert_eq!((count, statuses), (u_count, u_statuses), "{route}: counts and statuses");
+        assert!((p50 - u_p50).abs() <= (p50 * 0.05).max(1.0), "{route}: p50 {p50} ms under gunicorn, {u_p50} ms under uWSGI");
+    }
 }
 
 /// Each exchange against nginx's own record of its upstream: introspect's duration (from the

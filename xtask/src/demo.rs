@@ -11,7 +11,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use introspect_tests::{client::Client, guard::Guard, introspect::Watch, introspect_bin, postgres::Postgres, server::Gunicorn};
+use introspect_tests::{
+    client::Client,
+    guard::Guard,
+    introspect::Watch,
+    introspect_bin,
+    nginx::{Nginx, Upstream},
+    postgres::Postgres,
+    server::Gunicorn,
+    uwsgi::{Listen, Uwsgi},
+};
 use serde_json::Value;
 
 use crate::{prepare, root};
@@ -217,6 +226,7 @@ pub fn run() -> anyhow::Result<()> {
         eprintln!("{line}");
     }
     runaway(&out_dir)?;
+    uwsgi_part(&out_dir)?;
 
     eprintln!("\ndemo: outputs in {}:", out_dir.display());
     eprintln!("  events.jsonl       the JSON lines introspect printed (slow requests with their breakdown, stack and profile;");
@@ -227,7 +237,62 @@ pub fn run() -> anyhow::Result<()> {
     eprintln!("  record/            `introspect record` of the hotspot mix: all.svg (where all requests' time went),");
     eprintln!("                     slow.svg, cpu.svg, offcpu.svg, routes/*.svg, events.jsonl, summary.json (with `hot`)");
     eprintln!("  runaway.jsonl      part 2: the interrupted and the killed request (runaway.recording: its kernel events)");
+    eprintln!("  uwsgi.jsonl        part 3: uWSGI behind nginx on a Unix socket, every request with its queue_ms");
     eprintln!("  introspect.stderr  introspect's diagnostics");
+    Ok(())
+}
+
+/// uWSGI (2 workers) on a Unix socket behind nginx's `uwsgi_pass`, watched by the socket's
+/// path: a burst of six 300 ms requests waits in the socket's backlog, which no segment
+/// shows; the arrivals come from nginx's connects.
+fn uwsgi_part(out_dir: &std::path::Path) -> anyhow::Result<()> {
+    eprintln!("\ndemo: part 3: uWSGI (2 workers) on a Unix socket, nginx in front (uwsgi_pass), six 300 ms requests at once");
+    let server = Uwsgi::start_on(Listen::UwsgiUnix, 2, 1, &[]);
+    let nginx = Nginx::start(Upstream::Uwsgi(server.upstream()));
+    let socket = server.socket.clone().unwrap_or_default();
+    let socket = socket.to_str().unwrap_or_default();
+    let watch = Watch::start(&["--socket", socket, "--all"]);
+    eprintln!("demo: introspect watch --socket {socket} --all\n");
+    thread::sleep(Duration::from_millis(300));
+    let port = nginx.port;
+    let clients: Vec<_> = (0..6)
+        .map(|i| thread::spawn(move || Client::new(port, false).request("GET", &format!("/sleep/300/u{i}")).map(|e| e.duration_ms())))
+        .collect();
+    let client_ms: Vec<f64> = clients.into_iter().filter_map(|c| c.join().ok()?.ok()).collect();
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    let mut events = fs::File::create(out_dir.join("uwsgi.jsonl"))?;
+    for l in &lines {
+        writeln!(events, "{}", l.raw)?;
+        let j = &l.json;
+        match l.ty() {
+            "request" => eprintln!(
+                "  {:<6} {:<16} {:>3}  duration {:>7.1} ms, of which queued in the socket's backlog {:>6.1} ms  (worker {})",
+                j["method"].as_str().unwrap_or(""),
+                j["path"].as_str().unwrap_or(""),
+                j["status"],
+                j["duration_ms"].as_f64().unwrap_or(0.0),
+                j["queue_ms"].as_f64().unwrap_or(0.0),
+                j["pid"]
+            ),
+            "summary" => {
+                for s in j["listeners"].as_array().into_iter().flatten() {
+                    eprintln!(
+                        "  summary: {}: {} connects, {} accepted, at most {} waiting at once, {} refused",
+                        s["socket"].as_str().unwrap_or(""),
+                        s["connects"],
+                        s["accepts"],
+                        s["backlog_peak"],
+                        s["refused"]
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut sorted = client_ms;
+    sorted.sort_by(f64::total_cmp);
+    eprintln!("  the clients measured (through nginx): {}", sorted.iter().map(|ms| format!("{ms:.0}")).collect::<Vec<_>>().join(", ") + " ms");
     Ok(())
 }
 

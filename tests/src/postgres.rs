@@ -70,7 +70,7 @@ impl Postgres {
             "CREATE TABLE customers (id int PRIMARY KEY, name text); \
              INSERT INTO customers SELECT i, 'customer ' || i FROM generate_series(1, 50) i; \
              CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers, total numeric); \
-             INSERT INTO orders SELECT i, 1 + i % 50, i * 1.5 FROM generate_series(1, 200) i;",
+             INSERT INTO orders SELECT i, 1 + i % 50, i * 1.5 FROM generate_series(1, 1000) i;",
         );
         pg
     }

@@ -14,6 +14,11 @@ use introspect_tests::{
 
 const DELAYS_MS: [u32; 11] = [0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 500];
 
+/// The kernel's cap on every listen() backlog.
+fn somaxconn() -> u64 {
+    fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(4096)
+}
+
 #[test]
 fn sync_workers_every_request_once_with_client_timing() {
     if !can_trace("sync_workers_every_request_once_with_client_timing") {
@@ -201,6 +206,13 @@ fn backlog_wait_is_counted_as_queue() {
     assert!(queues[0].0 < 5.0, "the first request did not wait: {queues:?}");
     assert!((270.0..400.0).contains(&queues[1].0), "the second waited for one request: {queues:?}");
     assert!((570.0..700.0).contains(&queues[2].0), "the third waited for two: {queues:?}");
+    // The listener's backlog, sampled every 250 ms: gunicorn's default --backlog 2048 (under
+    // somaxconn), and at least one of the two waiting connections seen.
+    let s = summary(&lines);
+    let name = format!("127.0.0.1:{}", server.port);
+    let listener = s["listeners"].as_array().and_then(|l| l.iter().find(|l| l["socket"] == name.as_str())).unwrap_or_else(|| panic!("{name}: {s}"));
+    assert_eq!(listener["backlog_max"].as_u64(), Some(somaxconn().min(2048)), "{s}");
+    assert!(listener["backlog_peak"].as_u64().unwrap() >= 1, "{s}");
     for (queue, duration) in &queues {
         let served = duration - queue;
         assert!((295.0..330.0).contains(&served), "time after the backlog should be the 300 ms sleep: {queues:?}");

@@ -4,6 +4,7 @@
 //! its upstream; malformed packets counted, never reported as requests.
 use std::{
     collections::BTreeMap,
+    fs,
     io::{Read, Write},
     net::TcpStream,
     thread,
@@ -21,6 +22,11 @@ use introspect_tests::{
 };
 
 const DELAYS_MS: [u32; 9] = [0, 1, 2, 5, 10, 20, 50, 100, 200];
+
+/// The kernel's cap on every listen() backlog.
+fn somaxconn() -> u64 {
+    fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(4096)
+}
 
 #[test]
 fn http_socket_workers_every_request_once_with_client_timing() {
@@ -152,6 +158,7 @@ fn a_burst_on_a_unix_socket_queues_in_steps() {
     assert_eq!(listener["socket"], format!("unix:{}", socket.display()).as_str(), "{s}");
     assert_eq!((listener["connects"].as_u64(), listener["accepts"].as_u64()), (Some(8), Some(8)), "{s}");
     assert!(listener["backlog_peak"].as_u64().unwrap() >= 5, "8 connections for 2 workers: {s}");
+    assert_eq!(listener["backlog_max"].as_u64(), Some(somaxconn().min(100)), "uWSGI's default --listen: {s}");
 }
 
 /// One request mix against a server, watched: the summary's endpoint rows by route, and each
@@ -285,6 +292,11 @@ fn behind_nginx(listen: Listen) {
     check_against_client_with(&exchanges, &lines, true, Exchange::duration_ms);
     check_against_nginx(&exchanges, &lines, &nginx);
     assert_eq!(summary(&lines)["non_http"], 0, "{}", nginx.error_log());
+    // The worker socket's backlog, as the kernel holds it: uWSGI's default --listen 100.
+    let s = summary(&lines);
+    let name = server.socket.as_ref().map_or_else(|| format!("127.0.0.1:{}", server.port), |p| format!("unix:{}", p.display()));
+    let listener = s["listeners"].as_array().and_then(|l| l.iter().find(|l| l["socket"] == name.as_str())).unwrap_or_else(|| panic!("{name}: {s}"));
+    assert_eq!(listener["backlog_max"].as_u64(), Some(somaxconn().min(100)), "{s}");
     // The client's connections to nginx were kept alive.
     let most = nginx.access().iter().map(|a| a.connection_requests).max().unwrap_or(0);
     assert!(most > 10, "keep-alive to nginx: at most {most} requests on one connection");

@@ -247,8 +247,13 @@ impl Assembler {
     }
 
     /// What was seen of the watched Unix listeners' backlogs.
-    pub fn unix_listeners(&self) -> Vec<unix::UnixListenerStats> {
+    pub fn listeners(&self) -> Vec<unix::ListenerStats> {
         self.parts.unix.stats()
+    }
+
+    /// The host's TCP ListenOverflows over the sampled part of the watch.
+    pub fn listen_overflows(&self) -> Option<u64> {
+        self.parts.unix.listen_overflows()
     }
 
     pub fn open_requests(&self) -> usize {
@@ -271,6 +276,7 @@ impl Assembler {
                 };
                 self.conns.insert(key, Conn { peer: *peer, unix_arrival, ..Conn::default() });
             }
+            Event::Backlog { socket, queued, max, listen_overflows, .. } => self.parts.unix.sampled(socket, *queued, *max, *listen_overflows),
             Event::UnixConnect { path, enter_ts, refused, .. } => {
                 if let Some((key, at)) = self.parts.unix.connected(path, *enter_ts, *refused)
                     && let Some(conn) = self.conns.get_mut(&key)

@@ -8,6 +8,9 @@
 //! connect and is left without an arrival. While such old connections are still ahead in a
 //! backlog that never drains, the pairing runs behind by them (arrivals too late: queue_ms too
 //! small), until the backlog first empties.
+//!
+//! Samples of every watched listener's accept queue (TCP and Unix, from sock_diag) give the
+//! deepest it was seen and its backlog, for the summary.
 use std::collections::{HashMap, VecDeque};
 
 /// Most unpaired connects or accepts remembered per listener (older ones are dropped).
@@ -27,19 +30,28 @@ struct Backlog {
     refused: u64,
 }
 
-/// What was seen of one Unix listener's backlog over the watch.
+/// What was seen of one listening socket's backlog over the watch: from its clients' connects
+/// (Unix), and from samples of its accept queue (TCP and Unix).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnixListenerStats {
-    pub path: String,
-    pub connects: u64,
-    pub accepts: u64,
+pub struct ListenerStats {
+    /// `unix:PATH`, or the TCP listener's `ADDR:PORT`.
+    pub socket: String,
+    pub connects: Option<u64>,
+    pub accepts: Option<u64>,
+    /// The most connections seen waiting at once.
     pub peak: u64,
-    pub refused: u64,
+    /// Its `listen()` backlog, when sampled.
+    pub max: Option<u32>,
+    pub refused: Option<u64>,
 }
 
 #[derive(Default)]
 pub struct UnixBacklogs {
     lists: HashMap<String, Backlog>,
+    /// Sampled accept queues by socket: (the deepest seen, the backlog).
+    samples: HashMap<String, (u32, u32)>,
+    /// The host's ListenOverflows counter: first and last seen.
+    overflows: Option<(u64, u64)>,
 }
 
 impl UnixBacklogs {
@@ -90,13 +102,45 @@ impl UnixBacklogs {
         }
     }
 
-    pub fn stats(&self) -> Vec<UnixListenerStats> {
-        let mut v: Vec<_> = self
+    /// A sample of `socket`'s accept queue: `queued` waiting, room for `max`; with the host's
+    /// ListenOverflows counter on some samples.
+    pub fn sampled(&mut self, socket: &str, queued: u32, max: u32, overflows: Option<u64>) {
+        let s = self.samples.entry(socket.to_string()).or_default();
+        *s = (s.0.max(queued), max);
+        if let Some(n) = overflows {
+            let first = self.overflows.map_or(n, |(f, _)| f);
+            self.overflows = Some((first, n));
+        }
+    }
+
+    /// The host's TCP ListenOverflows between the first and the last sample that carried it.
+    pub fn listen_overflows(&self) -> Option<u64> {
+        self.overflows.map(|(first, last)| last.saturating_sub(first))
+    }
+
+    pub fn stats(&self) -> Vec<ListenerStats> {
+        let mut v: Vec<ListenerStats> = self
             .lists
             .iter()
-            .map(|(path, b)| UnixListenerStats { path: path.clone(), connects: b.connected, accepts: b.accepted, peak: b.peak, refused: b.refused })
+            .map(|(path, b)| {
+                let socket = format!("unix:{path}");
+                let sample = self.samples.get(&socket);
+                ListenerStats {
+                    peak: b.peak.max(sample.map_or(0, |s| u64::from(s.0))),
+                    max: sample.map(|s| s.1),
+                    socket,
+                    connects: Some(b.connected),
+                    accepts: Some(b.accepted),
+                    refused: Some(b.refused),
+                }
+            })
             .collect();
-        v.sort_by(|a, b| a.path.cmp(&b.path));
+        for (socket, &(peak, max)) in &self.samples {
+            if !v.iter().any(|l| &l.socket == socket) {
+                v.push(ListenerStats { socket: socket.clone(), connects: None, accepts: None, peak: u64::from(peak), max: Some(max), refused: None });
+            }
+        }
+        v.sort_by(|a, b| a.socket.cmp(&b.socket));
         v
     }
 }
@@ -121,8 +165,13 @@ mod tests {
         assert_eq!(u.accepted("/s", (1, 11), 610), None);
         assert_eq!(u.connected("/s", 600, false), Some(((1, 11), 600)));
         assert_eq!(u.connected("/s", 700, true), None);
-        let s = &u.stats()[0];
-        assert_eq!((s.connects, s.accepts, s.peak, s.refused), (5, 5, 3, 1));
+        u.sampled("unix:/s", 2, 100, Some(40));
+        u.sampled("127.0.0.1:8000", 4, 128, None);
+        u.sampled("127.0.0.1:8000", 1, 128, Some(43));
+        assert_eq!(u.listen_overflows(), Some(3));
+        let s = u.stats();
+        assert_eq!((s[1].connects, s[1].accepts, s[1].peak, s[1].refused, s[1].max), (Some(5), Some(5), 3, Some(1), Some(100)));
+        assert_eq!((s[0].socket.as_str(), s[0].peak, s[0].max, s[0].connects), ("127.0.0.1:8000", 4, Some(128), None));
     }
 
     #[test]

@@ -128,6 +128,7 @@ impl Timeline {
             | Event::DbSwitch { .. }
             | Event::DbLink { .. }
             | Event::UnixConnect { .. }
+            | Event::Backlog { .. }
             | Event::PgActivity { .. } => return,
         };
         if entry > MAX_PER_THREAD

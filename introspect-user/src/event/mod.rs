@@ -264,6 +264,17 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         refused: bool,
     },
+    /// A sample of a watched listener's accept queue (`socket`: `unix:PATH` or `ADDR:PORT`):
+    /// `queued` connections waiting, room for `max`. `listen_overflows`: the host's TCP
+    /// ListenOverflows counter then (all sockets of the host), on the first and last samples.
+    Backlog {
+        hdr: Hdr,
+        socket: String,
+        queued: u32,
+        max: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        listen_overflows: Option<u64>,
+    },
     /// `hdr.tid`'s write on its connection `fd` woke PostgreSQL backend `backend`: the backend
     /// serving that connection.
     DbLink {
@@ -328,6 +339,7 @@ impl Event {
             | Event::DbSwitch { hdr, .. }
             | Event::DbLink { hdr, .. }
             | Event::UnixConnect { hdr, .. }
+            | Event::Backlog { hdr, .. }
             | Event::PgActivity { hdr, .. } => hdr,
         }
     }

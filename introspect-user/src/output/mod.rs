@@ -168,9 +168,13 @@ pub struct Counts {
     /// reported once, by the process that served them, and counted here for the hop in front.
     #[serde(skip_serializing_if = "is_zero")]
     pub proxied: u64,
-    /// The watched Unix listeners' backlogs, from their clients' connects.
+    /// The watched listeners' backlogs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<ListenerCounts>,
+    /// The host's TCP ListenOverflows over the watch (connections a full accept queue dropped,
+    /// on any socket of the host: the kernel does not count them per socket).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_listen_overflows: Option<u64>,
     /// Database traffic seen; left out when the watched processes spoke to no database.
     #[serde(skip_serializing_if = "SqlCounts::is_empty")]
     pub sql: SqlCounts,
@@ -180,16 +184,24 @@ pub struct Counts {
 /// One listening socket's backlog over the watch.
 #[derive(Serialize, Clone, Debug, Default)]
 pub struct ListenerCounts {
-    /// `unix:PATH`.
+    /// `unix:PATH`, or a TCP listener's `ADDR:PORT`.
     pub socket: String,
-    /// Connections that entered its backlog (successful connects of any process).
-    pub connects: u64,
-    /// Connections workers took from it.
-    pub accepts: u64,
-    /// The most connections seen waiting in it at once.
+    /// The most connections seen waiting in it at once (Unix: counted from connects and
+    /// accepts; TCP: sampled every 250 ms).
     pub backlog_peak: u64,
-    /// Connects refused because it was full (EAGAIN: uWSGI's "listen queue of socket ... full").
-    pub refused: u64,
+    /// Its `listen()` backlog (capped by net.core.somaxconn), as the kernel reports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog_max: Option<u32>,
+    /// Unix: connections that entered its backlog (successful connects of any process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connects: Option<u64>,
+    /// Unix: connections workers took from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accepts: Option<u64>,
+    /// Unix: connects refused because it was full (EAGAIN: uWSGI's "listen queue of socket …
+    /// full").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
 }
 
 /// What was seen on database connections over the whole watch.

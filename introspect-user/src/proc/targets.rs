@@ -82,6 +82,9 @@ pub struct Served {
     pub ports: BTreeSet<u16>,
     /// Paths of the listening Unix sockets they hold ("@name": abstract; "" unnamed).
     pub unix: BTreeSet<String>,
+    /// Their listening sockets' inodes, each named as the summary names it (`ADDR:PORT`,
+    /// `unix:PATH`).
+    pub listen_inodes: Vec<(u64, String)>,
     pub conns: Vec<(u32, i32, SocketAddr)>,
     /// (pid, fd) of established connections whose local port is not a served one.
     pub outbound: Vec<(u32, i32)>,
@@ -89,11 +92,13 @@ pub struct Served {
 
 pub fn served(pids: &BTreeSet<u32>) -> Served {
     let Some(&any) = pids.iter().next() else {
-        return Served { ports: BTreeSet::new(), unix: BTreeSet::new(), conns: Vec::new(), outbound: Vec::new() };
+        return Served { ports: BTreeSet::new(), unix: BTreeSet::new(), listen_inodes: Vec::new(), conns: Vec::new(), outbound: Vec::new() };
     };
     let sockets = tcp_sockets(any);
     let listening_unix: HashMap<u64, String> = unix_sockets(any).into_iter().filter(|u| u.listening).map(|u| (u.inode, u.path)).collect();
-    let unix = pids.iter().flat_map(|&pid| socket_fds(pid)).filter_map(|(_, ino)| listening_unix.get(&ino).cloned()).collect();
+    let held_unix: BTreeSet<(u64, String)> =
+        pids.iter().flat_map(|&pid| socket_fds(pid)).filter_map(|(_, ino)| Some((ino, listening_unix.get(&ino)?.clone()))).collect();
+    let unix = held_unix.iter().map(|(_, path)| path.clone()).collect();
     let by_inode: HashMap<u64, &TcpSocket> = sockets.iter().map(|s| (s.inode, s)).collect();
     let held: Vec<(u32, i32, &TcpSocket)> = pids
         .iter()
@@ -104,7 +109,12 @@ pub fn served(pids: &BTreeSet<u32>) -> Served {
     let established = || held.iter().filter(|(_, _, s)| s.state == TCP_ESTABLISHED);
     let conns = established().filter(|(_, _, s)| ports.contains(&s.local.port())).map(|(pid, fd, s)| (*pid, *fd, s.remote)).collect();
     let outbound = established().filter(|(_, _, s)| !ports.contains(&s.local.port())).map(|(pid, fd, _)| (*pid, *fd)).collect();
-    Served { ports, unix, conns, outbound }
+    let mut listen_inodes: Vec<(u64, String)> =
+        held.iter().filter(|(_, _, s)| s.state == TCP_LISTEN).map(|(_, _, s)| (s.inode, s.local.to_string())).collect();
+    listen_inodes.extend(held_unix.into_iter().filter(|(_, p)| !p.is_empty()).map(|(ino, p)| (ino, format!("unix:{p}"))));
+    listen_inodes.sort();
+    listen_inodes.dedup();
+    Served { ports, unix, listen_inodes, conns, outbound }
 }
 
 #[cfg(test)]

@@ -215,6 +215,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
         )?;
     }
 
+    let mut backlogs = super::backlog::BacklogSampler::new(&served.listen_inodes);
     let started = Instant::now();
     let mut live = pids;
     // What the fds open before the watch are (the syscalls tell the rest): read now, after the
@@ -243,6 +244,7 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
         let mut decode_errors = 0u64;
         let mut events = 0u64;
         let mut warned = std::collections::HashSet::new();
+        let mut backlogs_sampled = false;
         let mut last_loss_check = Instant::now();
         loop {
             tokio::select! {
@@ -279,6 +281,18 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
                     pipeline.event(ev, &mut host)?;
                 }
             }
+            if backlogs.due() {
+                let first = !backlogs_sampled;
+                backlogs_sampled = true;
+                match backlogs.sample(now, first) {
+                    Ok(evs) => {
+                        for ev in evs {
+                            pipeline.event(ev, &mut host)?;
+                        }
+                    }
+                    Err(e) => pipeline.warning(now, &e)?,
+                }
+            }
             let stop = pipeline.tick(now, &mut host)?;
             let until_crossing = pipeline.next_crossing().map(|c| Duration::from_nanos(c.saturating_sub(now)));
             wake = tokio::time::Instant::now() + pace.wait(drained, last_drain.elapsed(), until_crossing, host.probes.any_armed());
@@ -312,6 +326,11 @@ pub fn watch(session: &Session, sinks: Vec<Box<dyn Sink>>) -> anyhow::Result<()>
             }
         }
         events += drain(&mut ring, &decoder, &mut pipeline, &mut host, &mut decode_errors, &mut live, linker.as_mut())?;
+        if backlogs_sampled && let Ok(evs) = backlogs.sample(clock::monotonic_ns(), true) {
+            for ev in evs {
+                pipeline.event(ev, &mut host)?;
+            }
+        }
         let losses = host.probes.losses()?;
         pipeline.counts.losses = Losses { ringbuf_full: losses.ringbuf_full, map_full: losses.map_full, decode_errors, unreadable_heads: losses.read_failed };
         pipeline.counts.dropped_events = losses.ringbuf_full + losses.map_full + decode_errors;

@@ -588,16 +588,18 @@ impl<'a> Pipeline<'a> {
         self.counts.proxied = stats.proxied;
         self.counts.listeners = self
             .asm
-            .unix_listeners()
+            .listeners()
             .into_iter()
-            .map(|u| crate::output::ListenerCounts {
-                socket: format!("unix:{}", u.path),
-                connects: u.connects,
-                accepts: u.accepts,
-                backlog_peak: u.peak,
-                refused: u.refused,
+            .map(|l| crate::output::ListenerCounts {
+                socket: l.socket,
+                backlog_peak: l.peak,
+                backlog_max: l.max,
+                connects: l.connects,
+                accepts: l.accepts,
+                refused: l.refused,
             })
             .collect();
+        self.counts.tcp_listen_overflows = self.asm.listen_overflows();
         self.counts.sql = SqlCounts {
             queries: stats.db.queries,
             outside_requests: stats.db.outside_requests,

@@ -198,6 +198,64 @@ fn route_picture(port: u16, master: u32) -> BTreeMap<String, (u64, f64, Vec<u64>
         .collect()
 }
 
+/// uWSGI's classic failure: its listen queue full. One worker with `--listen 1` on a Unix socket,
+/// six 400 ms requests at once through nginx: nginx's non-blocking connects past the backlog
+/// fail with EAGAIN (its error log says so, and it answers 502). Each of those is counted as
+/// `refused`, and the requests that got in are reported.
+#[test]
+fn a_full_unix_listen_queue_is_counted() {
+    if !can_trace("a_full_unix_listen_queue_is_counted") {
+        return;
+    }
+    let server = Uwsgi::start_on(Listen::UwsgiUnix, 1, 1, &["--listen", "1"]);
+    let nginx = Nginx::start(Upstream::Uwsgi(server.upstream()));
+    let socket = server.socket.clone().unwrap();
+    let watch = Watch::start(&["--socket", socket.to_str().unwrap(), "--all"]);
+    thread::sleep(Duration::from_millis(500));
+    let exchanges = drive(nginx.port, (0..6).map(|i| format!("/sleep/400/f{i}")).collect(), 6, false, false);
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    let refused_by_nginx = nginx.error_log().matches("(11: Resource temporarily unavailable)").count() as u64;
+    let bad_gateway = exchanges.iter().filter(|e| e.status == 502).count() as u64;
+    eprintln!("nginx: {refused_by_nginx} EAGAIN connects, {bad_gateway} answered 502");
+    assert!(refused_by_nginx >= 1, "the backlog of 1 never filled: {}", nginx.error_log());
+    let s = summary(&lines);
+    let listener = &s["listeners"][0];
+    assert_eq!(listener["refused"].as_u64(), Some(refused_by_nginx), "{s}");
+    assert_eq!(listener["backlog_max"].as_u64(), Some(1), "{s}");
+    let served: Vec<_> = exchanges.iter().filter(|e| e.status == 200).collect();
+    assert_eq!(requests(&lines).len(), served.len(), "every request that got in, once: {s}");
+    assert_eq!(listener["accepts"].as_u64(), Some(served.len() as u64), "{s}");
+}
+
+/// `--lazy-apps`: each worker loads the app itself after the fork (fresh thread states, unlike
+/// the default where the master's are inherited): requests and a slow request's Python stack
+/// come out the same.
+#[test]
+fn lazy_apps_workers_are_measured_with_their_stacks() {
+    if !can_trace("lazy_apps_workers_are_measured_with_their_stacks") {
+        return;
+    }
+    let server = Uwsgi::start_on(Listen::HttpSocket, 2, 2, &["--lazy-apps"]);
+    let pid = server.master_pid().to_string();
+    let mut watch = Watch::start(&["--pid", &pid, "--all", "--threshold", "300ms"]);
+    let exchanges = drive(server.port, (0..40).map(|i| format!("/sleep/{}/l{i}", DELAYS_MS[i % 6])).collect(), 2, false, false);
+    let port = server.port;
+    let slow = thread::spawn(move || introspect_tests::client::Client::new(port, false).request("GET", "/chain/cpu/1200/lz").expect("request"));
+    let inflight = watch
+        .wait_for(Duration::from_secs(10), |l| l.ty() == "inflight" && l.json["path"] == "/chain/cpu/1200/lz")
+        .expect("an inflight line for the slow request");
+    let frames: Vec<&str> =
+        inflight.json["stack"].as_array().expect("a stack").iter().filter(|f| f["kind"] == "python").filter_map(|f| f["function"].as_str()).collect();
+    assert!(frames.iter().any(|f| f.ends_with("helper_cpu")) && frames.contains(&"chain_cpu"), "{frames:?}");
+    let slow = slow.join().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let lines = watch.stop();
+    let mut all = exchanges;
+    all.push(slow);
+    check_against_client(&all, &lines, true);
+}
+
 /// The same Django app under gunicorn (sync) and under uWSGI (`--http-socket`), two workers
 /// each, the same requests: the same routes with the same counts and statuses, and the same
 /// p50 within max(5%, 1 ms) (the servers' own per-request work differs by a fraction of a

@@ -228,6 +228,39 @@ fn a_full_unix_listen_queue_is_counted() {
     assert_eq!(listener["accepts"].as_u64(), Some(served.len() as u64), "{s}");
 }
 
+/// `introspect top` shows the same backlog: its last table has the socket's row with the
+/// backlog's size and the connects nginx saw refused.
+#[test]
+fn top_shows_the_listen_backlog() {
+    if !can_trace("top_shows_the_listen_backlog") {
+        return;
+    }
+    let server = Uwsgi::start_on(Listen::UwsgiUnix, 1, 1, &["--listen", "1"]);
+    let nginx = Nginx::start(Upstream::Uwsgi(server.upstream()));
+    let socket = server.socket.clone().unwrap().display().to_string();
+    let mut cmd = std::process::Command::new(introspect_tests::introspect_bin());
+    cmd.args(["top", "--socket", &socket, "--interval", "500ms", "--duration", "4s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut top = introspect_tests::guard::Guard::spawn("introspect top", &mut cmd).expect("spawn top");
+    let stdout = top.child_mut().stdout.take().unwrap();
+    let reader = thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+    thread::sleep(Duration::from_millis(1000));
+    drive(nginx.port, (0..6).map(|i| format!("/sleep/400/t{i}")).collect(), 6, false, false);
+    let text = reader.join().unwrap();
+    let refused = nginx.error_log().matches("(11: Resource temporarily unavailable)").count();
+    assert!(refused >= 1, "the backlog of 1 never filled: {}", nginx.error_log());
+    let last = text.rsplit("introspect top — ").next().unwrap_or_default();
+    let row = last
+        .lines()
+        .skip_while(|l| !l.starts_with("LISTEN BACKLOG"))
+        .find(|l| l.starts_with(&format!("unix:{socket}")))
+        .unwrap_or_else(|| panic!("no backlog row for {socket}:\n{last}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    eprintln!("{row}");
+    assert_eq!((cols[2], cols[3]), ("1", refused.to_string().as_str()), "{row}");
+}
+
 /// `--lazy-apps`: each worker loads the app itself after the fork (fresh thread states, unlike
 /// the default where the master's are inherited): requests and a slow request's Python stack
 /// come out the same.

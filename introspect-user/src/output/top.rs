@@ -137,6 +137,20 @@ fn render(rows: &[EndpointRow], running: &[Running], counts: &Counts, sort: Sort
             out.push(format!("{what:<36} {:>8} {:>10.0} {kill_in:>12}  {}", r.pid, r.elapsed_ms, r.kill_by.map_or("", |k| k.name())));
         }
     }
+    // The listen backlogs: how deep each got (uWSGI's "listen queue full" is its refused).
+    if !counts.listeners.is_empty() {
+        out.push(String::new());
+        let overflows = counts.tcp_listen_overflows.map_or(String::new(), |n| format!("   (host TCP listen overflows: {n})"));
+        // Socket paths are shown whole (up to 100 characters): a cut one is no name.
+        let w = counts.listeners.iter().map(|l| l.socket.chars().count()).max().unwrap_or(0).clamp(36, 100);
+        out.push(format!("{:<w$} {:>8} {:>8} {:>8}{overflows}", "LISTEN BACKLOG", "PEAK", "MAX", "REFUSED"));
+        for l in &counts.listeners {
+            let socket: String = l.socket.chars().take(w).collect();
+            let max = l.backlog_max.map_or("-".to_string(), |m| m.to_string());
+            let refused = l.refused.map_or("-".to_string(), |r| r.to_string());
+            out.push(format!("{socket:<w$} {:>8} {max:>8} {refused:>8}", l.backlog_peak));
+        }
+    }
     out.into_iter().map(|l| l.chars().take(width).collect()).collect()
 }
 
@@ -387,6 +401,33 @@ mod tests {
         assert!(lines.iter().any(|l| l.starts_with("interrupted") && l.contains("GET /b: 3")), "{lines:?}");
         let run = lines.iter().find(|l| l.starts_with("GET /spin/9")).expect("the running request");
         assert!(run.contains("2500") && run.contains("700") && run.ends_with("gunicorn_timeout"), "{run}");
+    }
+
+    #[test]
+    fn renders_listen_backlogs() {
+        let counts = Counts {
+            listeners: vec![
+                crate::output::ListenerCounts { socket: "127.0.0.1:8000".into(), backlog_peak: 3, backlog_max: Some(2048), ..Default::default() },
+                crate::output::ListenerCounts {
+                    socket: "unix:/run/a-socket-path-longer-than-thirty-six-characters.sock".into(),
+                    backlog_peak: 100,
+                    backlog_max: Some(100),
+                    connects: Some(900),
+                    accepts: Some(850),
+                    refused: Some(12),
+                },
+            ],
+            tcp_listen_overflows: Some(4),
+            ..Default::default()
+        };
+        let lines = render(&[], &[], &counts, SortBy::Total, 10, 200);
+        let at = lines.iter().position(|l| l.starts_with("LISTEN BACKLOG")).expect("a backlog table");
+        assert!(lines[at].ends_with("(host TCP listen overflows: 4)"), "{lines:#?}");
+        let cols = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(cols(&lines[at + 1]), ["127.0.0.1:8000", "3", "2048", "-"]);
+        assert_eq!(cols(&lines[at + 2]), ["unix:/run/a-socket-path-longer-than-thirty-six-characters.sock", "100", "100", "12"]);
+        // Nothing watched that listens: no table.
+        assert!(!render(&[], &[], &Counts::default(), SortBy::Total, 10, 200).iter().any(|l| l.starts_with("LISTEN")));
     }
 
     #[test]

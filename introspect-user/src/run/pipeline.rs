@@ -509,6 +509,24 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
+    /// The watched listeners' backlogs so far, for `top` and the summary.
+    fn listener_counts(&mut self) {
+        self.counts.listeners = self
+            .asm
+            .listeners()
+            .into_iter()
+            .map(|l| crate::output::ListenerCounts {
+                socket: l.socket,
+                backlog_peak: l.peak,
+                backlog_max: l.max,
+                connects: l.connects,
+                accepts: l.accepts,
+                refused: l.refused,
+            })
+            .collect();
+        self.counts.tcp_listen_overflows = self.asm.listen_overflows();
+    }
+
     /// Time passes: requests that crossed the threshold while running are reported now, with
     /// what their time went to so far; `live` tells a wait still going on and captures stacks.
     /// Returns true when an output asks to stop.
@@ -559,6 +577,7 @@ impl<'a> Pipeline<'a> {
             self.last_forget_ns = now_ns;
             self.timeline.forget_all_before(now_ns.saturating_sub(600_000_000_000));
         }
+        self.listener_counts();
         let state = State { now_ns, summary: &self.summary, counts: &self.counts, running: &self.running };
         let mut stop = false;
         for s in &mut self.sinks {
@@ -586,20 +605,7 @@ impl<'a> Pipeline<'a> {
         self.counts.open_at_exit = stats.open_at_exit;
         self.counts.non_http = stats.non_http_phases;
         self.counts.proxied = stats.proxied;
-        self.counts.listeners = self
-            .asm
-            .listeners()
-            .into_iter()
-            .map(|l| crate::output::ListenerCounts {
-                socket: l.socket,
-                backlog_peak: l.peak,
-                backlog_max: l.max,
-                connects: l.connects,
-                accepts: l.accepts,
-                refused: l.refused,
-            })
-            .collect();
-        self.counts.tcp_listen_overflows = self.asm.listen_overflows();
+        self.listener_counts();
         self.counts.sql = SqlCounts {
             queries: stats.db.queries,
             outside_requests: stats.db.outside_requests,

@@ -36,6 +36,19 @@ pub fn drive(port: u16, paths: Vec<String>, clients: usize, keep_alive: bool, ke
     handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect()
 }
 
+/// `n` requests of every kind a server answers: sleeps of `delays_ms` in turn, with a 404 from the
+/// router, a 500 and a 404 from the app every 20; each path unique (`tag` and its number).
+pub fn mixed_paths(n: usize, tag: &str, delays_ms: &[u32]) -> Vec<String> {
+    (0..n)
+        .map(|i| match i % 20 {
+            7 => format!("/nope/{tag}{i}"),
+            13 => format!("/fail/{tag}{i}"),
+            17 => format!("/status/404/{tag}{i}"),
+            _ => format!("/sleep/{}/{tag}{i}", delays_ms[i % delays_ms.len()]),
+        })
+        .collect()
+}
+
 pub fn requests(lines: &[Line]) -> Vec<&Value> {
     lines.iter().filter(|l| l.ty() == "request").map(|l| &l.json).collect()
 }

@@ -36,6 +36,16 @@ pub struct Watch {
 }
 
 /// Runs `introspect` to completion (for argument and permission errors).
+/// `introspect top ARGS` with stdout to a pipe (its plain tables), under a guard; the thread
+/// returns everything it printed once it exits (give it a `--duration`).
+pub fn top(args: &[&str]) -> (Guard, std::thread::JoinHandle<String>) {
+    let mut cmd = Command::new(introspect_bin());
+    cmd.arg("top").args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut guard = Guard::spawn("introspect top", &mut cmd).expect("spawn introspect top");
+    let stdout = guard.child_mut().stdout.take().expect("top's stdout");
+    (guard, std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default()))
+}
+
 pub fn run(args: &[&str]) -> Output {
     Command::new(introspect_bin()).args(args).output().expect("run introspect")
 }

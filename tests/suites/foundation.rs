@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, fs, os::unix::fs::PermissionsExt, process::Comm
 
 use introspect_tests::{
     can_trace,
-    checks::{check_against_client, drive, requests, summary},
+    checks::{check_against_client, drive, mixed_paths, requests, summary},
     client::{self, Client},
     introspect::{self, Watch},
     introspect_bin,
@@ -27,14 +27,7 @@ fn sync_workers_every_request_once_with_client_timing() {
     let server = Gunicorn::start("flaskapp:app", 2, &[]);
     let pid = server.master_pid().to_string();
     let watch = Watch::start(&["--pid", &pid, "--all"]);
-    let paths: Vec<String> = (0..220)
-        .map(|i| match i % 20 {
-            7 => format!("/nope/r{i}"),
-            13 => format!("/fail/r{i}"),
-            17 => format!("/status/404/r{i}"),
-            _ => format!("/sleep/{}/r{i}", DELAYS_MS[i % DELAYS_MS.len()]),
-        })
-        .collect();
+    let paths = mixed_paths(220, "r", &DELAYS_MS);
     let exchanges = drive(server.port, paths, 2, false, true);
     assert!(exchanges.iter().any(|e| e.status == 404) && exchanges.iter().any(|e| e.status == 500));
     thread::sleep(Duration::from_millis(200));

@@ -501,13 +501,7 @@ fn top_lists_the_heaviest_query_shapes() {
     let pg = Postgres::start();
     let dsn = pg.dsn();
     let server = Gunicorn::start_with_env("flaskapp:app", 1, &[], &[("INTROSPECT_PG_DSN", &dsn)]);
-    let mut cmd = std::process::Command::new(introspect_tests::introspect_bin());
-    cmd.args(["top", "--port", &server.port.to_string(), "--interval", "500ms", "--duration", "4s"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-    let mut top = introspect_tests::guard::Guard::spawn("introspect top", &mut cmd).expect("spawn top");
-    let stdout = top.child_mut().stdout.take().unwrap();
-    let reader = thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+    let (_top, reader) = introspect_tests::introspect::top(&["--port", &server.port.to_string(), "--interval", "500ms", "--duration", "4s"]);
     thread::sleep(Duration::from_millis(1000));
     let mut c = Client::new(server.port, false);
     // Six N+1 pages of 10 lookups each, and one page that runs its orders in one query.

@@ -13,7 +13,7 @@ use std::{
 
 use introspect_tests::{
     can_trace,
-    checks::{check_against_client, check_against_client_with, drive, requests, summary},
+    checks::{check_against_client, check_against_client_with, drive, mixed_paths, requests, summary},
     client::Exchange,
     introspect::{Line, Watch},
     nginx::{Nginx, Upstream},
@@ -36,14 +36,7 @@ fn http_socket_workers_every_request_once_with_client_timing() {
     let server = Uwsgi::start_on(Listen::HttpSocket, 2, 1, &[]);
     let pid = server.master_pid().to_string();
     let watch = Watch::start(&["--pid", &pid, "--all"]);
-    let paths: Vec<String> = (0..160)
-        .map(|i| match i % 20 {
-            7 => format!("/nope/r{i}"),
-            13 => format!("/fail/r{i}"),
-            17 => format!("/status/404/r{i}"),
-            _ => format!("/sleep/{}/r{i}", DELAYS_MS[i % DELAYS_MS.len()]),
-        })
-        .collect();
+    let paths = mixed_paths(160, "r", &DELAYS_MS);
     let exchanges = drive(server.port, paths, 2, false, false);
     assert!(exchanges.iter().any(|e| e.status == 404) && exchanges.iter().any(|e| e.status == 500));
     let workers: std::collections::BTreeSet<u64> = exchanges.iter().filter_map(|e| e.header("X-Pid")?.parse().ok()).collect();
@@ -90,32 +83,34 @@ fn recycled_and_cheaper_spawned_workers_are_followed() {
     // --max-requests 20: each worker is replaced after 20 requests (forked by the master).
     // uWSGI 2.0.21+ also wants a worker to have lived --min-worker-lifetime (60 s by default)
     // first.
-    let server = Uwsgi::start_on(Listen::HttpSocket, 2, 1, &["--max-requests", "20", "--min-worker-lifetime", "0"]);
-    let first: std::collections::BTreeSet<u64> = server.workers().into_iter().map(u64::from).collect();
-    let pid = server.master_pid().to_string();
-    let watch = Watch::start(&["--pid", &pid, "--all"]);
-    let exchanges = drive(server.port, (0..120).map(|i| format!("/fast/m{i}")).collect(), 2, false, false);
-    thread::sleep(Duration::from_millis(300));
-    let lines = watch.stop();
-    check_against_client(&exchanges, &lines, true);
-    let serving: std::collections::BTreeSet<u64> = requests(&lines).iter().filter_map(|r| r["pid"].as_u64()).collect();
-    let born: Vec<_> = serving.difference(&first).collect();
-    assert!(born.len() >= 3, "--max-requests: requests of workers born during the watch: {born:?} (all {serving:?})");
-    drop(server);
-
+    let born =
+        born_during_the_watch(2, &["--max-requests", "20", "--min-worker-lifetime", "0"], (0..120).map(|i| format!("/fast/m{i}")).collect(), 2);
+    assert!(born >= 3, "--max-requests: requests of {born} workers born during the watch");
     // --cheaper 1 of 4: one worker at first, more spawned when all are busy.
-    let server = Uwsgi::start_on(Listen::HttpSocket, 4, 1, &["--cheaper", "1", "--cheaper-initial", "1", "--cheaper-overload", "1"]);
+    let born = born_during_the_watch(
+        4,
+        &["--cheaper", "1", "--cheaper-initial", "1", "--cheaper-overload", "1"],
+        (0..60).map(|i| format!("/sleep/100/c{i}")).collect(),
+        4,
+    );
+    assert!(born >= 1, "--cheaper: no requests of workers spawned during the watch");
+    eprintln!("--cheaper: requests served by {born} workers spawned during the watch");
+}
+
+/// uWSGI `--http-socket` with `processes` and `extra`, watched while `clients` send `paths`:
+/// every request exact, and how many workers that did not exist at the start served some.
+fn born_during_the_watch(processes: u32, extra: &[&str], paths: Vec<String>, clients: usize) -> usize {
+    let server = Uwsgi::start_on(Listen::HttpSocket, processes, 1, extra);
     let first: std::collections::BTreeSet<u64> = server.workers().into_iter().map(u64::from).collect();
     let pid = server.master_pid().to_string();
     let watch = Watch::start(&["--pid", &pid, "--all"]);
-    let exchanges = drive(server.port, (0..60).map(|i| format!("/sleep/100/c{i}")).collect(), 4, false, false);
+    let exchanges = drive(server.port, paths, clients, false, false);
     thread::sleep(Duration::from_millis(300));
     let lines = watch.stop();
     check_against_client(&exchanges, &lines, true);
     let serving: std::collections::BTreeSet<u64> = requests(&lines).iter().filter_map(|r| r["pid"].as_u64()).collect();
-    let born: Vec<_> = serving.difference(&first).collect();
-    assert!(!born.is_empty(), "--cheaper: requests of workers spawned during the watch: none (first {first:?}, all {serving:?})");
-    eprintln!("--cheaper: {} workers at first, requests served by {} spawned during the watch", first.len(), born.len());
+    eprintln!("{extra:?}: {} workers at first ({first:?}), requests served by {serving:?}", first.len());
+    serving.difference(&first).count()
 }
 
 /// Four times more concurrent 300 ms requests than workers, through nginx to a Unix socket:
@@ -238,13 +233,7 @@ fn top_shows_the_listen_backlog() {
     let server = Uwsgi::start_on(Listen::UwsgiUnix, 1, 1, &["--listen", "1"]);
     let nginx = Nginx::start(Upstream::Uwsgi(server.upstream()));
     let socket = server.socket.clone().unwrap().display().to_string();
-    let mut cmd = std::process::Command::new(introspect_tests::introspect_bin());
-    cmd.args(["top", "--socket", &socket, "--interval", "500ms", "--duration", "4s"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-    let mut top = introspect_tests::guard::Guard::spawn("introspect top", &mut cmd).expect("spawn top");
-    let stdout = top.child_mut().stdout.take().unwrap();
-    let reader = thread::spawn(move || std::io::read_to_string(stdout).unwrap());
+    let (_top, reader) = introspect_tests::introspect::top(&["--socket", &socket, "--interval", "500ms", "--duration", "4s"]);
     thread::sleep(Duration::from_millis(1000));
     drive(nginx.port, (0..6).map(|i| format!("/sleep/400/t{i}")).collect(), 6, false, false);
     let text = reader.join().unwrap();
@@ -355,14 +344,7 @@ fn behind_nginx(listen: Listen) {
     // The watch's own start-up work goes on for a moment after it says it is watching (it
     // reads the fds of every process): on two CPUs that delays nginx and the first request.
     thread::sleep(Duration::from_millis(500));
-    let paths: Vec<String> = (0..160)
-        .map(|i| match i % 20 {
-            7 => format!("/nope/n{i}"),
-            13 => format!("/fail/n{i}"),
-            17 => format!("/status/404/n{i}"),
-            _ => format!("/sleep/{}/n{i}", DELAYS_MS[i % DELAYS_MS.len()]),
-        })
-        .collect();
+    let paths = mixed_paths(160, "n", &DELAYS_MS);
     // On TCP the backlog wait is measured (queue_ms): as many clients as threads, so some
     // connections wait for a thread. On a Unix socket it is not (no segment to time): fewer
     // clients than threads, so a thread is always waiting in accept.

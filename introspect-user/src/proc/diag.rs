@@ -154,6 +154,11 @@ fn dump(req: &[u8]) -> io::Result<Vec<Vec<u8>>> {
 mod tests {
     use super::*;
 
+    fn inode_of(fd: i32) -> u64 {
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        link.to_str().unwrap().trim_start_matches("socket:[").trim_end_matches(']').parse().unwrap()
+    }
+
     #[test]
     fn a_listening_socket_shows_its_queue_and_its_backlog() {
         // A TCP listener with backlog 7 and two connections nobody accepted.
@@ -164,14 +169,7 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let _a = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let _b = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let inode: u64 = std::fs::read_link(format!("/proc/self/fd/{fd}"))
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .trim_start_matches("socket:[")
-            .trim_end_matches(']')
-            .parse()
-            .unwrap();
+        let inode = inode_of(fd);
         let found = tcp_listeners().expect("sock_diag").into_iter().find(|q| q.inode == inode).expect("our listener");
         assert_eq!((found.queued, found.max), (2, 7));
 
@@ -182,14 +180,7 @@ mod tests {
         // SAFETY: as above.
         assert_eq!(unsafe { libc::listen(ufd, 5) }, 0);
         let _c = std::os::unix::net::UnixStream::connect(&dir).unwrap();
-        let uinode: u64 = std::fs::read_link(format!("/proc/self/fd/{ufd}"))
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .trim_start_matches("socket:[")
-            .trim_end_matches(']')
-            .parse()
-            .unwrap();
+        let uinode = inode_of(ufd);
         let found = unix_listeners().expect("sock_diag").into_iter().find(|q| q.inode == uinode).expect("our Unix listener");
         let _ = std::fs::remove_file(&dir);
         assert_eq!((found.queued, found.max), (1, 5));

@@ -14,13 +14,13 @@ pub mod backends;
 pub mod calls;
 mod db;
 pub mod fds;
+mod listeners;
 pub mod queries;
 #[cfg(test)]
 mod tests;
-mod unix;
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     net::SocketAddr,
 };
 
@@ -193,11 +193,7 @@ struct Parts {
     recent: HashMap<u32, (HolderRequest, u64)>,
     next_seq: u64,
     stats: AssemblerStats,
-    /// The watched servers' listening TCP ports and Unix socket paths.
-    listeners: (BTreeSet<u16>, BTreeSet<String>),
-    /// Processes seen connecting to one of those: proxies in front of the others.
-    gateways: HashSet<u32>,
-    unix: unix::UnixBacklogs,
+    listeners: listeners::Listeners,
 }
 
 pub struct Assembler {
@@ -217,26 +213,13 @@ impl Assembler {
         AssemblerStats { db: self.parts.queries.stats, ..self.parts.stats }
     }
 
-    /// A connection that was already open when watching started.
     /// The watched servers' listening ports and Unix socket paths: a watched process that
     /// connects to one of them forwards its requests (a router in front of the workers).
     pub fn set_listeners(&mut self, ports: &BTreeSet<u16>, unix: &BTreeSet<String>) {
-        self.parts.listeners = (ports.clone(), unix.clone());
+        self.parts.listeners.set(ports, unix);
     }
 
-    fn on_connect(&mut self, tgid: u32, peer: Option<&str>) {
-        let Some(peer) = peer else { return };
-        let (ports, unix) = &self.parts.listeners;
-        // Loopback only: a process may well call the same port on another host.
-        let local_listener = match peer.strip_prefix("unix:") {
-            Some(path) => unix.contains(path),
-            None => peer.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback() && ports.contains(&a.port())),
-        };
-        if local_listener {
-            self.parts.gateways.insert(tgid);
-        }
-    }
-
+    /// A connection that was already open when watching started.
     pub fn seed_conn(&mut self, tgid: u32, fd: i32, peer: Option<SocketAddr>) {
         self.conns.insert((tgid, fd), Conn { peer, ..Conn::default() });
     }
@@ -246,14 +229,14 @@ impl Assembler {
         &self.fds
     }
 
-    /// What was seen of the watched Unix listeners' backlogs.
-    pub fn listeners(&self) -> Vec<unix::ListenerStats> {
-        self.parts.unix.stats()
+    /// What was seen of the watched listeners' backlogs.
+    pub fn listeners(&self) -> Vec<listeners::ListenerStats> {
+        self.parts.listeners.stats()
     }
 
     /// The host's TCP ListenOverflows over the sampled part of the watch.
     pub fn listen_overflows(&self) -> Option<u64> {
-        self.parts.unix.listen_overflows()
+        self.parts.listeners.listen_overflows()
     }
 
     pub fn open_requests(&self) -> usize {
@@ -270,30 +253,11 @@ impl Assembler {
                     // The fd was reused without a close we saw: whatever was open there ended.
                     self.end(key, old, hdr.ts, EndReason::Delimited, out);
                 }
-                let unix_arrival = match self.fds.peer(hdr.tgid, *listen_fd) {
-                    Some(p) if peer.is_none() => p.strip_prefix("unix:").and_then(|path| self.parts.unix.accepted(path, key, hdr.ts)),
-                    _ => None,
-                };
+                let unix_arrival = if peer.is_none() { self.unix_accept(key, *listen_fd, hdr.ts) } else { None };
                 self.conns.insert(key, Conn { peer: *peer, unix_arrival, ..Conn::default() });
             }
-            Event::Backlog { socket, queued, max, listen_overflows, .. } => self.parts.unix.sampled(socket, *queued, *max, *listen_overflows),
-            Event::UnixConnect { path, enter_ts, refused, .. } => {
-                if let Some((key, at)) = self.parts.unix.connected(path, *enter_ts, *refused)
-                    && let Some(conn) = self.conns.get_mut(&key)
-                {
-                    match conn.open.as_mut() {
-                        // Its first request began before this connect's event came: it began
-                        // when the client connected.
-                        Some(open) if conn.last_end_ns == 0 && at <= open.start_ns => {
-                            open.queue_ns = open.read_enter_ns.saturating_sub(at);
-                            open.start_ns = at;
-                        }
-                        Some(_) => {}
-                        None if conn.last_end_ns == 0 => conn.unix_arrival = Some(at),
-                        None => {}
-                    }
-                }
-            }
+            Event::Backlog { socket, queued, max, listen_overflows, .. } => self.parts.listeners.sampled(socket, *queued, *max, *listen_overflows),
+            Event::UnixConnect { path, enter_ts, refused, .. } => self.on_unix_connect(path, *enter_ts, *refused),
             Event::Data { hdr, fd, enter_ts, wire: Some(wire), .. } => match wire {
                 Wire::Asks(asks) => {
                     let serving = self.parts.serving.get(&hdr.tid).map(|s| s.seq);
@@ -342,8 +306,9 @@ impl Assembler {
                 self.on_db_switch(hdr, *out_ts, *wake_ts, *wait_event, *state, *waker, *waker_is_backend)
             }
             Event::PgActivity { hdr, interval_ns, sessions } => self.on_pg_activity(hdr, *interval_ns, sessions),
-            Event::Connect { hdr, peer, .. } => self.on_connect(hdr.tgid, peer.as_deref()),
-            Event::Fd { .. }
+            Event::Connect { hdr, peer: Some(peer), .. } => self.parts.listeners.connect_out(hdr.tgid, peer),
+            Event::Connect { peer: None, .. }
+            | Event::Fd { .. }
             | Event::Fork { .. }
             | Event::OffCpu { .. }
             | Event::Syscall { .. }
@@ -509,7 +474,7 @@ impl Assembler {
             keep_call(&mut open, call, &mut parts.stats);
         }
         conn.last_end_ns = end_ns;
-        if parts.gateways.contains(&key.0) {
+        if parts.listeners.is_gateway(key.0) {
             parts.stats.proxied += 1;
             return;
         }

@@ -50,11 +50,16 @@ pub fn with_descendants(roots: &[u32]) -> BTreeSet<u32> {
     out
 }
 
+/// The processes holding one of the sockets `inodes`.
+fn holders(inodes: &HashSet<u64>) -> Vec<u32> {
+    all_pids().into_iter().filter(|&pid| socket_fds(pid).iter().any(|(_, ino)| inodes.contains(ino))).collect()
+}
+
 /// The processes holding a socket listening on `port`.
 pub fn listeners(port: u16) -> Result<Vec<u32>, TargetError> {
     let inodes: HashSet<u64> =
         tcp_sockets(std::process::id()).into_iter().filter(|s| s.state == TCP_LISTEN && s.local.port() == port).map(|s| s.inode).collect();
-    let pids: Vec<u32> = all_pids().into_iter().filter(|&pid| socket_fds(pid).iter().any(|(_, ino)| inodes.contains(ino))).collect();
+    let pids = holders(&inodes);
     if pids.is_empty() {
         return Err(TargetError::NoListener(port));
     }
@@ -68,7 +73,7 @@ pub fn unix_listeners(path: &Path) -> Result<Vec<u32>, TargetError> {
     let same = |bound: &str| Path::new(bound) == path || (wanted.is_some() && Path::new(bound).canonicalize().ok() == wanted);
     let inodes: HashSet<u64> =
         unix_sockets(std::process::id()).into_iter().filter(|u| u.listening && !u.path.is_empty() && same(&u.path)).map(|u| u.inode).collect();
-    let pids: Vec<u32> = all_pids().into_iter().filter(|&pid| socket_fds(pid).iter().any(|(_, ino)| inodes.contains(ino))).collect();
+    let pids = holders(&inodes);
     if pids.is_empty() {
         return Err(TargetError::NoUnixListener(path.display().to_string()));
     }

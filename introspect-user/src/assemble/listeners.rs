@@ -1,3 +1,10 @@
+//! The watched listeners: which processes forward to them (a router in front of the workers),
+//! and their backlogs.
+//!
+//! A watched process seen connecting to a watched listener on loopback (or to its Unix socket)
+//! is a hop in front of the others (uWSGI's `--http` router): its requests are counted as
+//! proxied, the worker's are reported.
+//!
 //! Arrivals on Unix sockets. A connection to a Unix listener has no segment to time: it waits in
 //! the listener's backlog from the client's `connect` (seen host-wide by the kernel, for the
 //! watched listeners' paths only) until a worker's `accept` takes it. The backlog is a FIFO, so
@@ -11,7 +18,12 @@
 //!
 //! Samples of every watched listener's accept queue (TCP and Unix, from sock_diag) give the
 //! deepest it was seen and its backlog, for the summary.
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    net::SocketAddr,
+};
+
+use super::Assembler;
 
 /// Most unpaired connects or accepts remembered per listener (older ones are dropped).
 const MAX_UNPAIRED: usize = 65_536;
@@ -46,7 +58,13 @@ pub struct ListenerStats {
 }
 
 #[derive(Default)]
-pub struct UnixBacklogs {
+pub struct Listeners {
+    /// The watched servers' listening TCP ports and Unix socket paths.
+    ports: BTreeSet<u16>,
+    paths: BTreeSet<String>,
+    /// Processes seen connecting to one of those: hops in front of the others.
+    gateways: HashSet<u32>,
+    /// Unix listeners' backlogs, by path.
     lists: HashMap<String, Backlog>,
     /// Sampled accept queues by socket: (the deepest seen, the backlog).
     samples: HashMap<String, (u32, u32)>,
@@ -54,7 +72,29 @@ pub struct UnixBacklogs {
     overflows: Option<(u64, u64)>,
 }
 
-impl UnixBacklogs {
+impl Listeners {
+    pub fn set(&mut self, ports: &BTreeSet<u16>, paths: &BTreeSet<String>) {
+        self.ports = ports.clone();
+        self.paths = paths.clone();
+    }
+
+    /// Process `tgid` connected to `peer` (`ADDR:PORT`, `unix:PATH`).
+    pub fn connect_out(&mut self, tgid: u32, peer: &str) {
+        // Loopback only: a process may well call the same port on another host.
+        let local_listener = match peer.strip_prefix("unix:") {
+            Some(path) => self.paths.contains(path),
+            None => peer.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback() && self.ports.contains(&a.port())),
+        };
+        if local_listener {
+            self.gateways.insert(tgid);
+        }
+    }
+
+    /// Whether `tgid` forwards to a watched listener.
+    pub fn is_gateway(&self, tgid: u32) -> bool {
+        self.gateways.contains(&tgid)
+    }
+
     /// A client's connect into `path`'s backlog, called at `enter_ts` (refused: the backlog was
     /// full). Returns the connection an accept already took it as, with `enter_ts`.
     pub fn connected(&mut self, path: &str, enter_ts: u64, refused: bool) -> Option<((u32, i32), u64)> {
@@ -145,13 +185,39 @@ impl UnixBacklogs {
     }
 }
 
+impl Assembler {
+    /// An accept of `key`: from a Unix listener, when its client called connect (if seen).
+    pub(super) fn unix_accept(&mut self, key: (u32, i32), listen_fd: i32, ts: u64) -> Option<u64> {
+        let peer = self.fds.peer(key.0, listen_fd)?;
+        let path = peer.strip_prefix("unix:")?;
+        self.parts.listeners.accepted(path, key, ts)
+    }
+
+    /// A connect into a watched Unix listener's backlog; its accept may have come first.
+    pub(super) fn on_unix_connect(&mut self, path: &str, enter_ts: u64, refused: bool) {
+        let Some((key, at)) = self.parts.listeners.connected(path, enter_ts, refused) else { return };
+        let Some(conn) = self.conns.get_mut(&key) else { return };
+        match conn.open.as_mut() {
+            // Its first request began before this connect's event came: it began when the
+            // client connected.
+            Some(open) if conn.last_end_ns == 0 && at <= open.start_ns => {
+                open.queue_ns = open.read_enter_ns.saturating_sub(at);
+                open.start_ns = at;
+            }
+            Some(_) => {}
+            None if conn.last_end_ns == 0 => conn.unix_arrival = Some(at),
+            None => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn connects_pair_with_accepts_in_order_whatever_the_event_order() {
-        let mut u = UnixBacklogs::default();
+        let mut u = Listeners::default();
         assert_eq!(u.connected("/s", 100, false), None);
         assert_eq!(u.accepted("/s", (1, 7), 105), Some(100));
         // Three connects queue; accepts take them in order.
@@ -176,7 +242,7 @@ mod tests {
 
     #[test]
     fn connections_older_than_the_watch_get_no_arrival() {
-        let mut u = UnixBacklogs::default();
+        let mut u = Listeners::default();
         // Two connections were queued before the watch: their accepts find nothing, and a
         // connect that began after them is not theirs.
         assert_eq!(u.accepted("/s", (1, 7), 50), None);
